@@ -1,0 +1,200 @@
+"""`rasp-agent run`: wires settings, policy, sinks, pipeline and server, and owns signals.
+
+Start-up order is chosen so that every refusal happens before anything is left behind:
+policy file (a bad one exits 2), then the socket (a live agent on it is never displaced),
+then the store. On SIGTERM/SIGINT the agent stops reading, flushes what it has to the sinks,
+and removes its socket. SIGHUP reloads the policy; a bad file keeps the policy in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from typing import Any
+
+from host_agent import __version__
+from host_agent.attachments import Attachments
+from host_agent.control import Control
+from host_agent.pipeline import Pipeline
+from host_agent.policy import PolicySet, empty, load_policy
+from host_agent.registry import ProbeRecord, Registry
+from host_agent.server import PeerConnection, SocketInUse, bind_socket
+from host_agent.settings import Settings
+from host_agent.sinks import SinkRunner, build
+from host_agent.yamlfile import ConfigError
+
+log = logging.getLogger("rampart.agent")
+
+BACKLOG_CHECK_S = 0.05
+
+
+class Agent:
+    def __init__(self, settings: Settings, policy: PolicySet) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.registry = Registry()
+        self.control = Control(self)
+        self.connections: set[PeerConnection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stats: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
+        self.paused_globally = False
+        self.started = time.time()
+        self.runners: list[SinkRunner] = []
+        self.pipeline: Pipeline
+        self.attachments: Attachments
+        self._server: asyncio.AbstractServer | None = None
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        s = self.settings
+        sock = bind_socket(s.socket, s.socket_mode)
+        try:
+            self.runners = [SinkRunner(sink) for sink in build(s)]
+            for r in self.runners:
+                r.start()
+            self.attachments = Attachments(s.store)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(s.socket)
+            for r in self.runners:
+                r.close()
+            raise
+        self.pipeline = Pipeline(s, self.runners, self.policy)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
+        self._watch = loop.create_task(self._watch_backlog())
+        log.info(
+            "rasp-agent %s listening on %s (store %s, policy %s %s)",
+            __version__,
+            s.socket,
+            s.store,
+            self.policy.source,
+            self.policy.uuid,
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("stopping")
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._watch.cancel()
+        for t in list(self.tasks):
+            t.cancel()
+        self.pipeline.flush()
+        for r in self.runners:
+            r.close()
+        self.attachments.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.settings.socket)
+        log.info("stopped: %s", self.pipeline.stats())
+
+    # ------------------------------------------------------------------ backpressure
+
+    def pause_all(self) -> None:
+        if not self.paused_globally:
+            self.paused_globally = True
+            self.stats["backpressure"] += 1
+            log.warning("sinks behind by %d events: pausing probe reads", self.pipeline.backlog)
+            for c in self.connections:
+                c.pause("backlog")
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            await asyncio.sleep(BACKLOG_CHECK_S)
+            if self.paused_globally and self.pipeline.backlog < self.settings.queue_limit // 2:
+                self.paused_globally = False
+                for c in list(self.connections):
+                    c.resume("backlog")
+
+    # ------------------------------------------------------------------ policy
+
+    def push_policy(self, rec: ProbeRecord) -> None:
+        if rec.conn is None:
+            return
+        for frame in self.policy.frames_for(rec.runtime):
+            rec.conn.send(frame)
+        rec.pushed_policy = self.policy.uuid
+
+    def reload_policy(self) -> tuple[bool, str]:
+        path = self.settings.policy
+        if path is None:
+            return False, "no policy file configured (--policy / RAMPART_POLICY)"
+        try:
+            new = load_policy(path)
+        except ConfigError as e:
+            log.error("policy reload refused, keeping %s: %s", self.policy.uuid, e)
+            return False, f"{e} (policy {self.policy.uuid} stays in force)"
+        self.policy = new
+        self.pipeline.policy = new
+        probes = self.registry.connected()
+        for rec in probes:
+            self.push_policy(rec)
+        msg = (
+            f"policy {new.uuid} loaded from {path}: {len(new.policies)} policies, "
+            f"pushed to {len(probes)} probes"
+        )
+        log.info(msg)
+        return True, msg
+
+    def count_refusal(self, code: str) -> None:
+        self.refusals[code] += 1
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "connections": len(self.connections),
+            "probes": len(self.registry.connected()),
+            "policy": self.policy.uuid,
+            "refused": dict(self.refusals),
+            **dict(self.stats),
+            **self.pipeline.stats(),
+        }
+
+
+def load_initial_policy(settings: Settings) -> PolicySet:
+    return load_policy(settings.policy) if settings.policy is not None else empty()
+
+
+async def _main(settings: Settings, policy: PolicySet) -> None:
+    agent = Agent(settings, policy)
+    await agent.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, agent.request_stop)
+    loop.add_signal_handler(signal.SIGINT, agent.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_policy)
+    await agent.serve()
+
+
+def run(settings: Settings) -> int:
+    """Run the agent until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        policy = load_initial_policy(settings)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    try:
+        asyncio.run(_main(settings, policy))
+    except (OSError, sqlite3.Error, SocketInUse) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0

@@ -1,0 +1,126 @@
+"""Trace frames become stored events: enrich, evaluate policies, batch, hand to the sinks.
+
+Runs on the event loop thread; the only blocking work (writing) happens in the sinks'
+threads. `backlog` tells the server how far the slowest sink is behind, so it can stop
+reading from probes instead of buffering without bound (the probes then drop and count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+
+from host_agent.policy import PolicySet
+from host_agent.registry import ProbeRecord, now_ms
+from host_agent.settings import Settings
+from host_agent.sinks import SinkRunner, StoredEvent
+from rasp.protocol.schema import Trace
+
+log = logging.getLogger("rampart.pipeline")
+
+
+def _cap(values: list[str], count: int, length: int) -> list[str]:
+    if len(values) > count:
+        values = values[:count]
+    if any(len(v) > length for v in values):
+        values = [v if len(v) <= length else v[:length] for v in values]
+    return values
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, runners: list[SinkRunner], policy: PolicySet) -> None:
+        self.settings = settings
+        self.runners = runners
+        self.policy = policy
+        self._batch: list[StoredEvent] = []
+        self._encode = msgspec.json.Encoder().encode
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.received = 0
+        self.ignored = 0
+        self.alerted = 0
+
+    @property
+    def backlog(self) -> int:
+        """Events not yet written by the slowest sink (including the open batch)."""
+        return len(self._batch) + max((r.pending for r in self.runners), default=0)
+
+    def submit(self, probe: ProbeRecord, trace: Trace) -> None:
+        s = self.settings
+        d = trace.data
+        self.received += 1
+        probe.events += 1
+        args = _cap(d.args, s.args_max, s.arg_cap)
+        stack = _cap(d.stack, s.stack_max, s.arg_cap)
+        ignored, alerts = self.policy.evaluate(trace.runtime, d.kind, d.hook, args, stack)
+        if ignored:
+            self.ignored += 1
+            probe.ignored += 1
+            return
+        event: dict[str, Any] = {
+            "ts": trace.time or now_ms(),
+            # the peer's host pid, checked against SO_PEERCRED (a probe in a container
+            # may have sent its namespace pid)
+            "pid": probe.pid,
+            "runtime": trace.runtime,
+            "runtime_version": trace.runtime_version or probe.runtime_version,
+            "probe_version": trace.probe_version or probe.probe_version,
+            "hook": d.hook,
+            "kind": d.kind,
+            "args": args,
+            "stack": stack,
+            "blocked": d.blocked,
+            "policy_id": d.policy_id,
+            "request": d.request,
+            "process": probe.process,
+        }
+        if d.ret is not None:
+            event["ret"] = d.ret
+        if d.class_id is not None:
+            event["class_id"] = d.class_id
+            event["method_id"] = d.method_id
+        if alerts:
+            self.alerted += 1
+            event["alerts"] = alerts
+        self._batch.append(
+            StoredEvent(
+                ts=event["ts"],
+                pid=probe.pid,
+                runtime=trace.runtime,
+                kind=d.kind,
+                hook=d.hook,
+                blocked=d.blocked,
+                policy_id=d.policy_id,
+                alerted=bool(alerts),
+                json=self._encode(event),
+            )
+        )
+        if len(self._batch) >= s.store_batch:
+            self.flush()
+        elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(s.store_flush_ms / 1000, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        for runner in self.runners:
+            runner.submit(batch)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "ignored": self.ignored,
+            "alerted": self.alerted,
+            "backlog": self.backlog,
+            "sinks": {
+                r.sink.name: {"written": r.written, "failed": r.failed, "errors": r.errors}
+                for r in self.runners
+            },
+        }

@@ -1,0 +1,221 @@
+"""Policy files (design §5): loading with precise errors, matching, and the frames probes get.
+
+A policy set is immutable; a reload builds a new one and swaps it in only if it loaded
+cleanly, so a bad file never replaces the policy in force. Its uuid is derived from the
+normalised content, so probes (which echo it in heartbeats) and the agent agree on what is
+in force, and reloading an unchanged file yields the same uuid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from host_agent.yamlfile import ConfigError, load, loads, pydantic_error
+from rasp.protocol.schema import (
+    Block,
+    BlockData,
+    Filter,
+    FilterData,
+    Kind,
+    Quota,
+    QuotaData,
+    QuotaFrame,
+    Rule,
+    RuleMatch,
+    Runtime,
+)
+
+_NAMESPACE = uuid.UUID("6f1c2a8e-3d5b-4c1e-9a7f-52616d706172")  # "Rampar" in the tail
+DEFAULT_QUOTA_PER_MINUTE = 12_000  # Elkeid's default per hook and minute
+
+
+def _regex(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"invalid regex {v!r}: {e}") from None
+    return v
+
+
+class MatchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    args: str | None = Field(None, description="regex searched in the args joined by spaces")
+    stack: str | None = Field(None, description="regex searched in each stack frame")
+
+    _check = field_validator("args", "stack")(_regex)
+
+
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    runtime: Runtime | list[Runtime] | None = None
+    kind: Kind | None = None
+    hook: str | None = Field(None, min_length=1)
+    match: MatchSpec | None = None
+    action: Literal["block", "alert", "ignore"]
+    description: str = ""
+
+
+class QuotaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hook: str = Field("*", min_length=1)
+    runtime: Runtime | list[Runtime] | None = None
+    per_minute: int = Field(ge=0)
+
+
+class PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    policies: list[PolicySpec] = Field(default_factory=list)
+    quotas: list[QuotaSpec] = Field(default_factory=list)
+
+
+def _runtimes(r: str | list[str] | None) -> tuple[str, ...] | None:
+    if r is None:
+        return None
+    return (r,) if isinstance(r, str) else tuple(r)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    id: str
+    action: str
+    runtimes: tuple[str, ...] | None
+    kind: str | None
+    hook: str | None
+    args_re: re.Pattern[str] | None
+    stack_re: re.Pattern[str] | None
+    spec: PolicySpec
+
+    def applies_to(self, runtime: str) -> bool:
+        return self.runtimes is None or runtime in self.runtimes
+
+    def matches(
+        self, runtime: str, kind: str, hook: str, args: list[str], stack: list[str]
+    ) -> bool:
+        if self.runtimes is not None and runtime not in self.runtimes:
+            return False
+        if self.kind is not None and kind != self.kind:
+            return False
+        if self.hook is not None and hook != self.hook:
+            return False
+        if self.args_re is not None and not self.args_re.search(" ".join(args)):
+            return False
+        return self.stack_re is None or any(self.stack_re.search(f) for f in stack)
+
+    def rule(self) -> Rule:
+        m = self.spec.match
+        return Rule(
+            policy_id=self.id,
+            runtime=list(self.runtimes) if self.runtimes else None,
+            kind=self.kind,  # type: ignore[arg-type]
+            hook=self.hook,
+            match=RuleMatch(args=m.args if m else None, stack=m.stack if m else None),
+        )
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    uuid: str
+    source: str
+    policies: tuple[Policy, ...] = ()
+    quotas: tuple[QuotaSpec, ...] = ()
+    by_action: dict[str, tuple[Policy, ...]] = field(default_factory=dict)
+
+    def evaluate(
+        self, runtime: str, kind: str, hook: str, args: list[str], stack: list[str]
+    ) -> tuple[bool, list[str]]:
+        """(ignored, ids of alert/block policies that match). Block policies that match an
+        event the probe did not block still raise an alert: the call went through."""
+        hits: list[str] = []
+        for p in self.policies:
+            if p.matches(runtime, kind, hook, args, stack):
+                if p.action == "ignore":
+                    return True, []
+                hits.append(p.id)
+        return False, hits
+
+    def frames_for(self, runtime: str) -> list[Any]:
+        """The filter, block and quota tables for one probe of `runtime`."""
+        filters = [p.rule() for p in self.by_action.get("ignore", ()) if p.applies_to(runtime)]
+        blocks = [p.rule() for p in self.by_action.get("block", ()) if p.applies_to(runtime)]
+        quotas = [
+            Quota(hook=q.hook, per_minute=q.per_minute)
+            for q in self.quotas
+            if q.runtime is None or runtime in _runtimes(q.runtime)  # type: ignore[operator]
+        ]
+        if not any(q.hook == "*" for q in quotas):
+            quotas.append(Quota(hook="*", per_minute=DEFAULT_QUOTA_PER_MINUTE))
+        return [
+            Filter(data=FilterData(uuid=self.uuid, filters=filters)),
+            Block(data=BlockData(uuid=self.uuid, blocks=blocks)),
+            QuotaFrame(data=QuotaData(uuid=self.uuid, quotas=quotas)),
+        ]
+
+
+def _build(spec: PolicyFile, source: str) -> PolicySet:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    policies = tuple(
+        Policy(
+            id=p.id,
+            action=p.action,
+            runtimes=_runtimes(p.runtime),
+            kind=p.kind,
+            hook=p.hook,
+            args_re=re.compile(p.match.args) if p.match and p.match.args else None,
+            stack_re=re.compile(p.match.stack) if p.match and p.match.stack else None,
+            spec=p,
+        )
+        for p in spec.policies
+    )
+    by_action: dict[str, tuple[Policy, ...]] = {}
+    for action in ("block", "alert", "ignore"):
+        by_action[action] = tuple(p for p in policies if p.action == action)
+    return PolicySet(
+        uuid=str(uuid.uuid5(_NAMESPACE, canonical)),
+        source=source,
+        policies=policies,
+        quotas=tuple(spec.quotas),
+        by_action=by_action,
+    )
+
+
+def empty() -> PolicySet:
+    return _build(PolicyFile(), "(none)")
+
+
+def _parse(data: Any, lines: dict, source: str) -> PolicySet:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "must be a mapping with a `policies:` list", 1)
+    try:
+        spec = PolicyFile(**data)
+    except ValidationError as err:
+        raise pydantic_error(source, lines, err) from None
+    seen: set[str] = set()
+    for i, p in enumerate(spec.policies):
+        if p.id in seen:
+            line = lines.get(("policies", i, "id"))
+            raise ConfigError(source, f"duplicate policy id {p.id!r}", line)
+        seen.add(p.id)
+    return _build(spec, source)
+
+
+def load_policy(path: str | Path) -> PolicySet:
+    """Load and check a policy file; raises ConfigError naming file and line."""
+    data, lines = load(path)
+    return _parse(data, lines, str(path))
+
+
+def loads_policy(text: str, source: str = "<policy>") -> PolicySet:
+    data, lines = loads(text, source)
+    return _parse(data, lines, source)

@@ -1,0 +1,169 @@
+"""The one registry of agent settings.
+
+Every setting has a YAML key in the config file and an env var `RAMPART_<NAME>`; the command
+line overrides both, env overrides the file, the file overrides the defaults. Errors name
+their source: `config.yaml:12: store_batch: ...`, `RAMPART_MAX_FRAME: ...`, `--socket: ...`.
+docs/configuration.md lists them (a test keeps it in step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from host_agent.yamlfile import ConfigError, load, pydantic_error
+from rasp.protocol import DEFAULT_MAX_FRAME, RUNTIMES
+
+ENV_PREFIX = "RAMPART_"
+DEFAULT_SOCKET = Path("/run/rampart/probe.sock")
+DEFAULT_STORE = Path("/var/lib/rampart/events.db")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    socket: Path = Field(DEFAULT_SOCKET, description="Unix socket probes and the CLI connect to")
+    socket_mode: int = Field(
+        0o666,
+        ge=0,
+        le=0o777,
+        description="mode of the socket file; probes run as app users, so all may connect "
+        "(each peer is then checked with SO_PEERCRED)",
+    )
+    store: Path = Field(DEFAULT_STORE, description="SQLite event store (WAL mode)")
+    store_batch: int = Field(2000, ge=1, le=100_000, description="max events per store transaction")
+    store_flush_ms: int = Field(
+        100, ge=1, le=60_000, description="max delay before a batch is written"
+    )
+    jsonl: Path | None = Field(None, description="also append every event to this JSON lines file")
+    stdout: bool = Field(False, description="also print every event as one JSON line on stdout")
+    policy: Path | None = Field(
+        None, description="policy file (YAML) loaded at start and on SIGHUP"
+    )
+    max_frame: int = Field(
+        DEFAULT_MAX_FRAME, ge=1024, le=64 << 20, description="largest frame accepted, in bytes"
+    )
+    hello_timeout: float = Field(
+        10.0, gt=0, description="seconds a new connection may wait before its first frame"
+    )
+    idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a probe may stay silent (no heartbeat) before it is dropped",
+    )
+    conn_rate: int = Field(
+        200_000,
+        ge=1,
+        description="frames/s one connection may send; above it the agent stops reading from "
+        "that peer until its budget refills (the probe's queue then drops and counts)",
+    )
+    queue_limit: int = Field(
+        100_000,
+        ge=100,
+        description="events waiting for the sinks; above it the agent stops reading from probes",
+    )
+    sdk_allow: bool = Field(True, description="accept probes that announce themselves as SDK")
+    sdk_uids: list[int] = Field(
+        default_factory=list, description="if not empty, only these uids may connect as SDK probes"
+    )
+    arg_cap: int = Field(4096, ge=16, description="characters kept per argument")
+    args_max: int = Field(64, ge=1, description="arguments kept per event")
+    stack_max: int = Field(32, ge=0, description="stack frames kept per event")
+    auto_attach: list[str] = Field(
+        default_factory=list,
+        description="runtimes to attach automatically (off when empty; see issue 8)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="agent log level (stderr)"
+    )
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> Any:
+        # "0660" in YAML or env is meant as octal, as chmod reads it
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v.strip(), 8)
+        return v
+
+    @field_validator("auto_attach")
+    @classmethod
+    def _runtimes(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in RUNTIMES]
+        if bad:
+            raise ValueError(f"unknown runtime {bad[0]!r}; choose from {', '.join(RUNTIMES)}")
+        return v
+
+
+LIST_FIELDS = {n for n, f in Settings.model_fields.items() if "list[" in str(f.annotation)}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    out: dict[str, tuple[str, Any]] = {}
+    for name in Settings.model_fields:
+        var = env_name(name)
+        if var in environ:
+            raw = environ[var]
+            value: Any = raw
+            if name in LIST_FIELDS:
+                value = [x.strip() for x in raw.split(",") if x.strip()]
+            out[name] = (var, value)
+    return out
+
+
+def load_settings(
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults < config file < RAMPART_* env < overrides (CLI flags, None = unset)."""
+    environ = os.environ if environ is None else environ
+    if config is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config = environ[ENV_PREFIX + "CONFIG"]
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    lines: dict = {}
+    source = ""
+    if config is not None:
+        source = str(config)
+        data, lines = load(config)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, "must be a mapping of setting: value", 1)
+        values.update(data)
+        origin.update({k: "file" for k in data})
+    for name, (var, value) in _from_env(environ).items():
+        values[name] = value
+        origin[name] = var
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            origin[name] = "--" + name.replace("_", "-")
+    try:
+        return Settings(**values)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        where = origin.get(field, "file")
+        if where == "file":
+            raise pydantic_error(source, lines, err, noun="setting") from None
+        raise ConfigError(where, f"{first['msg']}") from None
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(setting, env var, default, description) rows for docs and `rasp-agent config`."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory else f.default  # type: ignore[call-arg]
+        if name == "socket_mode":
+            default = oct(default).replace("0o", "0")
+        rows.append((name, env_name(name), str(default), f.description or ""))
+    return rows

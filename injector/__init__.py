@@ -1,0 +1,1 @@
+"""Process discovery, runtime detection and live attach (`rasp-attach`)."""

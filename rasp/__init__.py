@@ -1,0 +1,1 @@
+"""Rampart probes (one subpackage per runtime) and the wire protocol they share."""
