@@ -24,12 +24,11 @@ from rasp.protocol.client import AgentUnavailable, ControlError, control
 
 EXIT_FAIL, EXIT_USAGE, EXIT_NO_AGENT = 1, 2, 4
 
-err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
-    err.print(f"rasp-agent: {message}", markup=False)
+    click.echo(f"rasp-agent: {message}", err=True)  # one line, never wrapped
     sys.exit(code)
 
 
@@ -199,7 +198,7 @@ def events(ctx: click.Context, store: Path | None, as_json: bool, follow: bool, 
                     if as_json:
                         jsonl([e])
                     else:
-                        out.print("  ".join(_event_row(e)), markup=False)
+                        click.echo("  ".join(_event_row(e)))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             return
@@ -227,7 +226,7 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
     try:
         rows = control(s.socket, "ps")
     except (AgentUnavailable, ControlError) as e:
-        err.print(f"rasp-agent: {e}; showing a scan only", markup=False)
+        click.echo(f"rasp-agent: {e}; showing a scan only", err=True)
     known = {r["pid"] for r in rows}
     for d in scan():
         if d.pid not in known:

@@ -18,8 +18,9 @@ from rasp.protocol import (
     decode_to_agent,
     encode,
     frame,
+    gen_schema,
+    gen_vectors,
 )
-from rasp.protocol import gen_schema, gen_vectors
 from rasp.protocol.schema import FromAgent, ToAgent, Trace, TraceData
 
 VECTORS = json.loads(gen_vectors.OUT.read_text())
@@ -36,7 +37,9 @@ def _decode_stream(direction: str, data: bytes, max_frame: int = DEFAULT_MAX_FRA
 
 
 def test_vector_files_are_current() -> None:
-    assert gen_vectors.OUT.read_text() == gen_vectors.render(), "run python -m rasp.protocol.gen_vectors"
+    assert gen_vectors.OUT.read_text() == gen_vectors.render(), (
+        "run python -m rasp.protocol.gen_vectors"
+    )
     assert gen_schema.OUT.read_text() == gen_schema.render(), "run make protocol-schema"
 
 
@@ -67,7 +70,9 @@ def test_invalid_vector_is_refused_with_its_code(case: dict) -> None:
 
 def test_frames_split_across_reads_and_batched_in_one_read() -> None:
     frames = b"".join(
-        encode(Trace(pid=7, runtime="python", data=TraceData(hook="open", kind="file", args=[str(i)])))
+        encode(
+            Trace(pid=7, runtime="python", data=TraceData(hook="open", kind="file", args=[str(i)]))
+        )
         for i in range(50)
     )
     reader = FrameReader()
