@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import time
@@ -175,7 +176,15 @@ def load_initial_policy(settings: Settings) -> PolicySet:
     return load_policy(settings.policy) if settings.policy is not None else empty()
 
 
+def _raise_fd_limit() -> None:
+    """One connection per probe process: let the agent use every fd it is allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _main(settings: Settings, policy: PolicySet) -> None:
+    _raise_fd_limit()
     agent = Agent(settings, policy)
     await agent.start()
     loop = asyncio.get_running_loop()

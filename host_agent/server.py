@@ -128,6 +128,12 @@ class PeerConnection(asyncio.Protocol):
         self.peer_pid, self.peer_uid = pid, uid
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
         self.agent.connections.add(self)
+        if uid not in (0, os.geteuid()):
+            # one user must not be able to use up the agent's file descriptors
+            mine = sum(1 for c in self.agent.connections if c.peer_uid == uid)
+            if mine > self.agent.settings.max_conns_per_uid:
+                self.refuse("too_many_connections", f"uid {uid} has {mine - 1} connections open")
+                return
         self._arm(self.agent.settings.hello_timeout, "timeout", "no frame received in time")
         if self.agent.paused_globally:
             self.pause("backlog")

@@ -66,6 +66,11 @@ class Settings(BaseModel):
         ge=100,
         description="events waiting for the sinks; above it the agent stops reading from probes",
     )
+    max_conns_per_uid: int = Field(
+        1024,
+        ge=1,
+        description="open connections one non-root uid may hold (one per probe process)",
+    )
     sdk_allow: bool = Field(True, description="accept probes that announce themselves as SDK")
     sdk_uids: list[int] = Field(
         default_factory=list, description="if not empty, only these uids may connect as SDK probes"

@@ -112,3 +112,24 @@ def test_attached_probe_recognised_after_agent_restart(agent_factory) -> None:
         assert p.recv(5).data.uuid  # still accepted: the attach record is in the store
         row = wait_for(lambda: [r for r in a.control("ps") if r["pid"] == os.getpid()])[0]
         assert row["mode"] == "attached"
+
+
+def test_one_uid_cannot_hold_unbounded_connections(agent_factory) -> None:
+    a = agent_factory(env={"RAMPART_MAX_CONNS_PER_UID": "2"}).start()
+    frames = [_hello()]
+    # three connections from nobody at once: the helper holds two open, the third is refused
+    script = (
+        "import socket,sys,time\n"
+        "ss=[socket.socket(socket.AF_UNIX) for _ in range(3)]\n"
+        "[s.connect(sys.argv[1]) for s in ss]\n"
+        "ss[2].settimeout(5)\n"
+        "print(ss[2].recv(4096)[4:].decode())\n"
+    )
+    res = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", script, str(a.socket)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert '"too_many_connections"' in res.stdout
+    # root is not limited, and nobody can connect again once those are closed
+    assert raw_client(a.socket, frames, user=NOBODY)[0]["message_type"] == 6
