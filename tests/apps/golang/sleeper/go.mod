@@ -1,0 +1,3 @@
+module rampart/tests/sleeper
+
+go 1.21

@@ -1,0 +1,113 @@
+"""Fixtures shared by the whole suite.
+
+- `spawn` / `spawn_module`: start real victim processes and always kill *and reap* them.
+  PID 1 on our test machines does not reap orphans, so a child we forget to wait for stays a
+  zombie for the life of the machine and shows up in every later host scan.
+- `go_build`: build a Go victim from tests/apps/golang/<app> once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_APPS = REPO / "tests" / "apps"
+BUILD = REPO / "build" / "tests"  # gitignored
+
+
+class Spawner:
+    """Starts subprocesses and, on close(), SIGKILLs and waits every one it started.
+
+    Children get stdin/stdout/stderr on /dev/null unless the caller passes its own: a victim
+    writing into a pipe nobody reads would block once the 64 KiB pipe buffer is full."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        for stream in ("stdin", "stdout", "stderr"):
+            kwargs.setdefault(stream, subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, **kwargs)  # returns after the exec (or raises)
+        self._procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self._procs:
+            proc.wait(timeout=30)
+        self._procs.clear()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawner]:
+    """`spawn([argv...], **popen_kwargs) -> Popen`; killed and reaped after the test."""
+    spawner = Spawner()
+    try:
+        yield spawner
+    finally:
+        spawner.close()
+
+
+@pytest.fixture(scope="module")
+def spawn_module() -> Iterator[Spawner]:
+    """As `spawn`, but the processes live until the end of the test module, so a module can
+    start its victims once and in parallel (JVM start-up dominates otherwise)."""
+    spawner = Spawner()
+    try:
+        yield spawner
+    finally:
+        spawner.close()
+
+
+GoBuild = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def go_build() -> GoBuild:
+    """`go_build("sleeper", stripped=False) -> Path`: builds tests/apps/golang/<app> into
+    build/tests/ on first use in the session and returns the binary.
+
+    CGO_ENABLED=0 gives a static binary (how most Go services ship, and nothing of Go shows in
+    /proc/<pid>/maps); GOFLAGS=-mod=mod lets the build work without a vendor dir or go.sum.
+    `stripped` links with -s -w (no symbol table, no DWARF), as release builds often do."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("`go` not on PATH: run `make setup`")
+    built: dict[tuple[str, bool], Path] = {}
+
+    def build(app: str, *, stripped: bool = False) -> Path:
+        if (app, stripped) in built:
+            return built[(app, stripped)]
+        BUILD.mkdir(parents=True, exist_ok=True)
+        out = BUILD / (f"{app}-stripped" if stripped else app)
+        # build under a private name then rename: parallel pytest workers may build the same
+        # app, and a worker must never exec a half-written binary
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        argv = [go, "build", "-o", str(tmp)]
+        if stripped:
+            argv.append("-ldflags=-s -w")
+        env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+        result = subprocess.run(
+            [*argv, "."],
+            cwd=TEST_APPS / "golang" / app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"go build of {app} failed:\n{result.stderr}")
+        tmp.replace(out)
+        built[(app, stripped)] = out
+        return out
+
+    return build
