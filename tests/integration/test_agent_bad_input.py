@@ -116,6 +116,7 @@ def test_hello_twice_is_refused(agent: AgentProc) -> None:
         assert err.value.code == "protocol"
 
 
+@pytest.mark.slow
 def test_flooding_client_is_throttled_without_losing_events(agent_factory) -> None:
     a = agent_factory(env={"RAMPART_CONN_RATE": "2000"}).start()
     n = 6000
@@ -134,6 +135,7 @@ def test_flooding_client_is_throttled_without_losing_events(agent_factory) -> No
     assert "throttling" in a.log_text()
 
 
+@pytest.mark.slow
 def test_backlog_pauses_reads_instead_of_dropping(agent_factory) -> None:
     # a tiny queue limit and slow flushes force the global pause path
     a = agent_factory(env={"RAMPART_QUEUE_LIMIT": "100", "RAMPART_STORE_BATCH": "50"}).start()

@@ -70,6 +70,7 @@ def test_runtime_without_an_attacher_fails_clearly(spawn, agent: AgentProc, monk
     assert "live attach for nodejs is not available in this version" in res.stderr
 
 
+@pytest.mark.slow
 def test_jvm_that_disabled_attach_is_refused_without_a_signal(spawn, agent: AgentProc) -> None:
     p = spawn(["java", "-XX:+DisableAttachMechanism", str(SLEEPER_JAVA)], stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
