@@ -24,7 +24,8 @@ from rasp.protocol.client import AgentUnavailable, ControlError, control
 
 EXIT_FAIL, EXIT_USAGE, EXIT_NO_AGENT = 1, 2, 4
 
-out = Console(highlight=False, soft_wrap=True)
+# piped output (scripts, less) gets wide lines rather than tables squeezed to 80 columns
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
@@ -220,14 +221,17 @@ def _ago(ms: int) -> str:
 def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
     """Runtime processes on this host and their probe state."""
     from injector.detect import scan
+    from injector.process import container_id
 
     s = settings_from(ctx, socket=socket)
     rows: list[dict[str, Any]] = []
+    known: set[int] = set()
     try:
         rows = control(s.socket, "ps")
+        known.add(control(s.socket, "ping")["pid"])  # the agent is not a process to protect
     except (AgentUnavailable, ControlError) as e:
         click.echo(f"rasp-agent: {e}; showing a scan only", err=True)
-    known = {r["pid"] for r in rows}
+    known.update(r["pid"] for r in rows)
     for d in scan():
         if d.pid not in known:
             rows.append(
@@ -238,6 +242,7 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
                     "state": "not attached",
                     "exe": d.exe,
                     "evidence": d.evidence,
+                    "container_id": container_id(d.pid),
                 }
             )
     rows.sort(key=lambda r: r["pid"])
@@ -245,14 +250,16 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
         jsonl(rows)
         return
     table = Table(
-        "pid", "runtime", "version", "mode", "state", "since", "events", "drops", "exe", box=None
-    )
+        "pid", "runtime", "version", "mode", "container", "state", "since", "events", "drops",
+        "exe", box=None,
+    )  # fmt: skip
     for r in rows:
         table.add_row(
             str(r["pid"]),
             r["runtime"],
             r.get("runtime_version", ""),
             r.get("mode", ""),
+            (r.get("container_id") or "")[:12],
             r["state"],
             _ago(r["since"]) if "since" in r else "",
             str(r.get("events", "")),

@@ -55,7 +55,9 @@ class Pipeline:
         probe.events += 1
         args = _cap(d.args, s.args_max, s.arg_cap)
         stack = _cap(d.stack, s.stack_max, s.arg_cap)
-        ignored, alerts = self.policy.evaluate(trace.runtime, d.kind, d.hook, args, stack)
+        # the runtime announced in the hello, not whatever a later frame claims
+        runtime = probe.runtime
+        ignored, alerts = self.policy.evaluate(runtime, d.kind, d.hook, args, stack)
         if ignored:
             self.ignored += 1
             probe.ignored += 1
@@ -65,7 +67,7 @@ class Pipeline:
             # the peer's host pid, checked against SO_PEERCRED (a probe in a container
             # may have sent its namespace pid)
             "pid": probe.pid,
-            "runtime": trace.runtime,
+            "runtime": runtime,
             "runtime_version": trace.runtime_version or probe.runtime_version,
             "probe_version": trace.probe_version or probe.probe_version,
             "hook": d.hook,
@@ -89,7 +91,7 @@ class Pipeline:
             StoredEvent(
                 ts=event["ts"],
                 pid=probe.pid,
-                runtime=trace.runtime,
+                runtime=runtime,
                 kind=d.kind,
                 hook=d.hook,
                 blocked=d.blocked,

@@ -145,3 +145,16 @@ def test_a_newer_connection_from_the_same_process_supersedes_the_old(agent: Agen
     assert agent.wait_rows(1)[0]["args"] == ["/a"]
     old.close()
     new.close()
+
+
+def test_ps_lists_unattached_runtimes_but_not_the_agent(agent: AgentProc, spawn) -> None:
+    victim = spawn(["node", "-e", "setInterval(() => {}, 1000)"])
+    wait_for(lambda: os.path.basename(os.path.realpath(f"/proc/{victim.pid}/exe")) == "node")
+    res = agent.cli("ps", "--socket", str(agent.socket), "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["pid"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows[victim.pid]["runtime"] == "nodejs"
+    assert rows[victim.pid]["state"] == "not attached"
+    assert agent.proc.pid not in rows
+    table = agent.cli("ps", "--socket", str(agent.socket))
+    assert str(victim.pid) in table.stdout and "not attached" in table.stdout
