@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from host_agent.detectors import Detectors
 from host_agent.policy import PolicySet
 from host_agent.registry import ProbeRecord, now_ms
 from host_agent.settings import Settings
@@ -36,6 +37,7 @@ class Pipeline:
         self.settings = settings
         self.runners = runners
         self.policy = policy
+        self.detectors = Detectors() if settings.detectors else None
         self._batch: list[StoredEvent] = []
         self._encode = msgspec.json.Encoder().encode
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -84,6 +86,11 @@ class Pipeline:
         if d.class_id is not None:
             event["class_id"] = d.class_id
             event["method_id"] = d.method_id
+        if self.detectors is not None:
+            findings = self.detectors.check(d.kind, d.hook, args, d.request)
+            if findings:
+                event["detections"] = [f.to_json() for f in findings]
+                alerts = alerts + [f.rule for f in findings]
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
@@ -122,6 +129,7 @@ class Pipeline:
             "ignored": self.ignored,
             "alerted": self.alerted,
             "backlog": self.backlog,
+            "detections": dict(self.detectors.counts) if self.detectors else {},
             "sinks": {
                 r.sink.name: {"written": r.written, "failed": r.failed, "errors": r.errors}
                 for r in self.runners

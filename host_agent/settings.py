@@ -75,6 +75,9 @@ class Settings(BaseModel):
     sdk_uids: list[int] = Field(
         default_factory=list, description="if not empty, only these uids may connect as SDK probes"
     )
+    detectors: bool = Field(
+        True, description="run the attack detectors (SQLi, command injection, traversal, SSRF)"
+    )
     arg_cap: int = Field(4096, ge=16, description="characters kept per argument")
     args_max: int = Field(64, ge=1, description="arguments kept per event")
     stack_max: int = Field(32, ge=0, description="stack frames kept per event")
