@@ -81,7 +81,7 @@ class Control:
         }
 
     async def policy_reload(self, args: dict[str, Any]) -> dict[str, Any]:
-        ok, message = self.agent.reload_policy()
+        ok, message = self.agent.reload()
         if not ok:
             raise ControlFailure(message)
         return {"uuid": self.agent.policy.uuid, "message": message}

@@ -78,6 +78,15 @@ class Settings(BaseModel):
     detectors: bool = Field(
         True, description="run the attack detectors (SQLi, command injection, traversal, SSRF)"
     )
+    rules: Path | None = Field(
+        None, description="detection rules file (overrides, whitelist), reloaded with the policy"
+    )
+    alert_window_s: int = Field(
+        60,
+        ge=1,
+        description="alerts of one rule, process and request signature within this "
+        "many seconds are counted in one alert row",
+    )
     arg_cap: int = Field(4096, ge=16, description="characters kept per argument")
     args_max: int = Field(64, ge=1, description="arguments kept per event")
     stack_max: int = Field(32, ge=0, description="stack frames kept per event")
@@ -175,3 +184,18 @@ def describe() -> list[tuple[str, str, str, str]]:
             default = oct(default).replace("0o", "0")
         rows.append((name, env_name(name), str(default), f.description or ""))
     return rows
+
+
+def markdown_table() -> str:
+    rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{n}` | `{e}` | `{d}` | {desc} |" for n, e, d, desc in describe()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    # python -m host_agent.settings: rewrite the settings table in docs/configuration.md
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    text = doc.read_text()
+    start = text.index("| setting | env var |")
+    end = text.index("\n\n", start)
+    doc.write_text(text[:start] + markdown_table() + text[end:])

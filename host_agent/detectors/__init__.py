@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from host_agent.detectors import path, shell, sql, ssrf
+from host_agent.detectors import deser, path, shell, sql, ssrf
 from host_agent.detectors.base import Finding
 
 __all__ = ["Detectors", "Finding"]
@@ -21,15 +21,23 @@ class Detectors:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def check(self, kind: str, hook: str, args: list[str], request: Any) -> list[Finding]:
+    def check(
+        self, kind: str, hook: str, args: list[str], request: Any, stack: list[str] = ()
+    ) -> list[Finding]:
         if kind == "sql":
             found = sql.check(args[0], request, hook) if args else []
-        elif request is None:
-            return []  # the other detectors correlate with request input
+        elif kind == "deserialization":
+            found = deser.check_deserialization(hook, args)
+        elif kind == "naming":
+            found = deser.check_naming(args)
         elif kind == "process":
-            found = shell.check(hook, args, request)
+            found = deser.check_exec_stack(stack)
+            if request is not None:
+                found += shell.check(hook, args, request)
+        elif request is None:
+            return []  # the remaining detectors correlate with request input
         elif kind == "file":
-            found = path.check(args, request)
+            found = path.check(args, request, hook)
         elif kind in ("network", "dns"):
             found = ssrf.check(kind, args, request)
         else:

@@ -20,10 +20,32 @@ SENSITIVE = re.compile(
 )
 
 
-def check(args: list[str], request: object) -> list[Finding]:
+_SCRIPT = re.compile(r"\.(?:php\d?|phtml|phar|jspx?|jspf|aspx?|ashx|cgi|pl)$", re.I)
+_WRITE_HOOK = re.compile(r"write|put|rename|copy|move|upload|FileOutputStream", re.I)
+
+
+def _writes(hook: str, args: list[str]) -> bool:
+    """Does this file event write? From the hook's name or an fopen-style mode argument."""
+    if _WRITE_HOOK.search(hook):
+        return True
+    return any(
+        len(a) <= 4 and a and set(a) <= set("rwaxbt+") and set(a) & set("wax+") for a in args[1:3]
+    )
+
+
+def check(args: list[str], request: object, hook: str = "") -> list[Finding]:
     if not args:
         return []
-    path = args[0]
+    path = args[-1] if "rename" in hook or "copy" in hook or "move" in hook else args[0]
+    if request is not None and _SCRIPT.search(path) and _writes(hook, args):
+        return [
+            Finding(
+                "path.script-write",
+                "high",
+                "T1505.003",
+                f"a server-side script is written during a request: {path}",
+            )
+        ]
     for name, value in user_inputs(request):
         if value not in path:
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rasp.protocol.schema import Request
 from tests.agentproc import AgentProc
 
@@ -60,3 +62,72 @@ def test_detectors_can_be_switched_off(agent_factory) -> None:
         p.trace("os.system", "process", ["ls; id"], request=_req(d="; id"))
         (row,) = a.wait_rows(1)
     assert "detections" not in row and "alerts" not in row
+
+
+RULES = """\
+rules:
+  - {id: sqli.stacked, enabled: false}
+  - {id: path.sensitive, severity: high}
+whitelist:
+  - rule: sqli.input
+    request_path: ^/admin/console
+    reason: the admin SQL console runs what admins type
+"""
+
+
+def test_rules_file_overrides_whitelist_and_aggregated_alerts(agent_factory) -> None:
+    a = agent_factory()
+    rules = a.dir / "rules.yaml"
+    rules.write_text(RULES)
+    a.extra_args = ["--rules", str(rules)]
+    a.start()
+    inj = "1 OR 1=1"
+    with a.probe() as p:
+        p.hello()
+        for _ in range(3):  # the same attack three times: one alert row, count 3
+            p.trace("sqlite3.Cursor.execute", "sql", [f"SELECT * FROM t WHERE id = {inj}"],
+                    request=_req(id=inj))  # fmt: skip
+        admin = Request(method="POST", url="http://127.0.0.1/admin/console", params={"q": [inj]})
+        p.trace(
+            "sqlite3.Cursor.execute", "sql", [f"SELECT * FROM t WHERE id = {inj}"], request=admin
+        )
+        p.trace("sqlite3.Cursor.execute", "sql", ["SELECT 1; DELETE FROM t"])  # rule disabled
+        p.trace("open", "file", ["/proc/self/environ", "r"], request=_req(x="abc"))
+        rows = a.wait_rows(6)
+    assert [[d["rule"] for d in r.get("detections", [])] for r in rows] == [
+        ["sqli.input"], ["sqli.input"], ["sqli.input"], [], [], ["path.sensitive"],
+    ]  # fmt: skip
+    assert rows[5]["detections"][0]["severity"] == "high"  # overridden from medium
+    stats = a.control("stats")
+    assert stats["whitelisted"] == {"sqli.input": 1}
+
+    res = a.cli("alerts", "--store", str(a.store), "--json")
+    assert res.returncode == 0, res.stderr
+    alerts = [json.loads(x) for x in res.stdout.splitlines()]
+    by_rule = {x["rule"]: x for x in alerts}
+    assert set(by_rule) == {"sqli.input", "path.sensitive"}
+    sqli = by_rule["sqli.input"]
+    assert sqli["count"] == 3 and sqli["pid"] == p.pid and sqli["severity"] == "critical"
+    assert sqli["signature"] == "GET /search id -> sqlite3.Cursor.execute"
+    # the alert carries its first event: request, stack and process tree
+    assert sqli["event"]["request"]["params"] == {"id": [inj]}
+    assert sqli["event"]["process"]["pid_tree"].startswith(f"{p.pid}.")
+    table = a.cli("alerts", "--store", str(a.store))
+    assert "sqli.input" in table.stdout and "critical" in table.stdout
+
+
+def test_bad_rules_file(agent_factory, tmp_path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - id: sqli.input\n    action: block\n")
+    a = agent_factory(args=["--rules", str(bad)])
+    a.start(wait=False)
+    assert a.proc.wait(30) == 2
+    assert f"{bad}:3: rules.0.action: Input should be 'alert'" in a.log_text()
+    # at reload, a bad file keeps the rules in force
+    good = agent_factory(args=["--rules", str(bad)])
+    bad.write_text(RULES)
+    good.start()
+    bad.write_text("whitelist:\n  - rule: nope.rule\n    args: x\n")
+    res = good.cli("policy", "reload", "--socket", str(good.socket))
+    assert res.returncode == 1
+    assert "unknown rule 'nope.rule'" in res.stderr and "the rules in force stay" in res.stderr

@@ -103,3 +103,23 @@ def test_sql_check_finds_input_case_insensitively() -> None:
     q = "SELECT a FROM t WHERE id = 1 UNION SELECT password FROM users"
     (f,) = sql_check(q, request({"id": "1 union select password from users"}))
     assert f.rule == "sqli.input" and f.param == "id"
+
+
+@pytest.mark.parametrize("case", corpus("path", "writes"), ids=lambda c: c["args"][0][-30:])
+def test_script_writes(case: dict) -> None:
+    got = rules("file", case["hook"], case["args"], case["params"])
+    assert got == ([case["expect"]] if case["expect"] else [])
+
+
+@pytest.mark.parametrize("case", corpus("deser", "attacks"), ids=lambda c: c["args"][-1][-40:])
+def test_deserialization_and_jndi_attacks(case: dict) -> None:
+    got = Detectors().check(case["kind"], case["hook"], case["args"], None, case.get("stack", []))
+    assert [f.rule for f in got] == [case["expect"]]
+
+
+@pytest.mark.parametrize("case", corpus("deser", "benign"), ids=lambda c: c["args"][-1][-40:])
+def test_deserialization_and_jndi_benign(case: dict) -> None:
+    assert (
+        Detectors().check(case["kind"], case["hook"], case["args"], None, case.get("stack", []))
+        == []
+    )

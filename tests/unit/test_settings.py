@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from host_agent.settings import Settings, describe, load_settings
+from host_agent.settings import Settings, describe, load_settings, markdown_table
 from host_agent.yamlfile import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -98,6 +98,7 @@ def test_bad_file_names_file_and_line(tmp_path: Path) -> None:
 
 def test_every_setting_is_documented() -> None:
     text = DOCS.read_text()
+    assert markdown_table() in text, "run: .venv/bin/python -m host_agent.settings"
     for name, env, _default, _desc in describe():
         assert f"`{name}`" in text, f"docs/configuration.md misses {name}"
         assert f"`{env}`" in text
