@@ -20,8 +20,16 @@ SENSITIVE = re.compile(
 )
 
 
-_SCRIPT = re.compile(r"\.(?:php\d?|phtml|phar|jspx?|jspf|aspx?|ashx|cgi|pl)$", re.I)
+SCRIPT_EXTENSIONS = frozenset(
+    {"php", "php3", "php4", "php5", "php7", "phtml", "phar", "jsp", "jspx", "jspf", "asp",
+     "aspx", "ashx", "cgi", "pl"}
+)  # fmt: skip
 _WRITE_HOOK = re.compile(r"write|put|rename|copy|move|upload|FileOutputStream", re.I)
+
+
+def _maybe_sensitive(path: str) -> bool:
+    """Cheap gate before the SENSITIVE regex (every file event of a request passes here)."""
+    return path.startswith(("/etc/", "/proc/", "/root/")) or "/." in path
 
 
 def _writes(hook: str, args: list[str]) -> bool:
@@ -37,7 +45,8 @@ def check(args: list[str], request: object, hook: str = "") -> list[Finding]:
     if not args:
         return []
     path = args[-1] if "rename" in hook or "copy" in hook or "move" in hook else args[0]
-    if request is not None and _SCRIPT.search(path) and _writes(hook, args):
+    ext = path.rpartition(".")[2].lower()
+    if request is not None and ext in SCRIPT_EXTENSIONS and _writes(hook, args):
         return [
             Finding(
                 "path.script-write",
@@ -55,7 +64,7 @@ def check(args: list[str], request: object, hook: str = "") -> list[Finding]:
                         "through a file API", name, value)
             ]  # fmt: skip
         if _TRAVERSAL.search(value) or (value.startswith("/") and path.startswith(value)):
-            severity = "critical" if SENSITIVE.search(path) else "high"
+            severity = "critical" if _maybe_sensitive(path) and SENSITIVE.search(path) else "high"
             return [
                 Finding(
                     "path.traversal",
@@ -66,7 +75,7 @@ def check(args: list[str], request: object, hook: str = "") -> list[Finding]:
                     value,
                 )
             ]
-    if SENSITIVE.search(path) and request is not None:
+    if request is not None and _maybe_sensitive(path) and SENSITIVE.search(path):
         return [
             Finding("path.sensitive", "medium", "T1005", f"sensitive file during a request: {path}")
         ]
