@@ -129,11 +129,6 @@ def run(ctx: click.Context, no_auto_attach: bool, auto_attach: str | None, **opt
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if s.auto_attach:
-        logging.getLogger("rampart.agent").warning(
-            "auto-attach (%s) is not available in this version; attach with rasp-attach",
-            ",".join(s.auto_attach),
-        )
     sys.exit(daemon.run(s))
 
 
@@ -290,8 +285,8 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
         jsonl(rows)
         return
     table = Table(
-        "pid", "runtime", "version", "mode", "container", "state", "since", "events", "drops",
-        "exe", box=None,
+        "pid", "runtime", "version", "mode", "container", "state", "attach", "since", "events",
+        "drops", "exe", box=None,
     )  # fmt: skip
     for r in rows:
         table.add_row(
@@ -301,6 +296,7 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
             r.get("mode", ""),
             (r.get("container_id") or "")[:12],
             r["state"],
+            r.get("attach_state", ""),
             _ago(r["since"]) if "since" in r else "",
             str(r.get("events", "")),
             str(r.get("drops", "")),

@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host_agent import __version__
 from host_agent.attachments import Attachments
@@ -30,6 +30,9 @@ from host_agent.server import PeerConnection, SocketInUse, bind_socket
 from host_agent.settings import Settings
 from host_agent.sinks import SinkRunner, build
 from host_agent.yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from host_agent.autoattach import AutoAttacher
 
 log = logging.getLogger("rampart.agent")
 
@@ -53,6 +56,7 @@ class Agent:
         self.pipeline: Pipeline
         self.attachments: Attachments
         self._server: asyncio.AbstractServer | None = None
+        self.autoattach: AutoAttacher | None = None
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ start / stop
@@ -76,6 +80,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
+        if s.auto_attach:
+            from host_agent.autoattach import AutoAttacher
+
+            self.autoattach = AutoAttacher(self)
+            self.autoattach.start()
         log.info(
             "rasp-agent %s listening on %s (store %s, policy %s %s)",
             __version__,
@@ -94,6 +103,8 @@ class Agent:
 
     async def stop(self) -> None:
         log.info("stopping")
+        if self.autoattach is not None:
+            await self.autoattach.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
