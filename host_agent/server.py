@@ -333,6 +333,7 @@ class PeerConnection(asyncio.Protocol):
             mode=mode,
             hooks=list(msg.data.hooks),
             nspid=info.nspid,
+            already_running=msg.data.already_running,
             conn=self,
         )
         rec.refresh_process(force=True)
