@@ -75,9 +75,10 @@ def _placeholder_offset(data: bytes) -> int:
         raise AttachError(EXIT_FAIL, f"{LIBRARY}: no symbol {SYMBOL}")
     addr = syms[0]["st_value"]
     for sec in elf.iter_sections():
-        if sec["sh_type"] == "SHT_PROGBITS" and sec["sh_addr"] <= addr < sec["sh_addr"] + sec[
-            "sh_size"
-        ]:
+        if (
+            sec["sh_type"] == "SHT_PROGBITS"
+            and sec["sh_addr"] <= addr < sec["sh_addr"] + sec["sh_size"]
+        ):
             return sec["sh_offset"] + addr - sec["sh_addr"]
     raise AttachError(EXIT_FAIL, f"{LIBRARY}: {SYMBOL} is not in a file-backed section")
 
@@ -120,7 +121,9 @@ class PythonAttacher:
             try:
                 pyinjector.inject(target.pid, str(so))
             except pyinjector.api.LinuxInjectorPermissionError as e:
-                raise AttachError(EXIT_DENIED, f"pid {target.pid}: permission denied ({e.error_str})")
+                raise AttachError(
+                    EXIT_DENIED, f"pid {target.pid}: permission denied ({e.error_str})"
+                ) from None
             except pyinjector.api.InjectorError as e:
                 raise AttachError(
                     EXIT_FAIL, f"pid {target.pid}: injection failed in {e.func_name}: {e.error_str}"

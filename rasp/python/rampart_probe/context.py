@@ -79,7 +79,7 @@ def from_wsgi_environ(environ: dict, form=None) -> Request:
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     query = environ.get("QUERY_STRING", "")
-    url = "%s://%s%s%s" % (scheme, host, path, "?" + query if query else "")
+    url = "{}://{}{}{}".format(scheme, host, path, "?" + query if query else "")
 
     def header(name: str):
         if name == "content-type":

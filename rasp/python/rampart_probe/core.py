@@ -43,7 +43,7 @@ class RampartBlocked(PermissionError):
     file or socket call, so their usual error path runs."""
 
     def __init__(self, hook: str, policy_id: str) -> None:
-        PermissionError.__init__(self, "Rampart blocked %s by policy %s" % (hook, policy_id))
+        PermissionError.__init__(self, f"Rampart blocked {hook} by policy {policy_id}")
         self.hook = hook
         self.policy_id = policy_id
 
@@ -61,7 +61,7 @@ def _s(v) -> str:
             if isinstance(s, bytes):
                 s = s.decode("utf-8", "replace")
         except Exception:
-            s = "<%s>" % type(v).__name__
+            s = f"<{type(v).__name__}>"
     return s if len(s) <= ARG_MAX else s[:ARG_MAX]
 
 
@@ -78,7 +78,7 @@ def capture_stack(depth: int, skip: int = 1) -> list:
         code = f.f_code
         fn = code.co_filename
         if not fn.startswith(_PROBE_DIR):
-            out.append("%s (%s:%d)" % (code.co_name, fn, f.f_lineno))
+            out.append(f"{code.co_name} ({fn}:{f.f_lineno})")
         f = f.f_back
     return out
 
@@ -98,7 +98,7 @@ class Probe:
         self.quotas = Quotas()
         self.config_uuid = ""
         self.failed_once: set = set()
-        self.runtime_version = "%d.%d.%d" % sys.version_info[:3]
+        self.runtime_version = "{}.{}.{}".format(*sys.version_info[:3])
         self._reset_process_state()
         atexit.register(self.shutdown)
         if hasattr(os, "register_at_fork"):
@@ -350,7 +350,7 @@ class Probe:
                 self.connected = self.was_connected = True
                 self.already_running = False
                 backoff = BACKOFF_MIN
-                next_heartbeat = time.monotonic() + HEARTBEAT_S
+                next_heartbeat = 0.0  # one right after the hello: counters from while away
             try:
                 self._pump(reader)
                 if time.monotonic() >= next_heartbeat:

@@ -36,7 +36,7 @@ class WireError(Exception):
     """A frame the probe cannot accept; `code` is one of the protocol's error codes."""
 
     def __init__(self, code: str, reason: str) -> None:
-        Exception.__init__(self, "%s: %s" % (code, reason))
+        Exception.__init__(self, f"{code}: {reason}")
         self.code = code
         self.reason = reason
 
@@ -62,7 +62,7 @@ class FrameReader:
         while len(buf) - off >= 4:
             (n,) = HEADER.unpack_from(buf, off)
             if n > self.max_frame:
-                raise WireError("too_large", "frame of %d bytes over the limit" % n)
+                raise WireError("too_large", f"frame of {n} bytes over the limit")
             if len(buf) - off - 4 < n:
                 break
             out.append(bytes(buf[off + 4 : off + 4 + n]))
@@ -75,7 +75,7 @@ class FrameReader:
         if self.buf:
             n = len(self.buf)
             self.buf = bytearray()
-            raise WireError("truncated", "stream ended inside a frame (%d bytes)" % n)
+            raise WireError("truncated", f"stream ended inside a frame ({n} bytes)")
 
 
 def parse(payload: bytes) -> dict:
@@ -85,11 +85,11 @@ def parse(payload: bytes) -> dict:
     try:
         obj = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise WireError("bad_json", "invalid UTF-8: %s" % e) from None
+        raise WireError("bad_json", f"invalid UTF-8: {e}") from None
     except ValueError as e:
         raise WireError("bad_json", str(e)) from None
     if not isinstance(obj, dict):
-        raise WireError("not_object", "expected an object, got %s" % type(obj).__name__)
+        raise WireError("not_object", f"expected an object, got {type(obj).__name__}")
     return obj
 
 
@@ -97,7 +97,7 @@ def parse(payload: bytes) -> dict:
 
 
 def _fail(where: str, what: str) -> WireError:
-    return WireError("schema", "%s: %s" % (where, what))
+    return WireError("schema", f"{where}: {what}")
 
 
 def _is_int(v: object) -> bool:
@@ -107,30 +107,30 @@ def _is_int(v: object) -> bool:
 def _str(d: dict, key: str, where: str, required=False, lo=0, hi=None, nullable=False) -> None:
     if key not in d:
         if required:
-            raise _fail(where, "missing `%s`" % key)
+            raise _fail(where, f"missing `{key}`")
         return
     v = d[key]
     if v is None and nullable:
         return
     if not isinstance(v, str) or len(v) < lo or (hi is not None and len(v) > hi):
-        raise _fail(where, "`%s` must be a string of %d..%s characters" % (key, lo, hi))
+        raise _fail(where, f"`{key}` must be a string of {lo}..{hi} characters")
 
 
 def _list(d: dict, key: str, where: str) -> list:
     v = d.get(key, [])
     if not isinstance(v, list):
-        raise _fail(where, "`%s` must be a list" % key)
+        raise _fail(where, f"`{key}` must be a list")
     return v
 
 
 def _obj(d: dict, key: str, where: str, required=True) -> dict:
     if key not in d:
         if required:
-            raise _fail(where, "missing `%s`" % key)
+            raise _fail(where, f"missing `{key}`")
         return {}
     v = d[key]
     if not isinstance(v, dict):
-        raise _fail(where, "`%s` must be an object" % key)
+        raise _fail(where, f"`{key}` must be an object")
     return v
 
 
@@ -143,7 +143,7 @@ def _rule(r: object, where: str) -> None:
         raise _fail(where, "`runtime` must be a list of runtimes")
     k = r.get("kind")
     if k is not None and k not in KINDS:
-        raise _fail(where, "unknown kind %r" % (k,))
+        raise _fail(where, f"unknown kind {k!r}")
     _str(r, "hook", where, nullable=True)
     m = _obj(r, "match", where, required=False)
     _str(m, "args", where, hi=4096, nullable=True)
@@ -225,7 +225,7 @@ def decode_from_agent(payload: bytes) -> dict:
         raise _fail("frame", "`message_type` must be an integer")
     spec = _FROM_AGENT.get(mt)
     if spec is None:
-        raise WireError("unknown_type", "message_type %d is not sent by the agent" % mt)
+        raise WireError("unknown_type", f"message_type {mt} is not sent by the agent")
     required, check = spec
     if "data" not in msg and not required:
         return msg

@@ -93,8 +93,8 @@ def _connect(a):  # (socket, address)
     if isinstance(addr, tuple) and len(addr) >= 2:
         host = addr[0]
         if isinstance(host, str) and ":" in host:
-            return ["[%s]:%s" % (host, addr[1])]
-        return ["%s:%s" % (host, addr[1])]
+            return [f"[{host}]:{addr[1]}"]
+        return [f"{host}:{addr[1]}"]
     return [addr]
 
 
@@ -105,7 +105,7 @@ def _getaddrinfo(a):  # (host, port, family, type, protocol)
 def _compile(a):  # (source, filename); the source is None/AST for compiles of trees
     src = a[0]
     if not isinstance(src, (str, bytes)):
-        src = "<%s>" % type(src).__name__
+        src = f"<{type(src).__name__}>"
     return [src, a[1]]
 
 
@@ -117,7 +117,7 @@ def _exec_code(a):  # (code_object,)
 def _marshal(a):
     data = a[0] if a else b""
     try:
-        return ["<%d bytes>" % len(data)]
+        return [f"<{len(data)} bytes>"]
     except TypeError:
         return ["<data>"]
 

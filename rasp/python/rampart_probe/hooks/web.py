@@ -91,7 +91,7 @@ class _HandlerRequest(context.Request):
             headers = getattr(h, "headers", None)
             host = headers.get("host", "") if headers is not None else ""
             self.method = getattr(h, "command", "") or ""
-            self.url = "http://%s%s" % (host, path) if host else path
+            self.url = f"http://{host}{path}" if host else path
             addr = getattr(h, "client_address", None)
             self.remote_addr = str(addr[0]) if isinstance(addr, tuple) else ""
             self.query = path.split("?", 1)[1] if "?" in path else ""
