@@ -6,7 +6,8 @@ be replaced, so `sqlite3.connect` is wrapped to pass a `factory` subclass whose 
 returns a `Cursor` subclass with `execute`/`executemany`/`executescript` reporting first.
 `Connection.execute` (and friends) are re-spelled as `self.cursor().execute(...)`,
 their documented meaning, so they report through the same path. `sqlite3.connect` is also
-replaced where an app bound it by name before the attach. Not covered: connections opened before the attach.
+replaced where an app bound it by name before the attach.
+Not covered: connections opened before the attach.
 """
 
 from __future__ import annotations
