@@ -110,6 +110,9 @@ class Probe:
         self.pid = os.getpid()
         self.queue: collections.deque = collections.deque()
         self.connected = False
+        # away: a connection attempt failed or the connection was lost. Until the first
+        # attempt, events queue (bounded), so a fresh process or fork loses none of them.
+        self.away = False
         self.sent = self.dropped = self.blocked = 0
         self.dropped_by: dict = {}
         self.sock = None
@@ -189,7 +192,7 @@ class Probe:
                     stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
                 if not self.filters.empty and self.filters.first_match(hook, kind, args, stack):
                     self.drop("filter")
-                elif not self.connected:
+                elif self.away:
                     self.drop("agent_away")
                 elif len(self.queue) >= QUEUE_MAX:
                     self.drop("queue_full")
@@ -342,12 +345,15 @@ class Probe:
                 try:
                     self.sock = self._connect()
                 except OSError:
+                    self.away = True
+                    self._close()
                     self.wake.wait(backoff)
                     self.wake.clear()
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 reader = wire.FrameReader()
                 self.connected = self.was_connected = True
+                self.away = False
                 self.already_running = False
                 backoff = BACKOFF_MIN
                 next_heartbeat = 0.0  # one right after the hello: counters from while away
@@ -364,7 +370,9 @@ class Probe:
                     self._close()
                     return
             except (OSError, wire.WireError):
+                self.away = True
                 self._close()
+        self.away = True
         self._close()
 
     def _pump(self, reader) -> None:

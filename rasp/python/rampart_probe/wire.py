@@ -42,7 +42,7 @@ class WireError(Exception):
 
 
 def encode(message: dict) -> bytes:
-    """One complete frame. Lone surrogates (from undecodable file names) become U+FFFD."""
+    """One complete frame. Lone surrogates (from undecodable file names) become "?"."""
     payload = _dumps(message).encode("utf-8", "replace")
     return HEADER.pack(len(payload)) + payload
 
