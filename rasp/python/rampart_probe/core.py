@@ -264,6 +264,8 @@ class Probe:
         """One frame from the agent. Tables replace the table of their kind whole."""
         mt = msg["message_type"]
         data = msg.get("data") or {}
+        if mt in (wire.BLOCK, wire.FILTER, wire.QUOTA, wire.CONFIG):
+            self.beat_now = True  # tell the agent at once which tables are in force
         if mt == wire.BLOCK:
             self.blocks = RuleTable(data["uuid"], data.get("blocks", []))
         elif mt == wire.FILTER:
@@ -302,6 +304,7 @@ class Probe:
             self.start_thread()
 
     reconnect_now = False
+    beat_now = False
 
     def _connect(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -359,7 +362,8 @@ class Probe:
                 next_heartbeat = 0.0  # one right after the hello: counters from while away
             try:
                 self._pump(reader)
-                if time.monotonic() >= next_heartbeat:
+                if self.beat_now or time.monotonic() >= next_heartbeat:
+                    self.beat_now = False
                     self.sock.sendall(wire.encode(self.heartbeat()))
                     next_heartbeat = time.monotonic() + HEARTBEAT_S
                 if self.stopping:
