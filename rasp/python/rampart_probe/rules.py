@@ -8,7 +8,7 @@ every runtime, so Python's `re` evaluates them the way the agent and other probe
 from __future__ import annotations
 
 import re
-import time
+from time import monotonic as _monotonic
 
 DEFAULT_PER_MINUTE = 12000  # Elkeid's default per hook and minute
 
@@ -94,10 +94,11 @@ class Quotas:
 
     def allow(self, hook: str, now=None) -> bool:
         if now is None:
-            now = time.monotonic()
+            now = _monotonic()
         if now - self.window >= 60.0:
             self.window = now
             self.counts = {}
-        n = self.counts.get(hook, 0) + 1
-        self.counts[hook] = n
+        counts = self.counts
+        n = counts.get(hook, 0) + 1
+        counts[hook] = n
         return n <= self.limits.get(hook, self.default)

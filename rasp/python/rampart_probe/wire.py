@@ -41,6 +41,18 @@ class WireError(Exception):
         self.reason = reason
 
 
+dumps = _dumps
+
+
+def encode_trace(prefix: bytes, ms: int, data: dict) -> bytes:
+    """A trace frame from the envelope's constant prefix (`Probe.trace_prefix`): the same
+    bytes as encode() of the whole envelope, without rebuilding the envelope per event."""
+    payload = b"".join(
+        (prefix, str(ms).encode(), b',"data":', _dumps(data).encode("utf-8", "replace"), b"}")
+    )
+    return HEADER.pack(len(payload)) + payload
+
+
 def encode(message: dict) -> bytes:
     """One complete frame. Lone surrogates (from undecodable file names) become "?"."""
     payload = _dumps(message).encode("utf-8", "replace")

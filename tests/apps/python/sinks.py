@@ -66,6 +66,14 @@ def evaluate(expr: str) -> str:
     return repr(eval(expr))
 
 
+def bench(name: str) -> str:
+    """What bench/python_overhead.py loads: one file read and one SQL query per request."""
+    with open("/etc/hostname") as f:
+        host = f.read(64).strip()
+    rows = _db().execute("SELECT role FROM users WHERE name = ?", (name,)).fetchall()
+    return f"{host} {rows!r}"
+
+
 #: path -> (function, parameter names)
 ROUTES = {
     "/cmd": (run_command, ("c",)),
@@ -76,4 +84,5 @@ ROUTES = {
     "/sql": (sql, ("name",)),
     "/pickle": (unpickle, ("b64",)),
     "/eval": (evaluate, ("expr",)),
+    "/bench": (bench, ("name",)),
 }

@@ -170,7 +170,7 @@ def _hook(event, args):
     if spec is None:
         return
     probe = _probe
-    if probe is None or not probe.enabled or getattr(core._tls, "busy", False):
+    if probe is None or not probe.enabled or core._tls.busy:
         return
     kind, extract, importing = spec
     try:
