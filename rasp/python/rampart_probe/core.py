@@ -73,7 +73,7 @@ def _s(v) -> str:
     return s if len(s) <= ARG_MAX else s[:ARG_MAX]
 
 
-_frame_text: dict = {}  # (code, last instruction) -> "function (file:line)"
+_frame_text: dict = {}  # (id(code), last instruction) -> (code, "function (file:line)")
 _FRAME_CACHE_MAX = 8192
 
 
@@ -93,14 +93,18 @@ def capture_stack(depth: int, skip: int = 1) -> list:
     cache = _frame_text
     while f is not None:
         code = f.f_code
-        key = (code, f.f_lasti)
-        text = cache.get(key)
-        if text is None:
+        # keyed by id (hashing a code object hashes its bytecode and constants); the entry
+        # holds the code object, so its id cannot be reused while the entry lives
+        key = (id(code), f.f_lasti)
+        entry = cache.get(key)
+        if entry is not None and entry[0] is code:
+            text = entry[1]
+        else:
             fn = code.co_filename
             text = "" if fn.startswith(_PROBE_DIR) else f"{code.co_name} ({fn}:{f.f_lineno})"
             if len(cache) >= _FRAME_CACHE_MAX:
                 cache.clear()
-            cache[key] = text
+            cache[key] = (code, text)
         if text:
             out.append(text)
             if len(out) >= depth:
