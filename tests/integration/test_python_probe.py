@@ -19,8 +19,11 @@ from injector.detect import detect
 from tests.agentproc import AgentProc, wait_for
 from tests.integration.pyprobe import (
     APPS,
+    REPO,
+    VENV_BIN,
     children,
     events,
+    free_port,
     get,
     interpreter,
     probe_row,
@@ -263,3 +266,27 @@ def test_other_interpreters(spawn, agent: AgentProc, python: str) -> None:
     assert ev["request"]["params"] == {"c": ["true"]}
     sql = events(agent, p.pid, "sqlite3.Cursor.execute", 1)
     assert any("bob" in e["args"][0] for e in sql)
+
+
+def test_uvicorn_asgi_request_context(spawn, agent: AgentProc) -> None:
+    port = free_port()
+    p = spawn(
+        [
+            str(VENV_BIN / "uvicorn"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "tests.apps.python.asgi_app:app",
+        ],
+        cwd=str(REPO),
+    )
+    wait_for(lambda: get(port, "/health", timeout=1)[0] == 200, 30, "uvicorn up")
+    rasp_attach(agent, p.pid)
+    assert get(port, "/cmd", c="echo asgi")[0] == 200
+    (ev,) = events(agent, p.pid, "os.system")
+    assert ev["args"] == ["echo asgi > /dev/null 2>&1"]
+    req = ev["request"]
+    assert req["method"] == "GET" and req["params"] == {"c": ["echo asgi"]}
+    assert req["url"] == f"http://127.0.0.1:{port}/cmd?c=echo+asgi"
+    assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"

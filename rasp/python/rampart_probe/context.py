@@ -89,3 +89,26 @@ def from_wsgi_environ(environ: dict, form=None) -> Request:
     return Request(
         environ.get("REQUEST_METHOD", ""), url, environ.get("REMOTE_ADDR", ""), query, header, form
     )
+
+
+def from_asgi_scope(scope: dict) -> Request:
+    """The request of an ASGI http scope (uvicorn); the body is the app's to read."""
+    raw = {}
+    for k, v in scope.get("headers") or ():
+        try:
+            raw[k.decode("latin-1").lower()] = v.decode("latin-1")
+        except Exception:
+            pass
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    host = raw.get("host")
+    if not host and scope.get("server"):
+        host = "{}:{}".format(*tuple(scope["server"][:2]))
+    path = scope.get("root_path", "") + scope.get("path", "")
+    url = "{}://{}{}{}".format(
+        scope.get("scheme", "http"),
+        host or "",
+        path,
+        "?" + query if query else "",
+    )
+    client = scope.get("client")
+    return Request(scope.get("method", ""), url, str(client[0]) if client else "", query, raw)

@@ -5,6 +5,8 @@
 - any WSGI app served by wsgiref: `wsgiref.handlers.BaseHandler.run`.
 - `http.server` handlers: `BaseHTTPRequestHandler.handle_one_request` (query only: the body
   belongs to the app's own reader).
+- ASGI apps under uvicorn: `RequestResponseCycle.run_asgi` of each HTTP implementation
+  (query only).
 Small url-encoded form bodies of WSGI requests (<= 64 KiB) are read once and handed back to
 the app as a fresh `wsgi.input`, so `params` holds query + form. Events raised while a WSGI
 response iterable is consumed after the app returned carry no request.
@@ -114,12 +116,43 @@ def _patch_http_server(server) -> None:
     patching.replace(server.BaseHTTPRequestHandler, "handle_one_request", handle_one_request)
 
 
+#: uvicorn's HTTP protocol implementations; each runs one request per `run_asgi` task
+UVICORN_CYCLES = (
+    "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.http.zttp_impl",
+    "uvicorn.protocols.http.zttp_h2_impl",
+)
+
+
+def _patch_uvicorn_cycle(module) -> None:
+    cls = module.RequestResponseCycle
+    original = cls.run_asgi
+
+    async def run_asgi(self, app):
+        # run_asgi is a task of its own: the ContextVar set here is that request's only
+        if _probe is None or not _probe.enabled:
+            return await original(self, app)
+        try:
+            token = context.current.set(context.from_asgi_scope(self.scope))
+        except Exception:
+            return await original(self, app)
+        try:
+            return await original(self, app)
+        finally:
+            context.current.reset(token)
+
+    patching.replace(cls, "run_asgi", run_asgi)
+
+
 def install(probe) -> list:
     global _probe
     _probe = probe
     patching.when_imported("flask", _patch_flask)
     patching.when_imported("wsgiref.handlers", _patch_wsgiref)
     patching.when_imported("http.server", _patch_http_server)
+    for name in UVICORN_CYCLES:
+        patching.when_imported(name, _patch_uvicorn_cycle)
     return []
 
 
