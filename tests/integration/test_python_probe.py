@@ -290,3 +290,16 @@ def test_uvicorn_asgi_request_context(spawn, agent: AgentProc) -> None:
     assert req["method"] == "GET" and req["params"] == {"c": ["echo asgi"]}
     assert req["url"] == f"http://127.0.0.1:{port}/cmd?c=echo+asgi"
     assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"
+
+
+def test_agent_exit_frame_stops_reporting_and_a_new_attach_resumes(spawn, agent) -> None:
+    p, port = start_http_app(spawn, sys.executable)
+    rasp_attach(agent, p.pid)
+    agent.control("push", pid=p.pid, frame={"message_type": 0, "data": {"reason": "detach"}})
+    wait_for(lambda: probe_row(agent, p.pid) is None, 10, "the probe to disconnect")
+    assert get(port, "/cmd", c="echo quiet")[0] == 200  # the app runs on, unobserved
+    out = rasp_attach(agent, p.pid)
+    assert out["already"] is True  # the same probe, woken up: a fresh hello
+    assert get(port, "/cmd", c="echo loud")[0] == 200
+    ev = events(agent, p.pid, "os.system")
+    assert [e["args"][0].split(" >")[0] for e in ev] == ["echo loud"]

@@ -369,6 +369,18 @@ class Probe:
 
     def _run(self) -> None:
         _tls.busy = True  # the probe's own socket calls are not events
+        try:
+            self._loop()
+        except Exception as e:  # a probe bug: the probe stops, the app goes on
+            self.enabled = False
+            self.away = True
+            try:
+                log.warning("rampart: probe disabled after an internal error: %r", e)
+                self._close()
+            except Exception:
+                pass
+
+    def _loop(self) -> None:
         backoff = BACKOFF_MIN
         reader = wire.FrameReader()
         next_heartbeat = 0.0
