@@ -303,3 +303,22 @@ def test_agent_exit_frame_stops_reporting_and_a_new_attach_resumes(spawn, agent)
     assert get(port, "/cmd", c="echo loud")[0] == 200
     ev = events(agent, p.pid, "os.system")
     assert [e["args"][0].split(" >")[0] for e in ev] == ["echo loud"]
+
+
+def test_target_running_as_another_user(spawn, agent: AgentProc) -> None:
+    """The per-attach copy is chowned to the target's uid: its dlopen runs as that user."""
+    argv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        str(APPS / "http_server_app.py"),
+    ]
+    p = spawn(argv, stdout=-1)
+    port = int(p.stdout.readline().split()[1])
+    rasp_attach(agent, p.pid)
+    assert get(port, "/cmd", c="id")[0] == 200
+    (ev,) = events(agent, p.pid, "os.system")
+    assert ev["process"]["uid"] == 65534
+    assert not [x for x in agent.dir.iterdir() if x.name.startswith(".rampart-attach")]
