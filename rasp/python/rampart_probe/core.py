@@ -153,8 +153,8 @@ class Probe:
         self.wake = threading.Event()
         self.thread = None
 
-    def start_thread(self) -> None:
-        t = threading.Thread(target=self._run, name="rampart-probe", daemon=True)
+    def start_thread(self, delay: float = 0.0) -> None:
+        t = threading.Thread(target=self._run, args=(delay,), name="rampart-probe", daemon=True)
         self.thread = t
         t.start()
 
@@ -171,7 +171,10 @@ class Probe:
                 except OSError:
                     pass
             if self.enabled:
-                self.start_thread()
+                # subprocess with preexec_fn also runs at-fork handlers in a child that is
+                # about to exec: waiting a moment before connecting keeps such children from
+                # saying hello at all (exec ends the thread); events meanwhile are queued
+                self.start_thread(delay=0.1)
         except Exception:
             self.enabled = False
 
@@ -367,8 +370,10 @@ class Probe:
         for _ in range(n):
             self.drop("agent_away")
 
-    def _run(self) -> None:
+    def _run(self, delay: float = 0.0) -> None:
         _tls.busy = True  # the probe's own socket calls are not events
+        if delay:
+            time.sleep(delay)
         try:
             self._loop()
         except Exception as e:  # a probe bug: the probe stops, the app goes on
