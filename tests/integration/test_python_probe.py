@@ -71,6 +71,7 @@ def test_http_server_attach_reports_every_sink_with_request_context(
         ("/ls", {"path": str(tmp_path)}),
         ("/fetch", {"url": f"http://127.0.0.1:{sport}/health"}),
         ("/sql", {"name": "alice' OR '1'='1"}),
+        ("/sql-early", {"name": "early"}),
         ("/pickle", {"b64": pickled}),
         ("/eval", {"expr": "6*7"}),
     ]
@@ -111,6 +112,12 @@ def test_http_server_attach_reports_every_sink_with_request_context(
     sql = [e for e in events(agent, p.pid, "sqlite3.Cursor.execute") if "users" in e["args"][0]]
     assert any("WHERE name = 'alice' OR '1'='1'" in e["args"][0] for e in sql)
     assert all(e["kind"] == "sql" for e in sql)
+
+    # a connection opened before the attach: reported through its trace callback
+    (early,) = events(agent, p.pid, "sqlite3.Connection.trace")
+    assert early["args"] == ["SELECT name FROM items WHERE name = 'early'"]
+    assert early["kind"] == "sql" and early["request"]["params"] == {"name": ["early"]}
+    assert any(f.startswith("sql_early (") for f in early["stack"])
 
     (pk,) = events(agent, p.pid, "pickle.find_class")
     assert pk["args"] == ["collections", "OrderedDict"] and pk["kind"] == "deserialization"

@@ -15,6 +15,9 @@ from os import system
 from sqlite3 import connect
 
 DB = None
+#: opened at start, before any attach: the probe reaches it only through its trace callback
+EARLY_DB = connect(":memory:", check_same_thread=False)
+EARLY_DB.execute("CREATE TABLE items (name TEXT)")
 
 
 def _db():
@@ -58,6 +61,11 @@ def sql(name: str) -> str:
     return repr(rows)
 
 
+def sql_early(name: str) -> str:
+    rows = EARLY_DB.execute("SELECT name FROM items WHERE name = '" + name + "'").fetchall()
+    return repr(rows)
+
+
 def unpickle(b64: str) -> str:
     return repr(pickle.loads(base64.b64decode(b64)))
 
@@ -82,6 +90,7 @@ ROUTES = {
     "/ls": (list_dir, ("path",)),
     "/fetch": (fetch, ("url",)),
     "/sql": (sql, ("name",)),
+    "/sql-early": (sql_early, ("name",)),
     "/pickle": (unpickle, ("b64",)),
     "/eval": (evaluate, ("expr",)),
     "/bench": (bench, ("name",)),

@@ -6,8 +6,8 @@ be replaced, so `sqlite3.connect` is wrapped to pass a `factory` subclass whose 
 returns a `Cursor` subclass with `execute`/`executemany`/`executescript` reporting first.
 `Connection.execute` (and friends) are re-spelled as `self.cursor().execute(...)`,
 their documented meaning, so they report through the same path. `sqlite3.connect` is also
-replaced where an app bound it by name before the attach.
-Not covered: connections opened before the attach.
+replaced where an app bound it by name before the attach. Connections opened before the
+attach report through their trace callback (`sqlite3.Connection.trace`, observe only).
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from __future__ import annotations
 from .. import patching
 
 NAME = "dbapi"
-HOOKS = ("sqlite3.Cursor.execute", "sqlite3.Cursor.executemany", "sqlite3.Cursor.executescript")
+TRACE_HOOK = "sqlite3.Connection.trace"
+HOOKS = (
+    "sqlite3.Cursor.execute",
+    "sqlite3.Cursor.executemany",
+    "sqlite3.Cursor.executescript",
+    TRACE_HOOK,
+)
 _probe = None
 _subclasses: dict = {}
 
@@ -109,9 +115,39 @@ def _patch_sqlite3(sqlite3) -> None:
     connect.__doc__ = original.__doc__
     connect.__name__ = "connect"
     patching.replace(sqlite3, "connect", connect, rebind=True)
+    _trace_existing(sqlite3)
     dbapi2 = getattr(sqlite3, "dbapi2", None)
     if dbapi2 is not None and getattr(dbapi2, "connect", None) is original:
         patching.replace(dbapi2, "connect", connect)
+
+
+def _trace_existing(sqlite3) -> None:
+    """Connections opened before the attach are C objects the wrappers never see: their
+    statements are reported through the connection's trace callback (observe only: the
+    callback runs as the statement executes, too late to refuse it). Found with one
+    gc.get_objects() scan at install time; it replaces a trace callback the app set itself,
+    which has no getter to chain to."""
+    import gc
+
+    ours = tuple(_subclasses.values())
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlite3.Connection) and not isinstance(obj, ours):
+            try:
+                obj.set_trace_callback(_on_trace)
+            except Exception:
+                pass  # closed, or used by another thread: leave it
+
+
+def _on_trace(statement) -> None:
+    probe = _probe
+    if probe is None or not probe.enabled:
+        return
+    try:
+        probe.emit(TRACE_HOOK, "sql", [statement])
+    except Exception as e:  # a trace callback cannot refuse the statement anyway
+        if not isinstance(e, PermissionError):
+            probe.hooks_disabled.add(TRACE_HOOK)
+            probe.hook_failed(TRACE_HOOK, e)
 
 
 def install(probe) -> list:
