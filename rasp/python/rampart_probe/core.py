@@ -73,16 +73,16 @@ def _s(v) -> str:
     return s if len(s) <= ARG_MAX else s[:ARG_MAX]
 
 
-_frame_text: dict = {}  # (id(code), last instruction) -> (code, "function (file:line)")
+_frame_text: dict = {}  # (file, first line, last instruction) -> "function (file:line)"
 _FRAME_CACHE_MAX = 8192
 
 
 def capture_stack(depth: int, skip: int = 1) -> list:
     """Innermost first: "function (file:line)", the probe's own frames left out.
 
-    A sys._getframe walk; each frame's text is cached by (code object, instruction offset),
-    because computing f_lineno and formatting dominate the cost (traceback.extract_stack
-    costs ~30 µs at depth 20)."""
+    A sys._getframe walk; each frame's text is cached by code location and instruction
+    offset, because computing f_lineno and formatting dominate the cost otherwise
+    (traceback.extract_stack costs ~30 µs at depth 20)."""
     out = []
     if depth <= 0:
         return out
@@ -92,19 +92,18 @@ def capture_stack(depth: int, skip: int = 1) -> list:
         return out
     cache = _frame_text
     while f is not None:
+        # Reading f_code raises an audit event on 3.11+ (so does id()), and hashing a code
+        # object hashes its bytecode: the key is made of the code's file and first line
+        # (strings and ints, whose hashes are cheap or cached) and the instruction offset.
         code = f.f_code
-        # keyed by id (hashing a code object hashes its bytecode and constants); the entry
-        # holds the code object, so its id cannot be reused while the entry lives
-        key = (id(code), f.f_lasti)
-        entry = cache.get(key)
-        if entry is not None and entry[0] is code:
-            text = entry[1]
-        else:
-            fn = code.co_filename
+        fn = code.co_filename
+        key = (fn, code.co_firstlineno, f.f_lasti)
+        text = cache.get(key)
+        if text is None:
             text = "" if fn.startswith(_PROBE_DIR) else f"{code.co_name} ({fn}:{f.f_lineno})"
             if len(cache) >= _FRAME_CACHE_MAX:
                 cache.clear()
-            cache[key] = (code, text)
+            cache[key] = text
         if text:
             out.append(text)
             if len(out) >= depth:
