@@ -329,3 +329,13 @@ def test_target_running_as_another_user(spawn, agent: AgentProc) -> None:
     (ev,) = events(agent, p.pid, "os.system")
     assert ev["process"]["uid"] == 65534
     assert not [x for x in agent.dir.iterdir() if x.name.startswith(".rampart-attach")]
+
+
+@pytest.mark.parametrize("python", [sys.executable, "/usr/bin/python3"], ids=["pyenv", "debian"])
+def test_target_in_a_busy_loop(spawn, agent: AgentProc, tmp_path, python: str) -> None:
+    p = spawn([python, str(APPS / "busy_target.py"), str(tmp_path)], stdout=-1)
+    assert p.stdout.readline().strip() == b"ready"
+    rasp_attach(agent, p.pid)
+    ev = events(agent, p.pid, "os.listdir", 2)
+    assert ev[0]["args"] == [str(tmp_path)] and "<module>" in ev[0]["stack"][0]
+    assert p.poll() is None
