@@ -154,7 +154,13 @@ def worker_of(master: int) -> int:
     raise SystemExit("no gunicorn worker")
 
 
-def wrk(port: int, seconds: float) -> float:
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, seconds: float) -> tuple[float, int]:
     res = subprocess.run(
         [
             "wrk",
@@ -175,7 +181,16 @@ def wrk(port: int, seconds: float) -> float:
     if errors:
         raise SystemExit(f"wrk saw errors: {res.stdout}")
     assert m, res.stdout
-    return float(m.group(1))
+    n = re.search(r"(\d+) requests in", res.stdout)
+    assert n, res.stdout
+    return float(m.group(1)), int(n.group(1))
+
+
+def measured(port: int, worker: int, seconds: float) -> tuple[float, float]:
+    """(requests/s, worker CPU µs per request) of one wrk run."""
+    c = cpu_s(worker)
+    rps, n = wrk(port, seconds)
+    return rps, (cpu_s(worker) - c) / n * 1e6
 
 
 def start_agent(d: Path) -> tuple[subprocess.Popen, Path]:
@@ -275,16 +290,25 @@ def main() -> None:
         procs += [ga, gb]
         wait_http(pa)
         wait_http(pb)
-        attach_mod.attach(worker_of(gb.pid), "auto", sock, timeout=10)
+        wa, wb = worker_of(ga.pid), worker_of(gb.pid)
+        attach_mod.attach(wb, "auto", sock, timeout=10)
         wrk(pa, 1)
         wrk(pb, 1)  # warm-up
         without, with_ = [], []
         for _ in range(a.rounds):
-            without.append(wrk(pa, a.seconds))
-            with_.append(wrk(pb, a.seconds))
-        out["rps_without"] = [round(x) for x in without]
-        out["rps_with"] = [round(x) for x in with_]
-        out["throughput_ratio"] = round(statistics.mean(with_) / statistics.mean(without), 3)
+            without.append(measured(pa, wa, a.seconds))
+            with_.append(measured(pb, wb, a.seconds))
+        out["rps_without"] = [round(x[0]) for x in without]
+        out["rps_with"] = [round(x[0]) for x in with_]
+        out["throughput_ratio"] = round(
+            statistics.mean(x[0] for x in with_) / statistics.mean(x[0] for x in without), 3
+        )
+        # CPU the worker spends per request: less sensitive to a shared machine than req/s
+        out["cpu_us_per_request_without"] = round(statistics.median(x[1] for x in without))
+        out["cpu_us_per_request_with"] = round(statistics.median(x[1] for x in with_))
+        out["cpu_ratio"] = round(
+            out["cpu_us_per_request_without"] / out["cpu_us_per_request_with"], 3
+        )
         rows = control(sock, "ps")
         out["probe_events"] = sum(r["events"] for r in rows)
     finally:

@@ -64,6 +64,23 @@ def test_encodes_probe_frames_the_agent_decodes(case) -> None:
     assert decode_to_agent(frame[4:]) == decode_to_agent(bytes.fromhex(case["frame_hex"])[4:])
 
 
+def test_trace_frames_built_from_parts_equal_whole_envelopes() -> None:
+    env = {
+        "message_type": 2,
+        "pid": 7,
+        "runtime": "python",
+        "runtime_version": "3.8.18",
+        "probe_version": "0.1.0",
+    }
+    prefix = wire.dumps(env)[:-1].encode() + b',"time":'
+    data = {"hook": "open", "kind": "file", "args": ["/tmp/caf\u00e9"], "request": {"url": "/"}}
+    stack = ["view (app.py:3)", "main (app.py:9)"]
+    for _ in range(2):  # the second time, the stack's JSON comes from the cache
+        frame = wire.encode_trace(prefix, 1764000000000, data, stack)
+        whole = wire.encode({**env, "time": 1764000000000, "data": {**data, "stack": stack}})
+        assert decode_to_agent(frame[4:]) == decode_to_agent(whole[4:])
+
+
 def test_lone_surrogates_in_args_still_make_a_valid_frame() -> None:
     msg = {
         "message_type": 2,

@@ -230,7 +230,7 @@ class Probe:
             if not self.filters.empty and self.filters.first_match(hook, kind, args, stack):
                 self.drop("filter")
             else:
-                data = {"hook": hook, "kind": kind, "args": args, "stack": stack}
+                data = {"hook": hook, "kind": kind, "args": args}
                 if policy_id is not None:
                     data["blocked"] = True
                     data["policy_id"] = policy_id
@@ -240,7 +240,7 @@ class Probe:
                         data["request"] = req.to_dict()
                     except Exception:
                         pass
-                self.queue.append((int(time.time() * 1000), data))
+                self.queue.append((int(time.time() * 1000), data, stack))
         if policy_id is not None:
             raise RampartBlocked(hook, policy_id)
 
@@ -439,8 +439,8 @@ class Probe:
             parts = []
             prefix = self.trace_prefix()
             while q and len(parts) < BATCH_MAX:
-                ms, data = q.popleft()
-                parts.append(wire.encode_trace(prefix, ms, data))
+                ms, data, stack = q.popleft()
+                parts.append(wire.encode_trace(prefix, ms, data, stack))
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
             sent_any = True

@@ -44,11 +44,36 @@ class WireError(Exception):
 dumps = _dumps
 
 
-def encode_trace(prefix: bytes, ms: int, data: dict) -> bytes:
-    """A trace frame from the envelope's constant prefix (`Probe.trace_prefix`): the same
-    bytes as encode() of the whole envelope, without rebuilding the envelope per event."""
+_stack_json: dict = {}  # tuple(stack) -> its JSON, for the stacks that repeat
+_STACK_CACHE_MAX = 4096
+
+
+def stack_json(stack: list) -> bytes:
+    """The JSON of a stack; a hot call path repeats the same stack, so it is encoded once."""
+    key = tuple(stack)
+    got = _stack_json.get(key)
+    if got is None:
+        got = _dumps(stack).encode("utf-8", "replace")
+        if len(_stack_json) >= _STACK_CACHE_MAX:
+            _stack_json.clear()
+        _stack_json[key] = got
+    return got
+
+
+def encode_trace(prefix: bytes, ms: int, data: dict, stack: list) -> bytes:
+    """A trace frame from the envelope's constant prefix (`Probe.trace_prefix`), the event
+    fields and its stack: the same message as encode() of the whole envelope, without
+    rebuilding the envelope or re-encoding a stack seen before. `data` is never empty."""
     payload = b"".join(
-        (prefix, str(ms).encode(), b',"data":', _dumps(data).encode("utf-8", "replace"), b"}")
+        (
+            prefix,
+            str(ms).encode(),
+            b',"data":',
+            _dumps(data).encode("utf-8", "replace")[:-1],
+            b',"stack":',
+            stack_json(stack),
+            b"}}",
+        )
     )
     return HEADER.pack(len(payload)) + payload
 
