@@ -339,3 +339,30 @@ def test_target_in_a_busy_loop(spawn, agent: AgentProc, tmp_path, python: str) -
     ev = events(agent, p.pid, "os.listdir", 2)
     assert ev[0]["args"] == [str(tmp_path)] and "<module>" in ev[0]["stack"][0]
     assert p.poll() is None
+
+
+def test_config_frame_sets_stack_depth_and_mutes_hooks(spawn, agent: AgentProc) -> None:
+    p, port = start_http_app(spawn, sys.executable)
+    rasp_attach(agent, p.pid)
+    config = {
+        "uuid": "c1",
+        "hooks_disabled": ["subprocess.Popen"],
+        "stack_depth": 2,
+        "settings": {"stack_depth_by_hook": {"os.listdir": 0}},
+    }
+    agent.control("push", pid=p.pid, frame={"message_type": 3, "data": config})
+
+    def two_frame_system_event():
+        assert get(port, "/cmd", c="true")[0] == 200
+        rows = agent.rows("pid = ? AND hook = 'os.system'", (p.pid,))
+        return [e for e in rows if len(e["stack"]) == 2]
+
+    (ev, *_) = wait_for(two_frame_system_event, 10, "the config in force")
+    assert ev["stack"][0].startswith("run_command (")
+    popens = len(agent.rows("pid = ? AND hook = 'subprocess.Popen'", (p.pid,)))
+    assert get(port, "/cmd", c="true")[0] == 200
+    assert get(port, "/ls", path="/")[0] == 200
+    (ls,) = events(agent, p.pid, "os.listdir")
+    assert ls["stack"] == []
+    assert len(events(agent, p.pid, "os.system", 2)) >= 2
+    assert len(agent.rows("pid = ? AND hook = 'subprocess.Popen'", (p.pid,))) == popens
