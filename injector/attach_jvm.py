@@ -13,10 +13,11 @@ What the JDK's own `VirtualMachine.attach` + `loadAgent` do, in ~40 ms instead o
    command's result (`return code: N` on JDK 9+, `N` on JDK 8; 0 = agentmain returned).
 3. Remove the `.attach_pid` file we created, whatever happened.
 
-SIGQUIT is only sent to a process that is a JVM *ready* for it: libjvm mapped, a thread named
+SIGQUIT is only sent (when no listener runs yet) to a process that is a JVM *ready* for it: libjvm mapped, a thread named
 "Signal Dispatcher" running (it is started late in JVM start-up, and never with -Xrs), SIGQUIT
 caught (SigCgt). Anything else would kill the process or make it print a thread dump: an
-uncaught SIGQUIT terminates and dumps core. -XX:+DisableAttachMechanism is refused earlier, by
+uncaught SIGQUIT terminates and dumps core. (A JVM started with -Xrs starts its listener at
+start-up instead, so it can be attached without a signal.) -XX:+DisableAttachMechanism is refused earlier, by
 detection (Detection.refusal), without touching the process.
 
 HotSpot checks the peer of the attach socket (and JDK 8 the owner of the .attach_pid file):
@@ -75,11 +76,9 @@ class JvmAttacher:
                 f"pid {pid}: the agent jar {jar} is not visible in the JVM's mount namespace "
                 "(containers are not supported by the JVM attacher yet)",
             )
-        check_ready(pid)
         ids = _ids(pid)
-        nspid = ids.nspid
         with _as_user(ids.uid, ids.gid):
-            sock_path = start_listener(pid, nspid, timeout)
+            sock_path = start_listener(pid, ids.nspid, timeout)
             command = ["load", "instrument", "false", f"{jar}={options}"]
             reply = _request(sock_path, command, timeout)
         return _check_reply(pid, reply)
@@ -197,7 +196,10 @@ def start_listener(pid: int, nspid: int, timeout: float) -> str:
     needed. Leaves no .attach_pid file behind."""
     sock_path = f"{PROC}/{pid}/root/tmp/.java_pid{nspid}"
     if _is_socket(sock_path):
-        return sock_path  # a listener from an earlier attach: no signal needed
+        # a listener from an earlier attach, or one the JVM started at start-up (it does
+        # with -Xrs, as it cannot be signalled): no signal needed
+        return sock_path
+    check_ready(pid)
     trigger = _create_trigger(pid, nspid)
     try:
         os.kill(pid, signal.SIGQUIT)

@@ -1,9 +1,7 @@
 package rampart.jvm;
 
-import com.sun.net.httpserver.Headers;
-import com.sun.net.httpserver.HttpExchange;
-
 import java.io.UnsupportedEncodingException;
+import java.lang.reflect.Method;
 import java.net.InetSocketAddress;
 import java.net.URI;
 import java.net.URLDecoder;
@@ -23,30 +21,59 @@ final class RequestInfo {
     static final String[] HEADERS = {"user-agent", "content-type", "host", "referer", "x-forwarded-for"};
     static final int PARAMS_MAX = 64;
 
-    static Map<String, Object> of(Object request) {
-        if (request instanceof HttpExchange) return ofExchange((HttpExchange) request);
+    /** com.sun.net.httpserver.HttpExchange's getters, resolved on first use. */
+    private static volatile Method[] exchangeMethods;
+
+    static Map<String, Object> of(Object request) throws Exception {
+        Class<?> exchange = publicBase(request.getClass(), "com.sun.net.httpserver.HttpExchange");
+        if (exchange != null) return ofExchange(request, exchange);
         return null;
     }
 
-    private static Map<String, Object> ofExchange(HttpExchange ex) {
+    /**
+     * The named public class among c's superclasses. jdk.httpserver is defined to the platform
+     * loader, which the bootstrap-loaded probe cannot see, so its API is reached by reflection,
+     * through the exported public class (the implementation's package is not exported).
+     */
+    private static Class<?> publicBase(Class<?> c, String name) {
+        for (; c != null; c = c.getSuperclass()) if (c.getName().equals(name)) return c;
+        return null;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> ofExchange(Object ex, Class<?> api) throws Exception {
+        Method[] m = exchangeMethods;
+        if (m == null) {
+            exchangeMethods = m = new Method[] {api.getMethod("getRequestMethod"),
+                api.getMethod("getRequestURI"), api.getMethod("getRemoteAddress"),
+                api.getMethod("getRequestHeaders")};
+        }
         Map<String, Object> r = new LinkedHashMap<String, Object>();
-        r.put("method", ex.getRequestMethod());
-        URI uri = ex.getRequestURI();
+        r.put("method", String.valueOf(m[0].invoke(ex)));
+        URI uri = (URI) m[1].invoke(ex);
         r.put("url", Args.cap(uri.toString()));
-        InetSocketAddress remote = ex.getRemoteAddress();
+        InetSocketAddress remote = (InetSocketAddress) m[2].invoke(ex);
         if (remote != null) {
             r.put("remote_addr", remote.getAddress() != null
                     ? remote.getAddress().getHostAddress() : remote.getHostString());
         }
         r.put("params", query(uri.getRawQuery()));
-        Map<String, Object> headers = new LinkedHashMap<String, Object>();
-        Headers h = ex.getRequestHeaders();
-        for (String name : HEADERS) {
-            String v = h.getFirst(name);
-            if (v != null) headers.put(name, Args.cap(v));
-        }
-        r.put("headers", headers);
+        // Headers is a Map<String, List<String>> with normalised ("User-agent") keys
+        Map<String, List<String>> h = (Map<String, List<String>>) m[3].invoke(ex);
+        r.put("headers", headers(h));
         return r;
+    }
+
+    static Map<String, Object> headers(Map<String, List<String>> h) {
+        Map<String, Object> headers = new LinkedHashMap<String, Object>();
+        if (h == null) return headers;
+        for (Map.Entry<String, List<String>> e : h.entrySet()) {
+            if (e.getKey() == null || e.getValue() == null || e.getValue().isEmpty()) continue;
+            for (String name : HEADERS) {
+                if (name.equalsIgnoreCase(e.getKey())) headers.put(name, Args.cap(e.getValue().get(0)));
+            }
+        }
+        return headers;
     }
 
     static Map<String, Object> query(String raw) {

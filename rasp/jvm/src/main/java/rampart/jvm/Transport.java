@@ -101,8 +101,13 @@ final class Transport {
                     }
                 }
                 if (helloAgain) {
+                    // the agent takes one hello per connection, and a new connection from the
+                    // same process replaces the old one: reconnect, the hello says
+                    // already_running
                     helloAgain = false;
-                    write(Protocol.encode(probe.hello(true)));
+                    broken = true;
+                    nextConnect = 0;
+                    continue;
                 }
                 Map<String, Object> first = queue.poll(200, TimeUnit.MILLISECONDS);
                 if (first != null) {

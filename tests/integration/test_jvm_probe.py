@@ -1,0 +1,430 @@
+"""The JVM probe end to end: a real JDK HttpServer app (tests/apps/jvm/VulnApp.java), attached
+live with `rasp-attach`, driven over loopback; events asserted in the real agent's store.
+
+One agent and one attached app serve the whole module (JVM start-up dominates); tests that
+change the probe's state (detach) restore it before they end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from injector.attach import AttachError
+from injector.attach_jvm import AGENT_JAR, check_ready
+from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
+from tests.conftest import BUILD, REPO, Spawner
+
+pytestmark = pytest.mark.slow
+
+APPS = REPO / "tests" / "apps" / "jvm"
+VECTORS = REPO / "rasp" / "protocol" / "vectors" / "frames.json"
+CLASSES = BUILD / "jvm"
+
+POLICY = r"""
+policies:
+  - id: no-shell-from-web
+    runtime: jvm
+    kind: process
+    match: {args: "(^|/)(sh|bash)\\b"}
+    action: block
+  - id: no-ldap-to-blocked
+    kind: naming
+    match: {args: "^ldap://127\\.0\\.0\\.1:1/blocked"}
+    action: block
+  - id: no-discard-port
+    kind: network
+    hook: java.net.Socket.connect
+    match: {args: ":9$"}
+    action: block
+  - id: no-gadgets
+    kind: deserialization
+    match: {args: "Gadget"}
+    action: block
+"""
+
+
+def rasp_attach(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RASP_ATTACH, *args], capture_output=True, text=True, timeout=60)
+
+
+def get(port: int, endpoint: str, params: dict[str, str] | None = None) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{port}{endpoint}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture(scope="session")
+def jvm_classes() -> Path:
+    """tests/apps/jvm/*.java compiled once per session into build/tests/jvm."""
+    assert AGENT_JAR.is_file(), "the agent jar is missing: run `make setup`"
+    CLASSES.mkdir(parents=True, exist_ok=True)
+    stamp = CLASSES / "VulnApp.class"
+    src = APPS / "VulnApp.java"
+    if not stamp.exists() or stamp.stat().st_mtime < src.stat().st_mtime:
+        tmp = Path(tempfile.mkdtemp(dir=BUILD, prefix=".jvm-"))
+        subprocess.run(["javac", "-d", str(tmp), str(src)], check=True, timeout=120)
+        for f in tmp.iterdir():
+            f.replace(CLASSES / f.name)
+        tmp.rmdir()
+    return CLASSES
+
+
+def start_app(spawn: Spawner, classes: Path, *jvm_args: str, **kw) -> tuple[subprocess.Popen, int]:
+    p = spawn(
+        ["java", *jvm_args, "-cp", str(classes), "VulnApp"],
+        stdout=subprocess.PIPE,
+        stderr=kw.pop("stderr", subprocess.DEVNULL),
+        **kw,
+    )
+    assert p.stdout is not None
+    line = p.stdout.readline().decode().split()
+    assert line and line[0] == "ready", line
+    return p, int(line[1])
+
+
+def remove_listener_socket(pid: int) -> None:
+    """A JVM killed with SIGKILL leaves its attach socket behind: remove the ones we caused."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/tmp/.java_pid{pid}")
+
+
+@pytest.fixture(scope="module")
+def jvm_agent() -> Iterator[AgentProc]:
+    with tempfile.TemporaryDirectory(prefix="rampart-jvm-") as td:
+        d = Path(td)
+        d.chmod(0o755)
+        (d / "policy.yaml").write_text(POLICY)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+        a = AgentProc(
+            dir=d,
+            socket=d / "probe.sock",
+            store=d / "events.db",
+            jsonl=d / "events.jsonl",
+            policy=d / "policy.yaml",
+            log=d / "agent.log",
+            env=env,
+        )
+        a.start()
+        try:
+            yield a
+        finally:
+            a.stop()
+
+
+@pytest.fixture(scope="module")
+def app(spawn_module: Spawner, jvm_classes: Path, jvm_agent: AgentProc) -> Iterator[dict]:
+    p, port = start_app(spawn_module, jvm_classes)
+    res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    try:
+        yield {"proc": p, "port": port, "attach": out}
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
+def events(agent: AgentProc, pid: int, hook: str, marker: str, n: int = 1) -> list[dict]:
+    """The stored events of `hook` in `pid` whose args mention `marker`."""
+
+    def found() -> list[dict]:
+        rows = agent.rows("pid = ? AND hook = ?", (pid, hook))
+        hits = [r for r in rows if any(marker in a for a in r["args"])]
+        return hits if len(hits) >= n else []
+
+    return wait_for(found, 15, f"{hook} event with {marker!r}")
+
+
+# ------------------------------------------------------------------------------ protocol
+
+
+def test_protocol_code_passes_the_shared_vectors() -> None:
+    res = subprocess.run(
+        ["java", "-cp", str(AGENT_JAR), "rampart.jvm.VectorCheck", str(VECTORS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " 0 failed" in res.stdout
+
+
+# ------------------------------------------------------------------------------ attach
+
+
+def test_attach_says_hello_with_its_hooks(app: dict, jvm_agent: AgentProc) -> None:
+    probe = app["attach"]["probe"]
+    assert app["attach"]["runtime"] == "jvm" and not app["attach"]["already"]
+    assert probe["mode"] == "attached" and probe["runtime_version"].startswith("17")
+    assert probe["hooks"] >= 15
+    # the attach left no trigger file behind, in the JVM's cwd or its /tmp
+    pid = app["proc"].pid
+    assert not Path(f"/proc/{pid}/cwd/.attach_pid{pid}").exists()
+    assert not Path(f"/tmp/.attach_pid{pid}").exists()
+
+
+def test_second_attach_is_a_no_op(app: dict, jvm_agent: AgentProc) -> None:
+    res = rasp_attach("--pid", str(app["proc"].pid), "--socket", str(jvm_agent.socket))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("already attached")
+
+
+def test_second_load_of_the_agent_says_hello_again(app: dict, jvm_agent: AgentProc) -> None:
+    """Below the orchestration (which does not inject twice): loading the jar into a JVM
+    that runs the probe starts nothing new, and the probe says hello with already_running."""
+    from injector.attach_jvm import ATTACHER
+    from injector.detect import detect
+
+    pid = app["proc"].pid
+    ATTACHER.attach(detect(pid), jvm_agent.socket, 10)
+    wait_for(
+        lambda: f"probe connected: pid={pid}" in jvm_agent.log_text()
+        and "(already running)" in jvm_agent.log_text(),
+        15,
+        "a hello with already_running",
+    )
+    wait_for(
+        lambda: any(r["pid"] == pid and r["state"] == "connected" for r in jvm_agent.control("ps"))
+    )
+    assert get(app["port"], "/ok") == (200, "ok")
+
+
+# ------------------------------------------------------------------------------ events
+
+SINKS = [
+    # (endpoint, params, hook, kind, args the event must carry)
+    ("/exec", {"cmd": "echo {m}"}, "java.lang.ProcessImpl.start", "process", ["echo", "{m}"]),
+    ("/read", {"path": "{f}"}, "java.io.FileInputStream.<init>", "file", ["{f}"]),
+    ("/write", {"path": "{f}", "data": "x"}, "java.io.FileOutputStream.<init>", "file", ["{f}", "write"]),
+    ("/nio", {"path": "{f}"}, "sun.nio.fs.UnixFileSystemProvider.newByteChannel", "file", None),
+    ("/delete", {"path": "{f}"}, "java.io.File.delete", "file", ["{f}"]),
+    ("/dns", {"host": "localhost", "m": "{m}"}, "java.net.InetAddress.getAllByName", "dns", ["localhost"]),
+    ("/jndi", {"name": "ldap://127.0.0.1:1/{m}"}, "javax.naming.InitialContext.lookup", "naming",
+     ["ldap://127.0.0.1:1/{m}"]),
+    ("/deser", {"m": "{m}"}, "java.io.ObjectInputStream.resolveClass", "deserialization",
+     ["java.util.ArrayList"]),
+    ("/define", {"m": "{m}"}, "java.lang.ClassLoader.defineClass", "classload", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "params", "hook", "kind", "args"), SINKS, ids=[s[0] for s in SINKS])
+def test_sink_reports_event_with_request_context(
+    app: dict, jvm_agent: AgentProc, tmp_path: Path, path, params, hook, kind, args
+) -> None:
+    m = uuid.uuid4().hex[:12]
+    f = str(tmp_path / f"file-{m}.txt")
+    Path(f).write_text("content")
+
+    def fill(s: str) -> str:
+        return s.replace("{m}", m).replace("{f}", f)
+
+    query = {k: fill(v) for k, v in params.items()}
+    status, body = get(app["port"], path, query)
+    assert status == 200, body
+    pid = app["proc"].pid
+    # the request's marker is in the URL; events of shared hooks (dns, classload) are found
+    # by the request they belong to
+    rows = wait_for(
+        lambda: [
+            r
+            for r in jvm_agent.rows("pid = ? AND hook = ?", (pid, hook))
+            if r.get("request") and m in r["request"]["url"]
+        ],
+        15,
+        f"{hook} event in the request with {m}",
+    )
+    ev = rows[0]
+    assert ev["kind"] == kind and ev["runtime"] == "jvm" and not ev["blocked"]
+    if args is not None:
+        assert ev["args"] == [fill(a) for a in args]
+    if hook.endswith("newByteChannel"):
+        assert ev["args"][0] == f
+    if kind == "classload":
+        assert ev["args"][:2] == ["VulnApp$Gadget", "VulnApp$ByteLoader"]
+    req = ev["request"]
+    assert req["method"] == "GET" and req["url"].startswith(path + "?")
+    assert req["remote_addr"] == "127.0.0.1"
+    assert {k: v[0] for k, v in req["params"].items()} == query
+    assert "python-urllib" in req["headers"]["user-agent"].lower()
+    assert hook.rsplit(".", 1)[0] in ev["stack"][0]  # innermost frame: the hooked method
+    assert any(frame.startswith("VulnApp") for frame in ev["stack"])
+    assert ev["process"]["exe"].endswith("/java")
+
+
+def test_loopback_connect_is_a_network_event(app: dict, jvm_agent: AgentProc) -> None:
+    port = app["port"]
+    status, body = get(port, "/connect", {"port": str(port)})
+    assert (status, body) == (200, "connected")
+    (ev,) = events(jvm_agent, app["proc"].pid, "java.net.Socket.connect", f"127.0.0.1:{port}")[:1]
+    assert ev["kind"] == "network" and ev["request"]["url"].startswith("/connect?")
+
+
+def test_events_outside_requests_have_no_request(app: dict, jvm_agent: AgentProc) -> None:
+    """The request context ends with the request: the same worker thread's next sink call
+    outside a request (there are none in the app) -- so check no event leaked another's
+    URL: every event with a request names the endpoint that caused it."""
+    for ev in jvm_agent.rows("pid = ?", (app["proc"].pid,)):
+        if ev.get("request") and ev["kind"] == "process":
+            assert ev["request"]["url"].startswith("/exec")
+
+
+# ------------------------------------------------------------------------------ blocking
+
+BLOCKS = [
+    ("/exec", {"cmd": "sh -c true"}, "java.lang.ProcessImpl.start", "no-shell-from-web"),
+    ("/jndi", {"name": "ldap://127.0.0.1:1/blocked"}, "javax.naming.InitialContext.lookup",
+     "no-ldap-to-blocked"),
+    ("/connect", {"port": "9"}, "java.net.Socket.connect", "no-discard-port"),
+    ("/deser", {"what": "gadget"}, "java.io.ObjectInputStream.resolveClass", "no-gadgets"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "params", "hook", "policy"), BLOCKS, ids=[b[0] for b in BLOCKS])
+def test_block_policy_takes_the_apps_error_path(
+    app: dict, jvm_agent: AgentProc, path, params, hook, policy
+) -> None:
+    port = app["port"]
+    # the tables arrive right after the hello; wait until this one is in force
+    status, body = wait_for(
+        lambda: (r := get(port, path, params))[0] == 403 and r, 15, f"{policy} in force"
+    )
+    assert body == f"blocked: Rampart blocked {hook} by policy {policy}"
+    blocked = wait_for(
+        lambda: jvm_agent.rows(
+            "pid = ? AND hook = ? AND blocked = 1 AND policy_id = ?",
+            (app["proc"].pid, hook, policy),
+        ),
+        15,
+        f"a blocked {hook} event",
+    )
+    assert blocked[0]["request"]["url"].startswith(path + "?")
+    # the same endpoint still works for what the policy allows, and so does the rest
+    allowed = {
+        "/exec": {"cmd": "echo fine"},
+        "/jndi": {"name": "ldap://127.0.0.1:1/fine"},
+        "/connect": {"port": str(port)},
+        "/deser": {},
+    }[path]
+    status, body = get(port, path, allowed)
+    assert status == 200, body
+    assert get(port, "/ok") == (200, "ok")
+
+
+def test_the_sink_did_not_run_when_blocked(app: dict, jvm_agent: AgentProc, tmp_path) -> None:
+    marker = tmp_path / "ran"
+    status, _ = get(app["port"], "/exec", {"cmd": f"bash -c touch {marker}"})
+    assert status == 403
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ the app survives
+
+
+def test_two_hundred_requests_after_attach_all_succeed(app: dict, tmp_path: Path) -> None:
+    f = tmp_path / "data.txt"
+    f.write_text("hello")
+    port = app["port"]
+    for i in range(200):
+        path, params = [("/ok", {}), ("/read", {"path": str(f)}), ("/dns", {"host": "localhost"})][
+            i % 3
+        ]
+        status, body = get(port, path, params)
+        assert status == 200, (i, path, body)
+    assert app["proc"].poll() is None
+
+
+def test_detach_restores_the_app_and_reattach_works(app: dict, jvm_agent: AgentProc) -> None:
+    pid, port = app["proc"].pid, app["port"]
+    res = rasp_attach("--pid", str(pid), "--socket", str(jvm_agent.socket), "--detach")
+    assert res.returncode == 0, res.stderr
+    wait_for(
+        lambda: any(r["pid"] == pid and r["state"] != "connected" for r in jvm_agent.control("ps")),
+        15,
+        "the probe's exit",
+    )
+    # original bytecode: nothing is blocked or reported any more
+    before = len(jvm_agent.rows("pid = ?", (pid,)))
+    status, body = get(port, "/exec", {"cmd": "sh -c true"})
+    assert status == 200, body
+    assert len(jvm_agent.rows("pid = ?", (pid,))) == before
+    # and a new attach brings the probe back
+    res = rasp_attach("--pid", str(pid), "--socket", str(jvm_agent.socket))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("attached")
+    wait_for(lambda: get(port, "/exec", {"cmd": "sh -c true"})[0] == 403, 15, "blocking again")
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def test_jvm_with_xrs_is_attached_without_a_signal(spawn, jvm_agent: AgentProc) -> None:
+    """-Xrs: the JVM does not handle SIGQUIT (the signal would kill it), but it starts its
+    attach listener at start-up: the attacher uses it and never signals. The readiness check
+    that guards the signal refuses this JVM."""
+    p = spawn(["java", "-Xrs", str(APPS / "Sleeper.java")], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        with pytest.raises(AttachError) as err:
+            check_ready(p.pid)
+        assert "-Xrs" in err.value.reason
+        res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket))
+        assert res.returncode == 0, res.stderr
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
+def test_readiness_check_refuses_a_process_that_is_not_a_jvm(spawn) -> None:
+    p = spawn(["sleep", "100"])
+    with pytest.raises(AttachError) as err:
+        check_ready(p.pid)
+    assert "libjvm.so is not mapped" in err.value.reason
+    assert p.poll() is None
+
+
+# ------------------------------------------------------------------------------ SDK route
+
+
+def test_sdk_route_reports_and_survives_the_agent_being_away(
+    spawn, jvm_classes: Path, agent_factory
+) -> None:
+    """`java -javaagent:` with no agent listening: the app works, events are dropped and
+    counted; once the agent starts, the probe connects (backoff) and its events arrive."""
+    agent = agent_factory()
+    p, port = start_app(spawn, jvm_classes, f"-javaagent:{AGENT_JAR}=socket={agent.socket}")
+    try:
+        for _ in range(5):
+            assert get(port, "/exec", {"cmd": "echo away"})[0] == 200
+        agent.start()
+        wait_for(
+            lambda: any(r["pid"] == p.pid and r["mode"] == "sdk" for r in agent.control("ps")),
+            30,
+            "the SDK probe's hello",
+        )
+        assert get(port, "/exec", {"cmd": "echo back"})[0] == 200
+        (ev,) = events(agent, p.pid, "java.lang.ProcessImpl.start", "back")[:1]
+        assert ev["request"]["url"] == "/exec?cmd=echo+back"
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
