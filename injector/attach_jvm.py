@@ -13,12 +13,13 @@ What the JDK's own `VirtualMachine.attach` + `loadAgent` do, in ~40 ms instead o
    command's result (`return code: N` on JDK 9+, `N` on JDK 8; 0 = agentmain returned).
 3. Remove the `.attach_pid` file we created, whatever happened.
 
-SIGQUIT is only sent (when no listener runs yet) to a process that is a JVM *ready* for it: libjvm mapped, a thread named
-"Signal Dispatcher" running (it is started late in JVM start-up, and never with -Xrs), SIGQUIT
-caught (SigCgt). Anything else would kill the process or make it print a thread dump: an
-uncaught SIGQUIT terminates and dumps core. (A JVM started with -Xrs starts its listener at
-start-up instead, so it can be attached without a signal.) -XX:+DisableAttachMechanism is refused earlier, by
-detection (Detection.refusal), without touching the process.
+SIGQUIT is only sent (when no listener runs yet) to a process that is a JVM *ready* for it:
+libjvm mapped, a thread named "Signal Dispatcher" running (it is started late in JVM
+start-up, and never with -Xrs), SIGQUIT caught (SigCgt). Anything else would kill the process
+or make it print a thread dump: an uncaught SIGQUIT terminates and dumps core. A JVM started
+with -Xrs starts its listener at start-up instead, so it is attached without a signal.
+-XX:+DisableAttachMechanism is refused earlier, by detection (Detection.refusal), without
+touching the process.
 
 HotSpot checks the peer of the attach socket (and JDK 8 the owner of the .attach_pid file):
 same effective uid/gid as the JVM (JDK 9+ also accepts root). So when we run as root and the

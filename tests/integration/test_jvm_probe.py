@@ -196,8 +196,10 @@ def test_second_load_of_the_agent_says_hello_again(app: dict, jvm_agent: AgentPr
     pid = app["proc"].pid
     ATTACHER.attach(detect(pid), jvm_agent.socket, 10)
     wait_for(
-        lambda: f"probe connected: pid={pid}" in jvm_agent.log_text()
-        and "(already running)" in jvm_agent.log_text(),
+        lambda: (
+            f"probe connected: pid={pid}" in jvm_agent.log_text()
+            and "(already running)" in jvm_agent.log_text()
+        ),
         15,
         "a hello with already_running",
     )
@@ -209,14 +211,17 @@ def test_second_load_of_the_agent_says_hello_again(app: dict, jvm_agent: AgentPr
 
 # ------------------------------------------------------------------------------ events
 
+FIS, FOS = "java.io.FileInputStream.<init>", "java.io.FileOutputStream.<init>"
+NIO_OPEN = "sun.nio.fs.UnixFileSystemProvider.newByteChannel"
 SINKS = [
     # (endpoint, params, hook, kind, args the event must carry)
     ("/exec", {"cmd": "echo {m}"}, "java.lang.ProcessImpl.start", "process", ["echo", "{m}"]),
-    ("/read", {"path": "{f}"}, "java.io.FileInputStream.<init>", "file", ["{f}"]),
-    ("/write", {"path": "{f}", "data": "x"}, "java.io.FileOutputStream.<init>", "file", ["{f}", "write"]),
-    ("/nio", {"path": "{f}"}, "sun.nio.fs.UnixFileSystemProvider.newByteChannel", "file", None),
+    ("/read", {"path": "{f}"}, FIS, "file", ["{f}"]),
+    ("/write", {"path": "{f}", "data": "x"}, FOS, "file", ["{f}", "write"]),
+    ("/nio", {"path": "{f}"}, NIO_OPEN, "file", None),
     ("/delete", {"path": "{f}"}, "java.io.File.delete", "file", ["{f}"]),
-    ("/dns", {"host": "localhost", "m": "{m}"}, "java.net.InetAddress.getAllByName", "dns", ["localhost"]),
+    ("/dns", {"host": "localhost", "m": "{m}"}, "java.net.InetAddress.getAllByName", "dns",
+     ["localhost"]),
     ("/jndi", {"name": "ldap://127.0.0.1:1/{m}"}, "javax.naming.InitialContext.lookup", "naming",
      ["ldap://127.0.0.1:1/{m}"]),
     ("/deser", {"m": "{m}"}, "java.io.ObjectInputStream.resolveClass", "deserialization",
@@ -225,7 +230,9 @@ SINKS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("path", "params", "hook", "kind", "args"), SINKS, ids=[s[0] for s in SINKS])
+@pytest.mark.parametrize(
+    ("path", "params", "hook", "kind", "args"), SINKS, ids=[s[0] for s in SINKS]
+)
 def test_sink_reports_event_with_request_context(
     app: dict, jvm_agent: AgentProc, tmp_path: Path, path, params, hook, kind, args
 ) -> None:
