@@ -409,6 +409,35 @@ def test_readiness_check_refuses_a_process_that_is_not_a_jvm(spawn) -> None:
     assert p.poll() is None
 
 
+# ------------------------------------------------------------------------------ other JDKs
+
+TEMURIN_25 = Path("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java")
+
+
+@pytest.mark.skipif(not TEMURIN_25.exists(), reason="no Temurin 25 JDK on this machine")
+def test_jdk_25_attach_events_and_block(spawn, jvm_classes: Path, jvm_agent: AgentProc) -> None:
+    """The same jar (Java 8 bytecode, ASM that reads class version 69) on JDK 25."""
+    p = spawn(
+        [str(TEMURIN_25), "-cp", str(jvm_classes), "VulnApp"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert p.stdout is not None
+        port = int(p.stdout.readline().split()[1])
+        res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket), "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["probe"]["runtime_version"].startswith("25")
+        assert get(port, "/exec", {"cmd": "echo jdk25"})[0] == 200
+        (ev,) = events(jvm_agent, p.pid, "java.lang.ProcessImpl.start", "jdk25")[:1]
+        assert ev["request"]["url"] == "/exec?cmd=echo+jdk25"
+        wait_for(lambda: get(port, "/exec", {"cmd": "sh -c true"})[0] == 403, 15, "blocking")
+        assert get(port, "/jndi", {"name": "ldap://127.0.0.1:1/blocked"})[0] == 403
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
 # ------------------------------------------------------------------------------ SDK route
 
 

@@ -86,9 +86,21 @@ final class Args {
         return String.valueOf(a);
     }
 
-    /** Class files, jars and modules the JVM reads to load code: not file events by default. */
+    private static final String JAVA_HOME = javaHome();
+
+    private static String javaHome() {
+        String h = System.getProperty("java.home", "");
+        return h.isEmpty() ? null : (h.endsWith("/") ? h : h + "/");
+    }
+
+    /**
+     * Class files, jars and modules the JVM reads to load code, and the JDK's own data files
+     * under java.home (tzdb.dat, jndi.properties, security policy): not file events by
+     * default, as the JVM reads them for itself whatever the app does.
+     */
     static boolean isCode(String path) {
-        return path.endsWith(".class") || path.endsWith(".jar") || path.endsWith(".jmod");
+        return path.endsWith(".class") || path.endsWith(".jar") || path.endsWith(".jmod")
+                || (JAVA_HOME != null && path.startsWith(JAVA_HOME));
     }
 
     /** The JDK's own loaders define the app's classes from its class path: not events. */
