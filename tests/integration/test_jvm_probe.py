@@ -409,6 +409,35 @@ def test_readiness_check_refuses_a_process_that_is_not_a_jvm(spawn) -> None:
     assert p.poll() is None
 
 
+def test_jvm_of_another_user_is_attached_with_its_ids(
+    spawn, jvm_classes: Path, jvm_agent: AgentProc
+) -> None:
+    """HotSpot accepts the trigger file and the socket peer only from its own euid/egid (JDK
+    8) or root (9+): the attacher switches to the JVM's ids for both, then back."""
+    nobody = 65534
+    p = spawn(
+        ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+        + ["java", "-cp", str(jvm_classes), "VulnApp"],
+        stdout=subprocess.PIPE,
+        cwd="/",  # not writable by nobody: the trigger file goes to the JVM's /tmp instead
+    )
+    try:
+        assert p.stdout is not None
+        port = int(p.stdout.readline().split()[1])
+        res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket))
+        assert res.returncode == 0, res.stderr
+        assert os.geteuid() == 0 and os.getegid() == 0  # our ids are back (in the CLI anyway)
+        assert os.stat(f"/tmp/.java_pid{p.pid}").st_uid == nobody
+        assert get(port, "/exec", {"cmd": "echo nobody"})[0] == 200
+        (ev,) = events(jvm_agent, p.pid, "java.lang.ProcessImpl.start", "nobody")[:1]
+        assert ev["process"]["uid"] == nobody
+        assert not Path(f"/tmp/.attach_pid{p.pid}").exists()
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
 # ------------------------------------------------------------------------------ other JDKs
 
 TEMURIN_25 = Path("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java")

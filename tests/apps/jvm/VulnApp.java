@@ -109,6 +109,13 @@ public class VulnApp {
             }
             return new ByteLoader().define("VulnApp$Gadget", b).getName();
         });
+        // for bench/jvm_overhead.py: n file opens in a loop, answering ns per open
+        route(server, "/repeat", q -> {
+            int n = Integer.parseInt(q.getOrDefault("n", "1000"));
+            long t0 = System.nanoTime();
+            for (int i = 0; i < n; i++) new FileInputStream(q.get("path")).close();
+            return Long.toString((System.nanoTime() - t0) / n);
+        });
         server.setExecutor(Executors.newFixedThreadPool(4));
         server.start();
         System.out.println("ready " + server.getAddress().getPort());

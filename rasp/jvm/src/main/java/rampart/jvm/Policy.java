@@ -49,6 +49,7 @@ public final class Policy {
             if (hook != null && !hook.equals(spec.name)) return false;
             if (args != null && !args.matcher(joinedArgs).find()) return false;
             if (stack != null) {
+                if (frames == null) return false; // callers pass the stack when a rule needs it
                 boolean any = false;
                 for (String f : frames) {
                     if (stack.matcher(f).find()) {

@@ -161,20 +161,36 @@ public final class Probe {
     String onCall(Hooks.Spec spec, Object self, Object[] args, Object request) {
         Set<String> off = policy.hooksDisabled;
         if (!off.isEmpty() && off.contains(spec.name)) return null;
+        Policy.Table blocks = policy.blocks;
+        long now = System.currentTimeMillis();
+        boolean quotaChecked = false;
+        if (blocks.rules.isEmpty()) {
+            // nothing can be blocked: a call over its quota costs no more than this check
+            if (!policy.take(spec.id, now)) {
+                drop("quota");
+                return null;
+            }
+            quotaChecked = true;
+        }
         List<String> a = Args.of(spec.id, self, args);
         if (a == null) return null;
         String joined = join(a);
-        List<String> stack = stack(policy.stackDepth);
-        Policy.Rule block = policy.blocks.first(spec, joined, stack);
+        int depth = policy.stackDepth;
+        // The stack is the costly part (a Throwable's trace): taken before the quota only
+        // when a block rule matches on it.
+        List<String> stack = blocks.needsStack ? stack(depth) : null;
+        Policy.Rule block = blocks.first(spec, joined, stack);
         if (block != null) {
             blocked.incrementAndGet();
+            if (stack == null) stack = stack(depth);
             transport.offer(trace(spec, a, stack, request, block.policyId));
             return block.policyId;
         }
-        if (!policy.take(spec.id, System.currentTimeMillis())) {
+        if (!quotaChecked && !policy.take(spec.id, now)) {
             drop("quota");
             return null;
         }
+        if (stack == null) stack = stack(depth);
         if (policy.filters.first(spec, joined, stack) != null) {
             drop("filter");
             return null;
