@@ -164,7 +164,7 @@ def main() -> None:
         time.sleep(0.5)
         ns_probe = statistics.median(int(get(probed_port, repeat)) for _ in range(5))
         wait_for(lambda: agent.rows("id < 2"), 10, "events stored")
-        ps = [r for r in control(agent.socket, "ps") if r["pid"] == probed.pid][0]
+        ps = next(r for r in control(agent.socket, "ps") if r["pid"] == probed.pid)
     finally:
         for p in jvms:
             p.kill()
