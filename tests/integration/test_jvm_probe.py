@@ -48,6 +48,10 @@ policies:
     hook: java.net.Socket.connect
     match: {args: ":9$"}
     action: block
+  - id: no-sql-tautology
+    kind: sql
+    match: {args: "\\b[Oo][Rr]\\s+1\\s*=\\s*1\\b"}
+    action: block
   - id: no-gadgets
     kind: deserialization
     match: {args: "Gadget"}
@@ -86,9 +90,13 @@ def jvm_classes() -> Path:
     return CLASSES
 
 
+#: the embedded JDBC driver the build copies next to the agent (rasp/jvm/pom.xml)
+H2_JAR = REPO / "rasp" / "jvm" / "target" / "test-apps-lib" / "h2.jar"
+
+
 def start_app(spawn: Spawner, classes: Path, *jvm_args: str, **kw) -> tuple[subprocess.Popen, int]:
     p = spawn(
-        ["java", *jvm_args, "-cp", str(classes), "VulnApp"],
+        ["java", *jvm_args, "-cp", f"{classes}:{H2_JAR}", "VulnApp"],
         stdout=subprocess.PIPE,
         stderr=kw.pop("stderr", subprocess.DEVNULL),
         **kw,
@@ -227,6 +235,10 @@ SINKS = [
     ("/deser", {"m": "{m}"}, "java.io.ObjectInputStream.resolveClass", "deserialization",
      ["java.util.ArrayList"]),
     ("/define", {"m": "{m}"}, "java.lang.ClassLoader.defineClass", "classload", None),
+    ("/sql", {"name": "x' OR '1'='1 {m}"}, "java.sql.Statement.executeQuery", "sql",
+     ["SELECT name FROM users WHERE name = 'x' OR '1'='1 {m}'"]),
+    ("/sqlp", {"name": "{m}"}, "java.sql.Connection.prepareStatement", "sql",
+     ["SELECT name FROM users WHERE name = ?"]),
 ]  # fmt: skip
 
 
@@ -271,7 +283,8 @@ def test_sink_reports_event_with_request_context(
     assert req["remote_addr"] == "127.0.0.1"
     assert {k: v[0] for k, v in req["params"].items()} == query
     assert "python-urllib" in req["headers"]["user-agent"].lower()
-    assert hook.rsplit(".", 1)[0] in ev["stack"][0]  # innermost frame: the hooked method
+    # innermost frame: the hooked method (for JDBC, the driver's implementation of it)
+    assert "." + hook.rsplit(".", 1)[1] + "(" in ev["stack"][0]
     assert any(frame.startswith("VulnApp") for frame in ev["stack"])
     assert ev["process"]["exe"].endswith("/java")
 
@@ -301,6 +314,7 @@ BLOCKS = [
      "no-ldap-to-blocked"),
     ("/connect", {"port": "9"}, "java.net.Socket.connect", "no-discard-port"),
     ("/deser", {"what": "gadget"}, "java.io.ObjectInputStream.resolveClass", "no-gadgets"),
+    ("/sql", {"name": "x' OR 1=1 --"}, "java.sql.Statement.executeQuery", "no-sql-tautology"),
 ]  # fmt: skip
 
 
@@ -329,6 +343,7 @@ def test_block_policy_takes_the_apps_error_path(
         "/jndi": {"name": "ldap://127.0.0.1:1/fine"},
         "/connect": {"port": str(port)},
         "/deser": {},
+        "/sql": {"name": "alice"},
     }[path]
     status, body = get(port, path, allowed)
     assert status == 200, body
@@ -415,9 +430,9 @@ def test_jvm_of_another_user_is_attached_with_its_ids(
     """HotSpot accepts the trigger file and the socket peer only from its own euid/egid (JDK
     8) or root (9+): the attacher switches to the JVM's ids for both, then back."""
     nobody = 65534
-    SETPRIV_NOBODY = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+    setpriv_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
     p = spawn(
-        [*SETPRIV_NOBODY, "java", "-cp", str(jvm_classes), "VulnApp"],
+        [*setpriv_nobody, "java", "-cp", str(jvm_classes), "VulnApp"],
         stdout=subprocess.PIPE,
         cwd="/",  # not writable by nobody: the trigger file goes to the JVM's /tmp instead
     )

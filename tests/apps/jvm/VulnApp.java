@@ -109,6 +109,24 @@ public class VulnApp {
             }
             return new ByteLoader().define("VulnApp$Gadget", b).getName();
         });
+        // SQL through whatever JDBC driver is on the class path (the tests put H2 there); the
+        // connection and its first statement exist before any attach, as in a running app
+        final java.sql.Connection db = openDatabase();
+        route(server, "/sql", q -> {
+            // string concatenation: the injectable kind the sql hooks must see whole
+            try (java.sql.Statement st = db.createStatement();
+                 java.sql.ResultSet rs = st.executeQuery("SELECT name FROM users WHERE name = '" + q.get("name") + "'")) {
+                return rs.next() ? rs.getString(1) : "none";
+            }
+        });
+        route(server, "/sqlp", q -> {
+            try (java.sql.PreparedStatement st = db.prepareStatement("SELECT name FROM users WHERE name = ?")) {
+                st.setString(1, q.get("name"));
+                try (java.sql.ResultSet rs = st.executeQuery()) {
+                    return rs.next() ? rs.getString(1) : "none";
+                }
+            }
+        });
         // for bench/jvm_overhead.py: n file opens in a loop, answering ns per open
         route(server, "/repeat", q -> {
             int n = Integer.parseInt(q.getOrDefault("n", "1000"));
@@ -120,6 +138,19 @@ public class VulnApp {
         server.start();
         System.out.println("ready " + server.getAddress().getPort());
         System.out.flush();
+    }
+
+    static java.sql.Connection openDatabase() {
+        try {
+            java.sql.Connection c = java.sql.DriverManager.getConnection("jdbc:h2:mem:vulnapp");
+            try (java.sql.Statement st = c.createStatement()) {
+                st.execute("CREATE TABLE users (name VARCHAR(64))");
+                st.execute("INSERT INTO users VALUES ('alice'), ('bob')");
+            }
+            return c;
+        } catch (java.sql.SQLException e) {
+            return null; // no driver on the class path: /sql answers 500
+        }
     }
 
     static void route(HttpServer server, String path, Sink sink) {

@@ -58,6 +58,13 @@ final class Args {
             case Hooks.SOCKET_CONNECT:
             case Hooks.CHANNEL_CONNECT:
                 return one(address(a[0]));
+            case Hooks.SQL_EXECUTE:
+            case Hooks.SQL_QUERY:
+            case Hooks.SQL_UPDATE:
+            case Hooks.SQL_LARGE_UPDATE:
+            case Hooks.SQL_BATCH:
+            case Hooks.SQL_PREPARE:
+            case Hooks.SQL_PREPARE_CALL:
             case Hooks.DNS:
             case Hooks.JNDI:
             case Hooks.JNDI_NAME:

@@ -40,7 +40,11 @@ public final class Hooks {
     static final int PROCESS = 0, FILE_IN = 1, FILE_OUT = 2, RANDOM_ACCESS = 3, FILE_DELETE = 4,
             FILE_RENAME = 5, FILE_LIST = 6, NIO_OPEN = 7, NIO_DELETE = 8, SOCKET_CONNECT = 9,
             CHANNEL_CONNECT = 10, DNS = 11, JNDI = 12, JNDI_NAME = 13, DESERIALIZE = 14,
-            DEFINE_CLASS = 15;
+            DEFINE_CLASS = 15, SQL_EXECUTE = 16, SQL_QUERY = 17, SQL_UPDATE = 18,
+            SQL_LARGE_UPDATE = 19, SQL_BATCH = 20, SQL_PREPARE = 21, SQL_PREPARE_CALL = 22;
+
+    /** Owner of the JDBC specs: they apply to every class implementing the interface. */
+    static final String JDBC_STATEMENT = "java/sql/Statement", JDBC_CONNECTION = "java/sql/Connection";
 
     /**
      * Why these methods: each is the one place every public API of its family funnels into on
@@ -84,6 +88,20 @@ public final class Hooks {
         new Spec(DEFINE_CLASS, "java/lang/ClassLoader", "defineClass",
                 "(Ljava/lang/String;[BIILjava/security/ProtectionDomain;)Ljava/lang/Class;",
                 "java.lang.ClassLoader.defineClass", "classload"),
+        // JDBC: drivers implement these interfaces; every implementing class that declares the
+        // method with a leading String (the SQL text) is hooked as it loads (or at attach).
+        new Spec(SQL_EXECUTE, JDBC_STATEMENT, "execute", "(Ljava/lang/String;", "java.sql.Statement.execute", "sql"),
+        new Spec(SQL_QUERY, JDBC_STATEMENT, "executeQuery", "(Ljava/lang/String;",
+                "java.sql.Statement.executeQuery", "sql"),
+        new Spec(SQL_UPDATE, JDBC_STATEMENT, "executeUpdate", "(Ljava/lang/String;",
+                "java.sql.Statement.executeUpdate", "sql"),
+        new Spec(SQL_LARGE_UPDATE, JDBC_STATEMENT, "executeLargeUpdate", "(Ljava/lang/String;",
+                "java.sql.Statement.executeLargeUpdate", "sql"),
+        new Spec(SQL_BATCH, JDBC_STATEMENT, "addBatch", "(Ljava/lang/String;", "java.sql.Statement.addBatch", "sql"),
+        new Spec(SQL_PREPARE, JDBC_CONNECTION, "prepareStatement", "(Ljava/lang/String;",
+                "java.sql.Connection.prepareStatement", "sql"),
+        new Spec(SQL_PREPARE_CALL, JDBC_CONNECTION, "prepareCall", "(Ljava/lang/String;",
+                "java.sql.Connection.prepareCall", "sql"),
     };
 
     /**

@@ -112,8 +112,7 @@ public final class Probe {
 
     private void retransformTargets() {
         for (Class<?> c : inst.getAllLoadedClasses()) {
-            String internal = c.getName().replace('.', '/');
-            if (!transformer.targets(internal) || !inst.isModifiableClass(c)) continue;
+            if (!inst.isModifiableClass(c) || !transformer.targets(c)) continue;
             try {
                 inst.retransformClasses(c);
             } catch (Throwable t) {

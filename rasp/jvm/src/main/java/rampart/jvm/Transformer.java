@@ -38,10 +38,20 @@ final class Transformer implements ClassFileTransformer {
     final Set<String> installed = ConcurrentHashMap.newKeySet();
     final Set<String> failedClasses = ConcurrentHashMap.newKeySet();
 
+    /** JDBC interfaces whose implementations are hooked, to the specs that apply. */
+    private final Map<String, List<Hooks.Spec>> jdbc = new HashMap<String, List<Hooks.Spec>>();
+    /**
+     * Classes found to implement a JDBC interface, by internal name: a subclass loading
+     * later (its superclass always loads first) is one too, even if it declares no interface.
+     */
+    private final Map<String, String> jdbcClasses = new ConcurrentHashMap<String, String>();
+
     Transformer() {
         for (Hooks.Spec s : Hooks.SPECS) {
-            List<Hooks.Spec> l = byClass.get(s.owner);
-            if (l == null) byClass.put(s.owner, l = new ArrayList<Hooks.Spec>());
+            boolean isJdbc = s.owner.equals(Hooks.JDBC_STATEMENT) || s.owner.equals(Hooks.JDBC_CONNECTION);
+            Map<String, List<Hooks.Spec>> m = isJdbc ? jdbc : byClass;
+            List<Hooks.Spec> l = m.get(s.owner);
+            if (l == null) m.put(s.owner, l = new ArrayList<Hooks.Spec>());
             l.add(s);
         }
     }
@@ -50,15 +60,62 @@ final class Transformer implements ClassFileTransformer {
         return byClass.containsKey(internalName) || Hooks.HTTPSERVER_CHAIN.equals(internalName);
     }
 
+    /** A loaded class to retransform at attach: a fixed target, or a JDBC implementation. */
+    boolean targets(Class<?> c) {
+        if (targets(c.getName().replace('.', '/'))) return true;
+        if (c.isInterface() || c.getClassLoader() == null) return false;
+        return jdbcInterfaceOf(c) != null;
+    }
+
+    /** "java/sql/Statement" or "java/sql/Connection" when c implements one, else null. */
+    private static String jdbcInterfaceOf(Class<?> c) {
+        for (Class<?> k = c; k != null; k = k.getSuperclass()) {
+            String found = jdbcInterfaceIn(k.getInterfaces());
+            if (found != null) return found;
+        }
+        return null;
+    }
+
+    private static String jdbcInterfaceIn(Class<?>[] interfaces) {
+        for (Class<?> i : interfaces) {
+            String n = i.getName();
+            if (n.equals("java.sql.Statement") || n.equals("java.sql.PreparedStatement")
+                    || n.equals("java.sql.CallableStatement")) {
+                return Hooks.JDBC_STATEMENT;
+            }
+            if (n.equals("java.sql.Connection")) return Hooks.JDBC_CONNECTION;
+            String deeper = jdbcInterfaceIn(i.getInterfaces());
+            if (deeper != null) return deeper;
+        }
+        return null;
+    }
+
+    /** From the class file alone (the class is not defined yet when it first loads). */
+    private String jdbcInterfaceOf(ClassReader reader) {
+        if ((reader.getAccess() & Opcodes.ACC_INTERFACE) != 0) return null;
+        for (String i : reader.getInterfaces()) {
+            if (i.equals("java/sql/Statement") || i.equals("java/sql/PreparedStatement")
+                    || i.equals("java/sql/CallableStatement")) {
+                return Hooks.JDBC_STATEMENT;
+            }
+            if (i.equals("java/sql/Connection")) return Hooks.JDBC_CONNECTION;
+        }
+        String sup = reader.getSuperName();
+        return sup == null ? null : jdbcClasses.get(sup);
+    }
+
     @Override
     public byte[] transform(ClassLoader loader, String className, Class<?> redefined,
             ProtectionDomain pd, byte[] classfile) {
-        if (className == null || !targets(className)) return null;
+        if (className == null) return null;
+        // JDBC drivers are app classes: look at every class with a loader (a cheap header
+        // parse); the JDK's own (bootstrap) classes are only the fixed targets.
+        if (!targets(className) && (loader == null || className.startsWith("java/"))) return null;
         // The transform runs on whatever app thread loads the class: nothing the probe does
         // here (loading ASM classes, logging) may be reported or blocked.
         Hooks.markInternalTemporarily(true);
         try {
-            return instrument(className, classfile);
+            return instrument(className, classfile, redefined);
         } catch (Throwable t) {
             failedClasses.add(className);
             Log.warn("cannot instrument " + className + ", its hooks are off: " + t);
@@ -68,11 +125,23 @@ final class Transformer implements ClassFileTransformer {
         }
     }
 
-    byte[] instrument(final String className, byte[] classfile) {
+    byte[] instrument(final String className, byte[] classfile, Class<?> redefined) {
         ClassReader reader = new ClassReader(classfile);
-        ClassWriter writer = new ClassWriter(reader, ClassWriter.COMPUTE_MAXS);
-        final List<Hooks.Spec> specs = byClass.get(className);
+        List<Hooks.Spec> fixed = byClass.get(className);
         final boolean httpChain = Hooks.HTTPSERVER_CHAIN.equals(className);
+        final boolean isJdbc;
+        if (fixed == null && !httpChain) {
+            // retransforming a loaded class: its hierarchy is known; loading: its header
+            String iface = redefined != null ? jdbcInterfaceOf(redefined) : jdbcInterfaceOf(reader);
+            if (iface == null) return null;
+            jdbcClasses.put(className, iface);
+            fixed = jdbc.get(iface);
+            isJdbc = true;
+        } else {
+            isJdbc = false;
+        }
+        final List<Hooks.Spec> specs = fixed;
+        ClassWriter writer = new ClassWriter(reader, ClassWriter.COMPUTE_MAXS);
         final boolean[] changed = {false};
         ClassVisitor cv = new ClassVisitor(Opcodes.ASM9, writer) {
             @Override
@@ -82,7 +151,8 @@ final class Transformer implements ClassFileTransformer {
                 if ((access & (Opcodes.ACC_ABSTRACT | Opcodes.ACC_NATIVE)) != 0) return mv;
                 if (specs != null) {
                     for (Hooks.Spec s : specs) {
-                        if (s.method.equals(name) && s.desc.equals(desc)) {
+                        // JDBC specs give the descriptor's start: (Ljava/lang/String; + anything
+                        if (s.method.equals(name) && (isJdbc ? desc.startsWith(s.desc) : s.desc.equals(desc))) {
                             changed[0] = true;
                             installed.add(s.name);
                             return new EntryHook(mv, access, name, desc, s.id);
