@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../rasp/jvm"
 jar=target/rampart-jvm-agent.jar
-if [ -f "$jar" ] && [ -f target/test-apps-lib/h2.jar ] && [ -z "$(find pom.xml src -newer "$jar" -print -quit)" ]; then
+if [ -f "$jar" ] && [ -f target/test-apps-lib/tomcat-embed-core.jar ] && [ -z "$(find pom.xml src -newer "$jar" -print -quit)" ]; then
   exit 0
 fi
 # The first build downloads ASM and the Maven plugins into ~/.m2 (Maven Central).
 mvn -q -B package -DskipTests
-test -f "$jar" && test -f target/test-apps-lib/h2.jar
+test -f "$jar" && test -f target/test-apps-lib/tomcat-embed-core.jar

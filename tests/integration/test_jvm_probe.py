@@ -31,6 +31,11 @@ pytestmark = pytest.mark.slow
 APPS = REPO / "tests" / "apps" / "jvm"
 VECTORS = REPO / "rasp" / "protocol" / "vectors" / "frames.json"
 CLASSES = BUILD / "jvm"
+#: the embedded JDBC driver and servlet container the build copies next to the agent
+#: (rasp/jvm/pom.xml)
+LIBS = REPO / "rasp" / "jvm" / "target" / "test-apps-lib"
+H2_JAR = LIBS / "h2.jar"
+TEST_LIBS = f"{LIBS}/tomcat-embed-core.jar:{LIBS}/tomcat-annotations-api.jar"
 
 POLICY = r"""
 policies:
@@ -79,19 +84,25 @@ def jvm_classes() -> Path:
     """tests/apps/jvm/*.java compiled once per session into build/tests/jvm."""
     assert AGENT_JAR.is_file(), "the agent jar is missing: run `make setup`"
     CLASSES.mkdir(parents=True, exist_ok=True)
-    stamp = CLASSES / "VulnApp.class"
-    src = APPS / "VulnApp.java"
-    if not stamp.exists() or stamp.stat().st_mtime < src.stat().st_mtime:
+    for app in ("VulnApp", "ServletApp"):
+        stamp = CLASSES / f"{app}.class"
+        src = APPS / f"{app}.java"
+        if stamp.exists() and stamp.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        # compile aside, then move in: parallel sessions never run half-written classes
         tmp = Path(tempfile.mkdtemp(dir=BUILD, prefix=".jvm-"))
-        subprocess.run(["javac", "-d", str(tmp), str(src)], check=True, timeout=120)
+        subprocess.run(
+            ["javac", "-nowarn", "-cp", TEST_LIBS, "-d", str(tmp), str(src)],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
         for f in tmp.iterdir():
             f.replace(CLASSES / f.name)
         tmp.rmdir()
     return CLASSES
 
 
-#: the embedded JDBC driver the build copies next to the agent (rasp/jvm/pom.xml)
-H2_JAR = REPO / "rasp" / "jvm" / "target" / "test-apps-lib" / "h2.jar"
 
 
 def start_app(spawn: Spawner, classes: Path, *jvm_args: str, **kw) -> tuple[subprocess.Popen, int]:
@@ -446,6 +457,39 @@ def test_jvm_of_another_user_is_attached_with_its_ids(
         (ev,) = events(jvm_agent, p.pid, "java.lang.ProcessImpl.start", "nobody")[:1]
         assert ev["process"]["uid"] == nobody
         assert not Path(f"/tmp/.attach_pid{p.pid}").exists()
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
+# ------------------------------------------------------------------------------ servlets
+
+
+def test_servlet_request_context_and_block(spawn, jvm_classes: Path, jvm_agent: AgentProc) -> None:
+    """A jakarta HttpServlet in embedded Tomcat 11: the request context comes from
+    HttpServlet.service, blocking takes the servlet's error path."""
+    p = spawn(
+        ["java", "-cp", f"{jvm_classes}:{TEST_LIBS}", "ServletApp"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline().split()
+        assert line and line[0] == b"ready", line
+        port = int(line[1])
+        res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket), "--json")
+        assert res.returncode == 0, res.stderr
+        assert get(port, "/exec", {"cmd": "echo servlet"}) == (200, "servlet\n")
+        (ev,) = events(jvm_agent, p.pid, "java.lang.ProcessImpl.start", "servlet")[:1]
+        req = ev["request"]
+        assert req["method"] == "GET" and req["url"] == "/exec?cmd=echo+servlet"
+        assert req["params"] == {"cmd": ["echo servlet"]} and req["remote_addr"] == "127.0.0.1"
+        assert any("ExecServlet.doGet" in frame for frame in ev["stack"])
+        status, body = wait_for(
+            lambda: (r := get(port, "/exec", {"cmd": "sh -c true"}))[0] == 403 and r, 15, "block"
+        )
+        assert "by policy no-shell-from-web" in body
     finally:
         p.kill()
         p.wait()

@@ -105,13 +105,30 @@ public final class Hooks {
     };
 
     /**
-     * The JDK's own HTTP server: every request passes Filter.Chain.doFilter(HttpExchange)
+     * Where a request starts and ends, per server API: [internal class, method, descriptor,
+     * name in the hello]. The request object is the method's first argument.
+     *
+     * <p>The JDK's own HTTP server: every request passes Filter.Chain.doFilter(HttpExchange)
      * (the user filter chain, then the system chain, nested), so a depth count on entry/exit
-     * brackets the whole handler, whatever executor the app configured.
+     * brackets the whole handler, whatever executor the app configured. Servlets (javax and
+     * jakarta): HttpServlet.service(HttpServletRequest, HttpServletResponse), which the public
+     * service(ServletRequest, ServletResponse) of every HttpServlet calls.
      */
-    static final String HTTPSERVER_CHAIN = "com/sun/net/httpserver/Filter$Chain";
-    static final String HTTPSERVER_METHOD = "doFilter";
-    static final String HTTPSERVER_DESC = "(Lcom/sun/net/httpserver/HttpExchange;)V";
+    static final String[][] REQUEST_BRACKETS = {
+        {"com/sun/net/httpserver/Filter$Chain", "doFilter", "(Lcom/sun/net/httpserver/HttpExchange;)V",
+            "com.sun.net.httpserver.Filter$Chain.doFilter"},
+        {"javax/servlet/http/HttpServlet", "service",
+            "(Ljavax/servlet/http/HttpServletRequest;Ljavax/servlet/http/HttpServletResponse;)V",
+            "javax.servlet.http.HttpServlet.service"},
+        {"jakarta/servlet/http/HttpServlet", "service",
+            "(Ljakarta/servlet/http/HttpServletRequest;Ljakarta/servlet/http/HttpServletResponse;)V",
+            "jakarta.servlet.http.HttpServlet.service"},
+    };
+
+    static String[] bracketOf(String internalName) {
+        for (String[] b : REQUEST_BRACKETS) if (b[0].equals(internalName)) return b;
+        return null;
+    }
 
     /** The running probe; null before start and after detach (callbacks return at once). */
     static volatile Probe probe;

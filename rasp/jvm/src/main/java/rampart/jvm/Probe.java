@@ -278,8 +278,8 @@ public final class Probe {
         for (Hooks.Spec s : Hooks.SPECS) {
             if (!s.failed && !transformer.failedClasses.contains(s.owner)) hooks.add(s.name);
         }
-        if (transformer.installed.contains("com.sun.net.httpserver.Filter$Chain.doFilter")) {
-            hooks.add("com.sun.net.httpserver.Filter$Chain.doFilter");
+        for (String[] b : Hooks.REQUEST_BRACKETS) {
+            if (transformer.installed.contains(b[3])) hooks.add(b[3]);
         }
         d.put("hooks", new ArrayList<Object>(hooks));
         d.put("already_running", alreadyRunning);

@@ -27,7 +27,62 @@ final class RequestInfo {
     static Map<String, Object> of(Object request) throws Exception {
         Class<?> exchange = publicBase(request.getClass(), "com.sun.net.httpserver.HttpExchange");
         if (exchange != null) return ofExchange(request, exchange);
+        Class<?> servlet = interfaceNamed(request.getClass(), SERVLET_REQUESTS);
+        if (servlet != null) return ofServlet(request, servlet);
         return null;
+    }
+
+    private static final String[] SERVLET_REQUESTS = {
+        "jakarta.servlet.http.HttpServletRequest", "javax.servlet.http.HttpServletRequest"};
+
+    /** The servlet API's getters per request interface (javax, jakarta), resolved on first use. */
+    private static final java.util.concurrent.ConcurrentHashMap<Class<?>, Method[]> SERVLET_METHODS =
+            new java.util.concurrent.ConcurrentHashMap<Class<?>, Method[]>();
+
+    private static Class<?> interfaceNamed(Class<?> c, String[] names) {
+        for (; c != null; c = c.getSuperclass()) {
+            Class<?> found = interfaceIn(c.getInterfaces(), names);
+            if (found != null) return found;
+        }
+        return null;
+    }
+
+    private static Class<?> interfaceIn(Class<?>[] interfaces, String[] names) {
+        for (Class<?> i : interfaces) {
+            for (String n : names) if (i.getName().equals(n)) return i;
+            Class<?> deeper = interfaceIn(i.getInterfaces(), names);
+            if (deeper != null) return deeper;
+        }
+        return null;
+    }
+
+    /**
+     * Servlet requests: the query string only, never getParameterMap(), which reads a form
+     * body the app has not read yet.
+     */
+    private static Map<String, Object> ofServlet(Object req, Class<?> api) throws Exception {
+        Method[] m = SERVLET_METHODS.get(api);
+        if (m == null) {
+            m = new Method[] {api.getMethod("getMethod"), api.getMethod("getRequestURI"),
+                api.getMethod("getQueryString"), api.getMethod("getRemoteAddr"),
+                api.getMethod("getHeader", String.class)};
+            SERVLET_METHODS.put(api, m);
+        }
+        Map<String, Object> r = new LinkedHashMap<String, Object>();
+        r.put("method", String.valueOf(m[0].invoke(req)));
+        String query = (String) m[2].invoke(req);
+        String uri = String.valueOf(m[1].invoke(req));
+        r.put("url", Args.cap(query == null ? uri : uri + "?" + query));
+        Object remote = m[3].invoke(req);
+        if (remote != null) r.put("remote_addr", String.valueOf(remote));
+        r.put("params", query(query));
+        Map<String, Object> headers = new LinkedHashMap<String, Object>();
+        for (String name : HEADERS) {
+            Object v = m[4].invoke(req, name);
+            if (v != null) headers.put(name, Args.cap(String.valueOf(v)));
+        }
+        r.put("headers", headers);
+        return r;
     }
 
     /**

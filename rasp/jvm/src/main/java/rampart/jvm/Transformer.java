@@ -57,7 +57,7 @@ final class Transformer implements ClassFileTransformer {
     }
 
     boolean targets(String internalName) {
-        return byClass.containsKey(internalName) || Hooks.HTTPSERVER_CHAIN.equals(internalName);
+        return byClass.containsKey(internalName) || Hooks.bracketOf(internalName) != null;
     }
 
     /** A loaded class to retransform at attach: a fixed target, or a JDBC implementation. */
@@ -128,9 +128,9 @@ final class Transformer implements ClassFileTransformer {
     byte[] instrument(final String className, byte[] classfile, Class<?> redefined) {
         ClassReader reader = new ClassReader(classfile);
         List<Hooks.Spec> fixed = byClass.get(className);
-        final boolean httpChain = Hooks.HTTPSERVER_CHAIN.equals(className);
+        final String[] bracket = Hooks.bracketOf(className);
         final boolean isJdbc;
-        if (fixed == null && !httpChain) {
+        if (fixed == null && bracket == null) {
             // retransforming a loaded class: its hierarchy is known; loading: its header
             String iface = redefined != null ? jdbcInterfaceOf(redefined) : jdbcInterfaceOf(reader);
             if (iface == null) return null;
@@ -159,9 +159,9 @@ final class Transformer implements ClassFileTransformer {
                         }
                     }
                 }
-                if (httpChain && Hooks.HTTPSERVER_METHOD.equals(name) && Hooks.HTTPSERVER_DESC.equals(desc)) {
+                if (bracket != null && bracket[1].equals(name) && bracket[2].equals(desc)) {
                     changed[0] = true;
-                    installed.add("com.sun.net.httpserver.Filter$Chain.doFilter");
+                    installed.add(bracket[3]);
                     return new RequestBracket(mv, access, name, desc);
                 }
                 return mv;
