@@ -103,8 +103,6 @@ def jvm_classes() -> Path:
     return CLASSES
 
 
-
-
 def start_app(spawn: Spawner, classes: Path, *jvm_args: str, **kw) -> tuple[subprocess.Popen, int]:
     p = spawn(
         ["java", *jvm_args, "-cp", f"{classes}:{H2_JAR}", "VulnApp"],
@@ -486,7 +484,7 @@ def test_servlet_request_context_and_block(spawn, jvm_classes: Path, jvm_agent: 
         assert req["method"] == "GET" and req["url"] == "/exec?cmd=echo+servlet"
         assert req["params"] == {"cmd": ["echo servlet"]} and req["remote_addr"] == "127.0.0.1"
         assert any("ExecServlet.doGet" in frame for frame in ev["stack"])
-        status, body = wait_for(
+        _, body = wait_for(
             lambda: (r := get(port, "/exec", {"cmd": "sh -c true"}))[0] == 403 and r, 15, "block"
         )
         assert "by policy no-shell-from-web" in body
