@@ -461,6 +461,49 @@ def test_jvm_of_another_user_is_attached_with_its_ids(
         remove_listener_socket(p.pid)
 
 
+def test_a_failing_hook_disables_itself_and_the_app_goes_on(
+    spawn, jvm_classes: Path, agent_factory, tmp_path: Path
+) -> None:
+    """tests/apps/jvm/HookFault.java makes the process hook's callback throw inside the
+    probe: the call returns normally, the hook is off (no process event), the others report."""
+    agent = agent_factory().start()
+    subprocess.run(
+        ["javac", "-cp", str(AGENT_JAR), "-d", str(jvm_classes), str(APPS / "HookFault.java")],
+        check=True,
+        timeout=120,
+    )
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    p = spawn(
+        [
+            "java",
+            f"-javaagent:{AGENT_JAR}=socket={agent.socket}",
+            "-cp",
+            f"{jvm_classes}:{AGENT_JAR}",
+            "HookFault",
+            str(data),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert p.stdout is not None and p.stdin is not None and p.stderr is not None
+        assert p.stdout.readline().strip() == b"callback returned"
+        wait_for(lambda: any(r["pid"] == p.pid for r in agent.control("ps")), 30, "hello")
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == b"exec exit 0"
+        assert p.stdout.readline().strip() == b"read ok"
+        events(agent, p.pid, "java.io.FileInputStream.<init>", str(data))
+        assert agent.rows("pid = ? AND kind = 'process'", (p.pid,)) == []
+    finally:
+        p.kill()
+        _, err = p.communicate(timeout=30)
+        remove_listener_socket(p.pid)
+    assert b"hook java.lang.ProcessImpl.start disabled after an internal error" in err
+
+
 # ------------------------------------------------------------------------------ servlets
 
 

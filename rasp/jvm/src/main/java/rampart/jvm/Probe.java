@@ -235,8 +235,11 @@ public final class Probe {
         for (StackTraceElement e : st) {
             if (out.size() >= depth) break;
             if (e.getClassName().startsWith("rampart.jvm.")) continue;
-            out.add(e.getClassName() + "." + e.getMethodName() + "(" + e.getFileName() + ":"
-                    + e.getLineNumber() + ")");
+            // Java's own format; the hooked method's frame has no line (its pc is in the
+            // code the probe added, which has no line number)
+            String where = e.getFileName() == null ? "Unknown Source"
+                    : e.getLineNumber() >= 0 ? e.getFileName() + ":" + e.getLineNumber() : e.getFileName();
+            out.add(e.getClassName() + "." + e.getMethodName() + "(" + where + ")");
         }
         return out;
     }
