@@ -60,13 +60,14 @@ FILTER_OPENS = {
 NO_FILTER = {"message_type": 6, "data": {"uuid": "", "filters": []}}
 
 
-def start_jvm(classes: Path) -> tuple[subprocess.Popen[bytes], int]:
-    p = subprocess.Popen(
-        ["java", "-Dsun.net.httpserver.nodelay=true", "-cp", str(classes), "VulnApp"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+def start_jvm(classes: Path, stderr: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with open(stderr, "wb") as err:
+        p = subprocess.Popen(
+            ["java", "-Dsun.net.httpserver.nodelay=true", "-cp", str(classes), "VulnApp"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     assert p.stdout is not None
     return p, int(p.stdout.readline().split()[1])
 
@@ -142,11 +143,18 @@ def main() -> None:
     agent.start()
     jvms: list[subprocess.Popen[bytes]] = []
     try:
-        plain, plain_port = start_jvm(classes)
-        probed, probed_port = start_jvm(classes)
+        plain, plain_port = start_jvm(classes, work / "plain.err")
+        probed, probed_port = start_jvm(classes, work / "probed.err")
         jvms += [plain, probed]
         time.sleep(1.0)  # let both finish start-up work before the first attach
         first = attach_timed(agent, probed.pid)
+        # the probe logs its own start-up time and the retransform part of it
+        m = re.search(
+            r"started \(attached\) in (\d+) ms, retransform (\d+) ms",
+            (work / "probed.err").read_text(),
+        )
+        if m:
+            first["agentmain_ms"], first["retransform_ms"] = float(m[1]), float(m[2])
         # a second attach: the listener is up and the probe answers "already running"
         ids = _ids(probed.pid)
         t0 = time.perf_counter()
@@ -211,6 +219,11 @@ def main() -> None:
         f"{a['load_ms']:.1f} ms + hello {a['hello_ms']:.1f} ms = {a['total_ms']:.1f} ms; "
         f"second load {second_load_ms:.1f} ms"
     )
+    if "retransform_ms" in a:
+        print(
+            f"  inside the JVM: probe start {a['agentmain_ms']:.0f} ms, "
+            f"of which retransforming loaded classes {a['retransform_ms']:.0f} ms"
+        )
     for name, r in results.items():
         base, with_probe = r["without"], r["with"]
         print(

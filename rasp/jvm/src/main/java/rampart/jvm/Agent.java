@@ -43,9 +43,8 @@ public final class Agent {
             probe = Class.forName(PROBE, true, null);
         }
         try {
-            String result = (String) probe.getMethod("main", String.class, String.class, Instrumentation.class)
+            probe.getMethod("main", String.class, String.class, Instrumentation.class)
                     .invoke(null, mode, args, inst);
-            if ("started".equals(result)) System.err.println("[rampart] probe started (" + mode + ")");
         } catch (java.lang.reflect.InvocationTargetException e) {
             Throwable c = e.getCause();
             if (c instanceof Exception) throw (Exception) c;

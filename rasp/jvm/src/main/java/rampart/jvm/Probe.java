@@ -71,17 +71,24 @@ public final class Probe {
         String socket = opts.get("socket");
         if (socket == null || socket.isEmpty()) socket = System.getenv("RAMPART_SOCKET");
         if (socket == null || socket.isEmpty()) socket = DEFAULT_SOCKET;
+        long t0 = System.nanoTime();
         Probe p = new Probe(inst, mode, socket);
-        p.start();
+        long retransformNs = p.start();
         current = p;
+        Log.info("probe " + VERSION + " started (" + mode + ") in "
+                + (System.nanoTime() - t0) / 1000000 + " ms, retransform "
+                + retransformNs / 1000000 + " ms");
         return "started";
     }
 
-    private void start() {
+    /** Returns the time spent retransforming the already-loaded hooked classes, in ns. */
+    private long start() {
         addReads();
         inst.addTransformer(transformer, true);
         Hooks.probe = this;
+        long t0 = System.nanoTime();
         retransformTargets();
+        long retransformNs = System.nanoTime() - t0;
         transport.start();
         shutdownHook = new Thread(new Runnable() {
             @Override
@@ -92,6 +99,7 @@ public final class Probe {
             }
         }, "rampart-shutdown");
         Runtime.getRuntime().addShutdownHook(shutdownHook);
+        return retransformNs;
     }
 
     /** Restores the original bytecode of every hooked class and stops reporting. */
@@ -111,12 +119,21 @@ public final class Probe {
     }
 
     private void retransformTargets() {
+        List<Class<?>> targets = new ArrayList<Class<?>>();
         for (Class<?> c : inst.getAllLoadedClasses()) {
-            if (!inst.isModifiableClass(c) || !transformer.targets(c)) continue;
-            try {
-                inst.retransformClasses(c);
-            } catch (Throwable t) {
-                Log.warn("cannot retransform " + c.getName() + ": " + t);
+            if (inst.isModifiableClass(c) && transformer.targets(c)) targets.add(c);
+        }
+        try {
+            // one call, one safepoint for all of them
+            inst.retransformClasses(targets.toArray(new Class<?>[0]));
+        } catch (Throwable all) {
+            // one class refused fails the batch: go one by one, so only that one is left out
+            for (Class<?> c : targets) {
+                try {
+                    inst.retransformClasses(c);
+                } catch (Throwable t) {
+                    Log.warn("cannot retransform " + c.getName() + ": " + t);
+                }
             }
         }
     }
