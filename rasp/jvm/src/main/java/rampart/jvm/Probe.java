@@ -103,9 +103,11 @@ public final class Probe {
     }
 
     /** Restores the original bytecode of every hooked class and stops reporting. */
-    synchronized void detach(String reason) {
-        if (current != this) return;
-        current = null;
+    void detach(String reason) {
+        synchronized (Probe.class) { // the lock main() holds: attach and detach never interleave
+            if (current != this) return;
+            current = null;
+        }
         Hooks.probe = null;
         inst.removeTransformer(transformer);
         retransformTargets(); // without our transformer: the classes get their original bytes back
