@@ -81,7 +81,16 @@ class JvmAttacher:
         with _as_user(ids.uid, ids.gid):
             sock_path = start_listener(pid, ids.nspid, timeout)
             command = ["load", "instrument", "false", f"{jar}={options}"]
-            reply = _request(sock_path, command, timeout)
+            try:
+                reply = _request(sock_path, command, timeout)
+            except ConnectionRefusedError:
+                # A socket file nobody listens on: left by a JVM that died with the same
+                # pid. HotSpot recreates its socket when a trigger comes and the file is
+                # gone, so remove the dead one and start the listener properly.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sock_path)
+                sock_path = start_listener(pid, ids.nspid, timeout)
+                reply = _request(sock_path, command, timeout)
         return _check_reply(pid, reply)
 
 
@@ -242,6 +251,8 @@ def _request(sock_path: str, args: list[str], timeout: float) -> bytes:
     try:
         try:
             s.connect(sock_path)
+        except ConnectionRefusedError:
+            raise
         except PermissionError as e:
             raise AttachError(EXIT_DENIED, f"attach socket {sock_path}: {e}") from None
         except OSError as e:

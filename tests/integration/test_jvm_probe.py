@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import socket as socketlib
 import subprocess
 import tempfile
 import urllib.error
@@ -414,6 +415,23 @@ def test_jvm_with_xrs_is_attached_without_a_signal(spawn, jvm_agent: AgentProc) 
         res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket))
         assert res.returncode == 0, res.stderr
         assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+        remove_listener_socket(p.pid)
+
+
+def test_a_dead_attach_socket_is_replaced(spawn, jvm_classes: Path, jvm_agent: AgentProc) -> None:
+    """/tmp/.java_pid<pid> left by a dead JVM with the same pid refuses connections: the
+    attacher removes it and starts the live JVM's listener the normal way."""
+    p, port = start_app(spawn, jvm_classes)
+    stale = f"/tmp/.java_pid{p.pid}"
+    try:
+        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
+            s.bind(stale)  # bound, never listening, then closed: a dead socket file
+        res = rasp_attach("--pid", str(p.pid), "--socket", str(jvm_agent.socket))
+        assert res.returncode == 0, res.stderr
+        assert get(port, "/ok") == (200, "ok")
     finally:
         p.kill()
         p.wait()
