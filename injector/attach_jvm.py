@@ -218,7 +218,9 @@ def start_listener(pid: int, nspid: int, timeout: float) -> str:
         while not _is_socket(sock_path):
             if time.monotonic() > deadline:
                 raise AttachError(
-                    5, f"pid {pid}: the JVM did not start its attach listener within {timeout}s"
+                    5,
+                    f"pid {pid}: the JVM did not start its attach listener within {timeout}s "
+                    "(is attach disabled, e.g. -XX:+DisableAttachMechanism in a flags file?)",
                 )
             if not os.path.exists(f"{PROC}/{pid}"):
                 raise AttachError(3, f"pid {pid}: the JVM exited during attach")

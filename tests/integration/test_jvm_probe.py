@@ -362,6 +362,60 @@ def test_the_sink_did_not_run_when_blocked(app: dict, jvm_agent: AgentProc, tmp_
     assert not marker.exists()
 
 
+def test_pushed_tables_apply_in_the_probe(app: dict, jvm_agent: AgentProc) -> None:
+    """filter (ignore) and config (hooks_disabled) frames, pushed to this probe only, take
+    effect on the next calls; empty tables restore the defaults. Hosts are IP literals: the
+    dns hook fires, and no query leaves the machine."""
+    pid, port = app["proc"].pid, app["port"]
+    dns = "java.net.InetAddress.getAllByName"
+    n = iter(range(1, 250))
+
+    def push(frame: dict) -> None:
+        jvm_agent.control("push", frame=frame, pid=pid)
+
+    def dns_events(host: str) -> int:
+        rows = jvm_agent.rows("pid = ? AND hook = ?", (pid, dns))
+        return len([r for r in rows if r["args"] == [host]])
+
+    def lookup(host: str) -> None:
+        assert get(port, "/dns", {"host": host})[0] == 200
+
+    def in_force(quiet_prefix: str) -> bool:
+        """A quiet lookup then a loud one on the same thread: once the loud event is
+        stored, the quiet one would have been too, had it been sent."""
+        i = next(n)
+        lookup(f"{quiet_prefix}{i}")
+        lookup(f"127.2.0.{i}")
+        wait_for(lambda: dns_events(f"127.2.0.{i}"), 15, "the loud event")
+        return dns_events(f"{quiet_prefix}{i}") == 0
+
+    try:
+        rule = {"policy_id": "quiet", "hook": dns, "match": {"args": "^127\\.1\\."}}
+        push({"message_type": 6, "data": {"uuid": "f-test", "filters": [rule]}})
+        wait_for(lambda: in_force("127.1.0."), 15, "the filter in force")
+        push({"message_type": 6, "data": {"uuid": "", "filters": []}})
+        wait_for(lambda: not in_force("127.1.0."), 15, "the filter gone")
+
+        push({"message_type": 3, "data": {"uuid": "c-test", "hooks_disabled": [dns]}})
+        wait_for(
+            lambda: (
+                (lookup("127.3.0.1"), get(port, "/exec", {"cmd": "echo cfg"}))
+                and events(jvm_agent, pid, "java.lang.ProcessImpl.start", "cfg")
+            ),
+            15,
+            "exec",
+        )
+        before = dns_events("127.3.0.1")
+        lookup("127.3.0.1")
+        assert get(port, "/exec", {"cmd": "echo cfg-after"})[0] == 200
+        events(jvm_agent, pid, "java.lang.ProcessImpl.start", "cfg-after")
+        assert dns_events("127.3.0.1") == before  # the dns hook is off, exec still reports
+    finally:
+        push({"message_type": 6, "data": {"uuid": "", "filters": []}})
+        push({"message_type": 3, "data": {"uuid": "", "hooks_disabled": []}})
+    wait_for(lambda: not in_force("127.4.0."), 15, "dns events back")
+
+
 # ------------------------------------------------------------------------------ the app survives
 
 
