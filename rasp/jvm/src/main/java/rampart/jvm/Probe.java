@@ -297,8 +297,13 @@ public final class Probe {
         Map<String, Object> d = new LinkedHashMap<String, Object>();
         d.put("mode", mode);
         Set<String> hooks = new LinkedHashSet<String>();
+        // Installed hooks, and those waiting for their class to load (JNDI, JDBC drivers);
+        // a method this JDK does not have, or a class that could not be instrumented, is
+        // left out.
         for (Hooks.Spec s : Hooks.SPECS) {
-            if (!s.failed && !transformer.failedClasses.contains(s.owner)) hooks.add(s.name);
+            boolean waiting = !transformer.seenClasses.contains(s.owner)
+                    && !transformer.failedClasses.contains(s.owner);
+            if (!s.failed && (transformer.installed.contains(s.name) || waiting)) hooks.add(s.name);
         }
         for (String[] b : Hooks.REQUEST_BRACKETS) {
             if (transformer.installed.contains(b[3])) hooks.add(b[3]);

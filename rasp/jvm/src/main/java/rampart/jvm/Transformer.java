@@ -37,6 +37,9 @@ final class Transformer implements ClassFileTransformer {
     /** hooks whose method was found and instrumented, at least once */
     final Set<String> installed = ConcurrentHashMap.newKeySet();
     final Set<String> failedClasses = ConcurrentHashMap.newKeySet();
+    /** fixed target classes the transformer has seen (loaded): their hooks are either in
+     *  `installed` or missing from this JDK */
+    final Set<String> seenClasses = ConcurrentHashMap.newKeySet();
 
     /** JDBC interfaces whose implementations are hooked, to the specs that apply. */
     private final Map<String, List<Hooks.Spec>> jdbc = new HashMap<String, List<Hooks.Spec>>();
@@ -129,6 +132,7 @@ final class Transformer implements ClassFileTransformer {
         ClassReader reader = new ClassReader(classfile);
         List<Hooks.Spec> fixed = byClass.get(className);
         final String[] bracket = Hooks.bracketOf(className);
+        if (fixed != null) seenClasses.add(className);
         final boolean isJdbc;
         if (fixed == null && bracket == null) {
             // retransforming a loaded class: its hierarchy is known; loading: its header
