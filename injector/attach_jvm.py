@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import signal
 import socket as socketlib
@@ -71,16 +72,11 @@ class JvmAttacher:
         jar = self.jar.resolve()
         if not jar.is_file():
             raise AttachError(EXIT_FAIL, f"JVM agent jar {jar} is missing: run `make setup`")
-        if not Path(f"{PROC}/{pid}/root{jar}").is_file():
-            raise AttachError(
-                EXIT_UNSUPPORTED,
-                f"pid {pid}: the agent jar {jar} is not visible in the JVM's mount namespace "
-                "(containers are not supported by the JVM attacher yet)",
-            )
         ids = _ids(pid)
         with _as_user(ids.uid, ids.gid):
+            seen_as = jar_in_target(pid, jar)
             sock_path = start_listener(pid, ids.nspid, timeout)
-            command = ["load", "instrument", "false", f"{jar}={options}"]
+            command = ["load", "instrument", "false", f"{seen_as}={options}"]
             try:
                 reply = _request(sock_path, command, timeout)
             except ConnectionRefusedError:
@@ -95,6 +91,55 @@ class JvmAttacher:
 
 
 ATTACHER = JvmAttacher()
+
+
+# ------------------------------------------------------------------------------ the jar
+
+
+def jar_in_target(pid: int, jar: Path) -> str:
+    """The agent jar's path as the JVM sees it.
+
+    Our jar itself when the JVM sees the same file at the same path (same mount namespace,
+    or a container with it mounted). Otherwise (a container) a copy in the JVM's /tmp named
+    by the jar's content, written with our effective ids already switched to the JVM's. The
+    copy stays: the JVM reads classes from it for as long as it runs.
+
+    The JVM's /tmp is reached through /proc/<pid>/root: a container may have made `tmp` a
+    symlink, which would resolve against *our* root, so it is opened as a directory with
+    O_NOFOLLOW and the file is created relative to it (O_EXCL, O_NOFOLLOW), then renamed.
+    """
+    ours = os.stat(jar)
+    with contextlib.suppress(OSError):
+        theirs = os.stat(f"{PROC}/{pid}/root{jar}")
+        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+            return str(jar)
+    data = jar.read_bytes()
+    name = f"rampart-jvm-agent-{hashlib.sha256(data).hexdigest()[:16]}.jar"
+    try:
+        tmp = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise AttachError(EXIT_FAIL, f"pid {pid}: cannot open the JVM's /tmp: {e}") from None
+    try:
+        with contextlib.suppress(OSError):
+            st = os.stat(name, dir_fd=tmp, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+                return f"/tmp/{name}"  # copied by an earlier attach (the name is the content)
+        part = f".{name}.{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(part, flags, 0o644, dir_fd=tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.rename(part, name, src_dir_fd=tmp, dst_dir_fd=tmp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=tmp)
+            raise
+    except OSError as e:
+        raise AttachError(EXIT_FAIL, f"pid {pid}: cannot copy the agent jar in: {e}") from None
+    finally:
+        os.close(tmp)
+    return f"/tmp/{name}"
 
 
 # ------------------------------------------------------------------------------ readiness
@@ -236,6 +281,8 @@ def _create_trigger(pid: int, nspid: int) -> str:
     """`.attach_pid<nspid>` where HotSpot looks: its working directory first, then /tmp."""
     last: OSError | None = None
     for d in (f"{PROC}/{pid}/cwd", f"{PROC}/{pid}/root/tmp"):
+        if d.endswith("/tmp") and not stat.S_ISDIR(os.lstat(d).st_mode):
+            continue  # a container's /tmp symlink would resolve against our root: not there
         path = f"{d}/.attach_pid{nspid}"
         try:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)

@@ -492,6 +492,58 @@ def test_a_dead_attach_socket_is_replaced(spawn, jvm_classes: Path, jvm_agent: A
         remove_listener_socket(p.pid)
 
 
+def test_jvm_in_its_own_pid_and_mount_namespaces(spawn, jvm_classes: Path) -> None:
+    """A container in miniature: the JVM is pid 1 of a new pid namespace, with its own /tmp
+    and without the agent jar's directory. The attacher uses its namespace pid for the
+    attach files, copies the jar into the JVM's /tmp, and the probe's hello is accepted."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILD, prefix="ns-agent-") as td:
+        d = Path(td)  # outside /tmp, which the JVM will not share
+        d.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+        names = ("probe.sock", "events.db", "events.jsonl", "policy.yaml", "agent.log")
+        agent = AgentProc(d, *(d / n for n in names), env=env).start()
+        inside = (
+            f"mount -t tmpfs none /tmp && mount -t tmpfs none {AGENT_JAR.parent} && "
+            f"exec java -cp {jvm_classes} VulnApp"
+        )
+        shell = spawn(
+            [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                inside,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        java = 0
+        try:
+            assert shell.stdout is not None
+            port = int(shell.stdout.readline().split()[1])
+            kids = Path(f"/proc/{shell.pid}/task/{shell.pid}/children").read_text().split()
+            java = int(kids[0])
+            status = Path(f"/proc/{java}/status").read_text()
+            assert status.split("NStgid:")[1].splitlines()[0].split() == [str(java), "1"]
+            assert not Path(f"/proc/{java}/root{AGENT_JAR}").exists()
+            res = rasp_attach("--pid", str(java), "--socket", str(agent.socket))
+            assert res.returncode == 0, res.stderr + agent.log_text()
+            copies = list(Path(f"/proc/{java}/root/tmp").glob("rampart-jvm-agent-*.jar"))
+            assert len(copies) == 1 and not list(Path("/tmp").glob(copies[0].name))
+            assert get(port, "/exec", {"cmd": "echo in-namespace"})[0] == 200
+            (ev,) = events(agent, java, "java.lang.ProcessImpl.start", "in-namespace")[:1]
+            assert ev["pid"] == java  # the host pid, though the JVM calls itself 1
+        finally:
+            if java:
+                os.kill(java, 9)  # pid 1 of its namespace: the namespace goes with it
+            shell.wait(timeout=30)
+            agent.stop()
+
+
 def test_readiness_check_refuses_a_process_that_is_not_a_jvm(spawn) -> None:
     p = spawn(["sleep", "100"])
     with pytest.raises(AttachError) as err:
