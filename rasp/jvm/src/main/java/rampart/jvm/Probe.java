@@ -43,6 +43,7 @@ public final class Probe {
     private final AtomicLong blocked = new AtomicLong();
     private final ConcurrentHashMap<String, AtomicLong> droppedBy = new ConcurrentHashMap<String, AtomicLong>();
     private final AtomicInteger hellos = new AtomicInteger();
+    private volatile String lastRefusal;
 
     private Probe(Instrumentation inst, String mode, String socket) {
         this.inst = inst;
@@ -286,7 +287,11 @@ public final class Probe {
         } else if (type == Protocol.ERROR) {
             @SuppressWarnings("unchecked")
             Map<String, Object> d = (Map<String, Object>) message.get("data");
-            Log.warn("agent refused the probe: " + d.get("code") + ": " + d.get("reason"));
+            String why = d.get("code") + ": " + d.get("reason");
+            if (!why.equals(lastRefusal)) { // the probe retries with backoff: say it once
+                lastRefusal = why;
+                Log.warn("agent refused the probe: " + why);
+            }
         } else {
             policy.apply(message, Hooks.SPECS);
         }
