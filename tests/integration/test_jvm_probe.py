@@ -244,6 +244,8 @@ SINKS = [
      ["SELECT name FROM users WHERE name = 'x' OR '1'='1 {m}'"]),
     ("/sqlp", {"name": "{m}"}, "java.sql.Connection.prepareStatement", "sql",
      ["SELECT name FROM users WHERE name = ?"]),
+    ("/eval", {"code": "print('{m}')"}, "javax.script.ScriptEngine.eval", "code",
+     ["print('{m}')"]),
 ]  # fmt: skip
 
 

@@ -41,6 +41,30 @@ public class VulnApp {
         public String command = "id";
     }
 
+    /** A script engine as a library would ship one (the JDK has none since 15): it "runs"
+     *  a script by echoing it. What matters is that it is a javax.script.ScriptEngine. */
+    public static class EchoEngine extends javax.script.AbstractScriptEngine {
+        @Override
+        public Object eval(String script, javax.script.ScriptContext context) {
+            return "evaluated: " + script;
+        }
+
+        @Override
+        public Object eval(java.io.Reader reader, javax.script.ScriptContext context) {
+            return "evaluated a reader";
+        }
+
+        @Override
+        public javax.script.Bindings createBindings() {
+            return new javax.script.SimpleBindings();
+        }
+
+        @Override
+        public javax.script.ScriptEngineFactory getFactory() {
+            return null;
+        }
+    }
+
     /** A loader that defines classes from bytes: how memory-resident webshells get in. */
     static class ByteLoader extends ClassLoader {
         ByteLoader() {
@@ -127,6 +151,7 @@ public class VulnApp {
                 }
             }
         });
+        route(server, "/eval", q -> String.valueOf(new EchoEngine().eval(q.get("code"))));
         // for bench/jvm_overhead.py: n file opens in a loop, answering ns per open
         route(server, "/repeat", q -> {
             int n = Integer.parseInt(q.getOrDefault("n", "1000"));

@@ -65,6 +65,7 @@ final class Args {
             case Hooks.SQL_BATCH:
             case Hooks.SQL_PREPARE:
             case Hooks.SQL_PREPARE_CALL:
+            case Hooks.SCRIPT_EVAL:
             case Hooks.DNS:
             case Hooks.JNDI:
             case Hooks.JNDI_NAME:

@@ -41,10 +41,23 @@ public final class Hooks {
             FILE_RENAME = 5, FILE_LIST = 6, NIO_OPEN = 7, NIO_DELETE = 8, SOCKET_CONNECT = 9,
             CHANNEL_CONNECT = 10, DNS = 11, JNDI = 12, JNDI_NAME = 13, DESERIALIZE = 14,
             DEFINE_CLASS = 15, SQL_EXECUTE = 16, SQL_QUERY = 17, SQL_UPDATE = 18,
-            SQL_LARGE_UPDATE = 19, SQL_BATCH = 20, SQL_PREPARE = 21, SQL_PREPARE_CALL = 22;
+            SQL_LARGE_UPDATE = 19, SQL_BATCH = 20, SQL_PREPARE = 21, SQL_PREPARE_CALL = 22,
+            SCRIPT_EVAL = 23;
 
-    /** Owner of the JDBC specs: they apply to every class implementing the interface. */
-    static final String JDBC_STATEMENT = "java/sql/Statement", JDBC_CONNECTION = "java/sql/Connection";
+    /** Owners of the specs that apply to every class implementing an interface. */
+    static final String JDBC_STATEMENT = "java/sql/Statement", JDBC_CONNECTION = "java/sql/Connection",
+            SCRIPT_ENGINE = "javax/script/ScriptEngine";
+
+    /** Interface (internal name) -> the owner of the specs its implementations get. */
+    static final java.util.Map<String, String> IMPLEMENTED = new java.util.HashMap<String, String>();
+
+    static {
+        IMPLEMENTED.put("java/sql/Statement", JDBC_STATEMENT);
+        IMPLEMENTED.put("java/sql/PreparedStatement", JDBC_STATEMENT);
+        IMPLEMENTED.put("java/sql/CallableStatement", JDBC_STATEMENT);
+        IMPLEMENTED.put("java/sql/Connection", JDBC_CONNECTION);
+        IMPLEMENTED.put("javax/script/ScriptEngine", SCRIPT_ENGINE);
+    }
 
     /**
      * Why these methods: each is the one place every public API of its family funnels into on
@@ -102,6 +115,10 @@ public final class Hooks {
                 "java.sql.Connection.prepareStatement", "sql"),
         new Spec(SQL_PREPARE_CALL, JDBC_CONNECTION, "prepareCall", "(Ljava/lang/String;",
                 "java.sql.Connection.prepareCall", "sql"),
+        // Script engines (Nashorn, Rhino, GraalJS, Groovy's): every eval ends in the
+        // (String, ScriptContext) one; AbstractScriptEngine's eval(String) delegates to it.
+        new Spec(SCRIPT_EVAL, SCRIPT_ENGINE, "eval", "(Ljava/lang/String;Ljavax/script/ScriptContext;",
+                "javax.script.ScriptEngine.eval", "code"),
     };
 
     /**

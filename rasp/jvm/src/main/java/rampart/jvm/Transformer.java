@@ -41,18 +41,19 @@ final class Transformer implements ClassFileTransformer {
      *  `installed` or missing from this JDK */
     final Set<String> seenClasses = ConcurrentHashMap.newKeySet();
 
-    /** JDBC interfaces whose implementations are hooked, to the specs that apply. */
-    private final Map<String, List<Hooks.Spec>> jdbc = new HashMap<String, List<Hooks.Spec>>();
+    /** Interface families (Hooks.IMPLEMENTED) whose implementations are hooked -> specs. */
+    private final Map<String, List<Hooks.Spec>> implemented = new HashMap<String, List<Hooks.Spec>>();
     /**
-     * Classes found to implement a JDBC interface, by internal name: a subclass loading
-     * later (its superclass always loads first) is one too, even if it declares no interface.
+     * Classes found to implement such an interface, by internal name, to the family: a
+     * subclass loading later (its superclass always loads first) is one too, even if it
+     * declares no interface itself.
      */
-    private final Map<String, String> jdbcClasses = new ConcurrentHashMap<String, String>();
+    private final Map<String, String> implementors = new ConcurrentHashMap<String, String>();
 
     Transformer() {
         for (Hooks.Spec s : Hooks.SPECS) {
-            boolean isJdbc = s.owner.equals(Hooks.JDBC_STATEMENT) || s.owner.equals(Hooks.JDBC_CONNECTION);
-            Map<String, List<Hooks.Spec>> m = isJdbc ? jdbc : byClass;
+            boolean family = Hooks.IMPLEMENTED.containsValue(s.owner);
+            Map<String, List<Hooks.Spec>> m = family ? implemented : byClass;
             List<Hooks.Spec> l = m.get(s.owner);
             if (l == null) m.put(s.owner, l = new ArrayList<Hooks.Spec>());
             l.add(s);
@@ -63,62 +64,110 @@ final class Transformer implements ClassFileTransformer {
         return byClass.containsKey(internalName) || Hooks.bracketOf(internalName) != null;
     }
 
-    /** A loaded class to retransform at attach: a fixed target, or a JDBC implementation. */
+    /** A loaded class to retransform at attach: a fixed target, or an implementation. */
     boolean targets(Class<?> c) {
         if (targets(c.getName().replace('.', '/'))) return true;
         if (c.isInterface() || c.getClassLoader() == null) return false;
-        return jdbcInterfaceOf(c) != null;
+        return familyOf(c) != null;
     }
 
-    /** "java/sql/Statement" or "java/sql/Connection" when c implements one, else null. */
-    private static String jdbcInterfaceOf(Class<?> c) {
+    /** The family of a loaded class, from its whole hierarchy; null when none. */
+    private static String familyOf(Class<?> c) {
         for (Class<?> k = c; k != null; k = k.getSuperclass()) {
-            String found = jdbcInterfaceIn(k.getInterfaces());
+            String found = familyIn(k.getInterfaces());
             if (found != null) return found;
         }
         return null;
     }
 
-    private static String jdbcInterfaceIn(Class<?>[] interfaces) {
+    private static String familyIn(Class<?>[] interfaces) {
         for (Class<?> i : interfaces) {
-            String n = i.getName();
-            if (n.equals("java.sql.Statement") || n.equals("java.sql.PreparedStatement")
-                    || n.equals("java.sql.CallableStatement")) {
-                return Hooks.JDBC_STATEMENT;
-            }
-            if (n.equals("java.sql.Connection")) return Hooks.JDBC_CONNECTION;
-            String deeper = jdbcInterfaceIn(i.getInterfaces());
+            String f = Hooks.IMPLEMENTED.get(i.getName().replace('.', '/'));
+            if (f != null) return f;
+            String deeper = familyIn(i.getInterfaces());
             if (deeper != null) return deeper;
         }
         return null;
     }
 
-    /** From the class file alone (the class is not defined yet when it first loads). */
-    private String jdbcInterfaceOf(ClassReader reader) {
+    /**
+     * From class files alone: when a class first loads, the transform runs *before* the JVM
+     * resolves its superclass and interfaces, so the hierarchy is read from the loader's
+     * class-file resources (never by loading classes from inside class loading). Results,
+     * negative ones too (""), are cached per class name.
+     */
+    private String familyOf(ClassReader reader, ClassLoader loader) {
         if ((reader.getAccess() & Opcodes.ACC_INTERFACE) != 0) return null;
-        for (String i : reader.getInterfaces()) {
-            if (i.equals("java/sql/Statement") || i.equals("java/sql/PreparedStatement")
-                    || i.equals("java/sql/CallableStatement")) {
-                return Hooks.JDBC_STATEMENT;
-            }
-            if (i.equals("java/sql/Connection")) return Hooks.JDBC_CONNECTION;
+        String f = familyOfParents(reader, loader, 0);
+        return f.isEmpty() ? null : f;
+    }
+
+    private static final int MAX_HIERARCHY = 24;
+
+    private String familyOfParents(ClassReader r, ClassLoader loader, int depth) {
+        for (String i : r.getInterfaces()) {
+            String f = familyOfName(i, loader, depth + 1);
+            if (!f.isEmpty()) return f;
         }
-        String sup = reader.getSuperName();
-        return sup == null ? null : jdbcClasses.get(sup);
+        String sup = r.getSuperName();
+        return sup == null ? "" : familyOfName(sup, loader, depth + 1);
+    }
+
+    private String familyOfName(String internal, ClassLoader loader, int depth) {
+        String f = Hooks.IMPLEMENTED.get(internal);
+        if (f != null) return f;
+        if (internal.equals("java/lang/Object") || depth > MAX_HIERARCHY) return "";
+        String cached = implementors.get(internal);
+        if (cached != null) return cached;
+        String found = "";
+        byte[] bytes = classFile(internal, loader);
+        if (bytes != null) {
+            try {
+                found = familyOfParents(new ClassReader(bytes), loader, depth);
+            } catch (RuntimeException malformed) {
+                found = "";
+            }
+        }
+        if (implementors.size() < MAX_CACHED) implementors.put(internal, found);
+        return found;
+    }
+
+    private static final int MAX_CACHED = 200000;
+
+    private static byte[] classFile(String internal, ClassLoader loader) {
+        String name = internal + ".class";
+        java.io.InputStream in = loader != null ? loader.getResourceAsStream(name)
+                : ClassLoader.getSystemResourceAsStream(name);
+        if (in == null) return null;
+        try {
+            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+            byte[] buf = new byte[8192];
+            int n;
+            while ((n = in.read(buf)) > 0) out.write(buf, 0, n);
+            return out.toByteArray();
+        } catch (java.io.IOException e) {
+            return null;
+        } finally {
+            try {
+                in.close();
+            } catch (java.io.IOException ignored) {
+                // nothing to do
+            }
+        }
     }
 
     @Override
     public byte[] transform(ClassLoader loader, String className, Class<?> redefined,
             ProtectionDomain pd, byte[] classfile) {
         if (className == null) return null;
-        // JDBC drivers are app classes: look at every class with a loader (a cheap header
-        // parse); the JDK's own (bootstrap) classes are only the fixed targets.
+        // JDBC drivers and script engines are app classes: look at every class with a loader
+        // (a cheap header parse); the JDK's own bootstrap classes are only the fixed targets.
         if (!targets(className) && (loader == null || className.startsWith("java/"))) return null;
         // The transform runs on whatever app thread loads the class: nothing the probe does
         // here (loading ASM classes, logging) may be reported or blocked.
         Hooks.markInternalTemporarily(true);
         try {
-            return instrument(className, classfile, redefined);
+            return instrument(className, classfile, redefined, loader);
         } catch (Throwable t) {
             failedClasses.add(className);
             Log.warn("cannot instrument " + className + ", its hooks are off: " + t);
@@ -128,21 +177,22 @@ final class Transformer implements ClassFileTransformer {
         }
     }
 
-    byte[] instrument(final String className, byte[] classfile, Class<?> redefined) {
+    byte[] instrument(final String className, byte[] classfile, Class<?> redefined,
+            ClassLoader loader) {
         ClassReader reader = new ClassReader(classfile);
         List<Hooks.Spec> fixed = byClass.get(className);
         final String[] bracket = Hooks.bracketOf(className);
         if (fixed != null) seenClasses.add(className);
-        final boolean isJdbc;
+        final boolean isFamily;
         if (fixed == null && bracket == null) {
             // retransforming a loaded class: its hierarchy is known; loading: its header
-            String iface = redefined != null ? jdbcInterfaceOf(redefined) : jdbcInterfaceOf(reader);
-            if (iface == null) return null;
-            jdbcClasses.put(className, iface);
-            fixed = jdbc.get(iface);
-            isJdbc = true;
+            String family = redefined != null ? familyOf(redefined) : familyOf(reader, loader);
+            if (family == null) return null;
+            implementors.put(className, family);
+            fixed = implemented.get(family);
+            isFamily = true;
         } else {
-            isJdbc = false;
+            isFamily = false;
         }
         final List<Hooks.Spec> specs = fixed;
         ClassWriter writer = new ClassWriter(reader, ClassWriter.COMPUTE_MAXS);
@@ -155,8 +205,8 @@ final class Transformer implements ClassFileTransformer {
                 if ((access & (Opcodes.ACC_ABSTRACT | Opcodes.ACC_NATIVE)) != 0) return mv;
                 if (specs != null) {
                     for (Hooks.Spec s : specs) {
-                        // JDBC specs give the descriptor's start: (Ljava/lang/String; + anything
-                        if (s.method.equals(name) && (isJdbc ? desc.startsWith(s.desc) : s.desc.equals(desc))) {
+                        // family specs give the descriptor's start: (Ljava/lang/String; + anything
+                        if (s.method.equals(name) && (isFamily ? desc.startsWith(s.desc) : s.desc.equals(desc))) {
                             changed[0] = true;
                             installed.add(s.name);
                             return new EntryHook(mv, access, name, desc, s.id);
