@@ -225,7 +225,8 @@ def test_second_load_of_the_agent_says_hello_again(app: dict, jvm_agent: AgentPr
 # ------------------------------------------------------------------------------ events
 
 FIS, FOS = "java.io.FileInputStream.<init>", "java.io.FileOutputStream.<init>"
-NIO_OPEN = "sun.nio.fs.UnixFileSystemProvider.newByteChannel"
+UFSP = "sun.nio.fs.UnixFileSystemProvider"
+NIO_OPEN = f"{UFSP}.newByteChannel"
 SINKS = [
     # (endpoint, params, hook, kind, args the event must carry)
     ("/exec", {"cmd": "echo {m}"}, "java.lang.ProcessImpl.start", "process", ["echo", "{m}"]),
@@ -233,6 +234,9 @@ SINKS = [
     ("/write", {"path": "{f}", "data": "x"}, FOS, "file", ["{f}", "write"]),
     ("/nio", {"path": "{f}"}, NIO_OPEN, "file", None),
     ("/delete", {"path": "{f}"}, "java.io.File.delete", "file", ["{f}"]),
+    ("/copy", {"from": "{f}", "to": "{f}.copy"}, f"{UFSP}.copy", "file", ["{f}", "{f}.copy"]),
+    ("/move", {"from": "{f}", "to": "{f}.moved"}, f"{UFSP}.move", "file", ["{f}", "{f}.moved"]),
+    ("/list", {"path": "{d}", "m": "{m}"}, f"{UFSP}.newDirectoryStream", "file", ["{d}"]),
     ("/dns", {"host": "localhost", "m": "{m}"}, "java.net.InetAddress.getAllByName", "dns",
      ["localhost"]),
     ("/jndi", {"name": "ldap://127.0.0.1:1/{m}"}, "javax.naming.InitialContext.lookup", "naming",
@@ -260,7 +264,7 @@ def test_sink_reports_event_with_request_context(
     Path(f).write_text("content")
 
     def fill(s: str) -> str:
-        return s.replace("{m}", m).replace("{f}", f)
+        return s.replace("{m}", m).replace("{f}", f).replace("{d}", str(tmp_path))
 
     query = {k: fill(v) for k, v in params.items()}
     status, body = get(app["port"], path, query)

@@ -103,6 +103,13 @@ public class VulnApp {
         });
         route(server, "/nio", q -> new String(Files.readAllBytes(Paths.get(q.get("path"))), StandardCharsets.UTF_8));
         route(server, "/delete", q -> String.valueOf(new File(q.get("path")).delete()));
+        route(server, "/copy", q -> String.valueOf(Files.copy(Paths.get(q.get("from")), Paths.get(q.get("to")))));
+        route(server, "/move", q -> String.valueOf(Files.move(Paths.get(q.get("from")), Paths.get(q.get("to")))));
+        route(server, "/list", q -> {
+            try (java.util.stream.Stream<java.nio.file.Path> s = Files.list(Paths.get(q.get("path")))) {
+                return String.valueOf(s.count());
+            }
+        });
         route(server, "/connect", q -> {
             try (Socket s = new Socket()) {
                 s.connect(new InetSocketAddress(q.getOrDefault("host", "127.0.0.1"), Integer.parseInt(q.get("port"))), 2000);

@@ -54,7 +54,11 @@ final class Args {
                 return list(path, String.valueOf(a[1]));
             }
             case Hooks.NIO_DELETE:
+            case Hooks.NIO_LIST:
                 return one(String.valueOf(a[0]));
+            case Hooks.NIO_COPY:
+            case Hooks.NIO_MOVE:
+                return list(String.valueOf(a[0]), String.valueOf(a[1]));
             case Hooks.SOCKET_CONNECT:
             case Hooks.CHANNEL_CONNECT:
                 return one(address(a[0]));

@@ -42,7 +42,7 @@ public final class Hooks {
             CHANNEL_CONNECT = 10, DNS = 11, JNDI = 12, JNDI_NAME = 13, DESERIALIZE = 14,
             DEFINE_CLASS = 15, SQL_EXECUTE = 16, SQL_QUERY = 17, SQL_UPDATE = 18,
             SQL_LARGE_UPDATE = 19, SQL_BATCH = 20, SQL_PREPARE = 21, SQL_PREPARE_CALL = 22,
-            SCRIPT_EVAL = 23;
+            SCRIPT_EVAL = 23, NIO_COPY = 24, NIO_MOVE = 25, NIO_LIST = 26;
 
     /** Owners of the specs that apply to every class implementing an interface. */
     static final String JDBC_STATEMENT = "java/sql/Statement", JDBC_CONNECTION = "java/sql/Connection",
@@ -66,7 +66,7 @@ public final class Hooks {
      * through the provider's newByteChannel; InetAddress.getByName calls getAllByName), so one
      * hook sees them all and an app cannot step around it through another overload.
      */
-    public static final Spec[] SPECS = {
+    private static final Spec[] DECLARED = {
         new Spec(PROCESS, "java/lang/ProcessImpl", "start",
                 "([Ljava/lang/String;Ljava/util/Map;Ljava/lang/String;[Ljava/lang/ProcessBuilder$Redirect;Z)Ljava/lang/Process;",
                 "java.lang.ProcessImpl.start", "process"),
@@ -85,6 +85,15 @@ public final class Hooks {
                 "sun.nio.fs.UnixFileSystemProvider.newByteChannel", "file"),
         new Spec(NIO_DELETE, "sun/nio/fs/UnixFileSystemProvider", "implDelete", "(Ljava/nio/file/Path;Z)Z",
                 "sun.nio.fs.UnixFileSystemProvider.implDelete", "file"),
+        new Spec(NIO_COPY, "sun/nio/fs/UnixFileSystemProvider", "copy",
+                "(Ljava/nio/file/Path;Ljava/nio/file/Path;[Ljava/nio/file/CopyOption;)V",
+                "sun.nio.fs.UnixFileSystemProvider.copy", "file"),
+        new Spec(NIO_MOVE, "sun/nio/fs/UnixFileSystemProvider", "move",
+                "(Ljava/nio/file/Path;Ljava/nio/file/Path;[Ljava/nio/file/CopyOption;)V",
+                "sun.nio.fs.UnixFileSystemProvider.move", "file"),
+        new Spec(NIO_LIST, "sun/nio/fs/UnixFileSystemProvider", "newDirectoryStream",
+                "(Ljava/nio/file/Path;Ljava/nio/file/DirectoryStream$Filter;)Ljava/nio/file/DirectoryStream;",
+                "sun.nio.fs.UnixFileSystemProvider.newDirectoryStream", "file"),
         new Spec(SOCKET_CONNECT, "java/net/Socket", "connect", "(Ljava/net/SocketAddress;I)V",
                 "java.net.Socket.connect", "network"),
         new Spec(CHANNEL_CONNECT, "sun/nio/ch/SocketChannelImpl", "connect", "(Ljava/net/SocketAddress;)Z",
@@ -120,6 +129,20 @@ public final class Hooks {
         new Spec(SCRIPT_EVAL, SCRIPT_ENGINE, "eval", "(Ljava/lang/String;Ljavax/script/ScriptContext;",
                 "javax.script.ScriptEngine.eval", "code"),
     };
+
+    /** Every spec, indexed by its id (the instrumented code passes the id). */
+    public static final Spec[] SPECS = byId(DECLARED);
+
+    private static Spec[] byId(Spec[] declared) {
+        Spec[] out = new Spec[declared.length];
+        for (Spec s : declared) {
+            if (s.id < 0 || s.id >= out.length || out[s.id] != null) {
+                throw new IllegalStateException("hook ids must be 0.." + (out.length - 1) + ", once each");
+            }
+            out[s.id] = s;
+        }
+        return out;
+    }
 
     /**
      * Where a request starts and ends, per server API: [internal class, method, descriptor,
