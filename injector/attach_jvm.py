@@ -73,8 +73,9 @@ class JvmAttacher:
         if not jar.is_file():
             raise AttachError(EXIT_FAIL, f"JVM agent jar {jar} is missing: run `make setup`")
         ids = _ids(pid)
+        data = jar.read_bytes()  # with our own ids: the JVM's user may not read it
         with _as_user(ids.uid, ids.gid):
-            seen_as = jar_in_target(pid, jar)
+            seen_as = jar_in_target(pid, jar, data)
             sock_path = start_listener(pid, ids.nspid, timeout)
             command = ["load", "instrument", "false", f"{seen_as}={options}"]
             try:
@@ -96,11 +97,12 @@ ATTACHER = JvmAttacher()
 # ------------------------------------------------------------------------------ the jar
 
 
-def jar_in_target(pid: int, jar: Path) -> str:
+def jar_in_target(pid: int, jar: Path, data: bytes) -> str:
     """The agent jar's path as the JVM sees it.
 
     Our jar itself when the JVM sees the same file at the same path (same mount namespace,
-    or a container with it mounted). Otherwise (a container) a copy in the JVM's /tmp named
+    or a container with it mounted) and its user may read it. Otherwise a copy in the JVM's
+    /tmp named
     by the jar's content, written with our effective ids already switched to the JVM's. The
     copy stays: the JVM reads classes from it for as long as it runs.
 
@@ -108,12 +110,12 @@ def jar_in_target(pid: int, jar: Path) -> str:
     symlink, which would resolve against *our* root, so it is opened as a directory with
     O_NOFOLLOW and the file is created relative to it (O_EXCL, O_NOFOLLOW), then renamed.
     """
-    ours = os.stat(jar)
-    with contextlib.suppress(OSError):
-        theirs = os.stat(f"{PROC}/{pid}/root{jar}")
-        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+    # readable by the JVM's user at that path (we run with its ids here): the same content
+    # there is the same jar; a jar under a directory that user cannot traverse (/root/...),
+    # or not there at all (a container), gets copied
+    with contextlib.suppress(OSError), open(f"{PROC}/{pid}/root{jar}", "rb") as f:
+        if f.read(len(data) + 1) == data:
             return str(jar)
-    data = jar.read_bytes()
     name = f"rampart-jvm-agent-{hashlib.sha256(data).hexdigest()[:16]}.jar"
     try:
         tmp = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket as socketlib
 import subprocess
 import tempfile
@@ -565,8 +566,15 @@ def test_jvm_of_another_user_is_attached_with_its_ids(
     8) or root (9+): the attacher switches to the JVM's ids for both, then back."""
     nobody = 65534
     setpriv_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+    # the checkout may sit where nobody cannot read (/root/...): give the JVM its own copy
+    # of the classes; the attacher copies the jar into /tmp if nobody cannot read ours
+    classes = Path(tempfile.mkdtemp(prefix="rampart-nobody-"))
+    classes.chmod(0o755)
+    for f in jvm_classes.glob("VulnApp*.class"):
+        shutil.copy(f, classes)
+    jars_before = set(Path("/tmp").glob("rampart-jvm-agent-*.jar"))
     p = spawn(
-        [*setpriv_nobody, "java", "-cp", str(jvm_classes), "VulnApp"],
+        [*setpriv_nobody, "java", "-cp", str(classes), "VulnApp"],
         stdout=subprocess.PIPE,
         cwd="/",  # not writable by nobody: the trigger file goes to the JVM's /tmp instead
     )
@@ -584,6 +592,9 @@ def test_jvm_of_another_user_is_attached_with_its_ids(
         p.kill()
         p.wait()
         remove_listener_socket(p.pid)
+        shutil.rmtree(classes, ignore_errors=True)
+        for jar in set(Path("/tmp").glob("rampart-jvm-agent-*.jar")) - jars_before:
+            jar.unlink()
 
 
 def test_a_failing_hook_disables_itself_and_the_app_goes_on(
