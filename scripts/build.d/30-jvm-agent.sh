@@ -8,5 +8,5 @@ if [ -f "$jar" ] && [ -f target/test-apps-lib/tomcat-embed-core.jar ] && [ -z "$
   exit 0
 fi
 # The first build downloads ASM and the Maven plugins into ~/.m2 (Maven Central).
-mvn -q -B package -DskipTests
+mvn -q -B -Dstyle.color=never package -DskipTests
 test -f "$jar" && test -f target/test-apps-lib/tomcat-embed-core.jar
