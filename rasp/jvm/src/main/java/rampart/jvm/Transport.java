@@ -75,16 +75,27 @@ final class Transport {
         }
     }
 
+    /**
+     * Reconnect delay: doubles on every failed or refused connection, back to the minimum
+     * only once the agent has accepted the probe (its first table arrived), so an agent
+     * that refuses the hello is not hammered.
+     */
+    private volatile long backoff = BACKOFF_MIN_MS;
+
     private void loop() {
-        long backoff = BACKOFF_MIN_MS;
         long nextConnect = 0;
         long nextHeartbeat = 0;
+        boolean immediate = false; // reconnect at once (a fresh hello was asked for)
         List<Map<String, Object>> batch = new ArrayList<Map<String, Object>>(BATCH);
         while (running) {
             try {
                 if (channel == null || broken) {
-                    closeChannel();
                     long now = System.currentTimeMillis();
+                    if (channel != null) { // a connection just ended: wait before the next
+                        closeChannel();
+                        nextConnect = immediate ? 0 : now + nextDelay();
+                        immediate = false;
+                    }
                     if (now < nextConnect) {
                         dropQueued();
                         Thread.sleep(Math.min(100, nextConnect - now));
@@ -92,11 +103,9 @@ final class Transport {
                     }
                     try {
                         connect();
-                        backoff = BACKOFF_MIN_MS;
                         nextHeartbeat = System.currentTimeMillis() + HEARTBEAT_MS;
                     } catch (IOException e) {
-                        nextConnect = System.currentTimeMillis() + backoff;
-                        backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+                        nextConnect = System.currentTimeMillis() + nextDelay();
                         continue;
                     }
                 }
@@ -106,7 +115,7 @@ final class Transport {
                     // already_running
                     helloAgain = false;
                     broken = true;
-                    nextConnect = 0;
+                    immediate = true;
                     continue;
                 }
                 Map<String, Object> first = queue.poll(200, TimeUnit.MILLISECONDS);
@@ -124,11 +133,9 @@ final class Transport {
             } catch (InterruptedException e) {
                 break;
             } catch (IOException e) {
-                broken = true;
+                broken = true; // the top of the loop closes it and schedules the reconnect
                 probe.dropMany("agent_away", batch.size());
                 batch.clear();
-                nextConnect = System.currentTimeMillis() + backoff;
-                backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
             } catch (Throwable t) {
                 // a bug in the probe must not kill the sender: count, forget the batch, go on
                 probe.dropMany("error", batch.size());
@@ -136,6 +143,12 @@ final class Transport {
                 Log.warn("sender: " + t);
             }
         }
+    }
+
+    private long nextDelay() {
+        long d = backoff;
+        backoff = Math.min(BACKOFF_MAX_MS, d * 2);
+        return d;
     }
 
     private void dropQueued() {
@@ -243,6 +256,7 @@ final class Transport {
                     Log.warn("ignored a frame from the agent: " + e.getMessage());
                     continue;
                 }
+                if ((Long) message.get("message_type") != Protocol.ERROR) backoff = BACKOFF_MIN_MS;
                 probe.onAgentMessage(message);
             }
         } catch (Exception e) {
