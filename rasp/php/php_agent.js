@@ -1,0 +1,824 @@
+'use strict';
+/*
+ * Rampart PHP probe: a Frida agent script for the Zend engine (PHP 8.x, 64-bit, NTS).
+ *
+ * Loaded by rasp/php/php_agent.py, which prepends `const RAMPART = {...};` (socket path,
+ * versions, role) and eternalizes the script, so it keeps running after the attacher exits.
+ *
+ * How sinks are found: by name in the engine's own tables, not by symbol. PHP binaries export
+ * almost no `zif_*` handlers (12 in Debian's 8.2), but `compiler_globals` is exported and
+ * CG(function_table) maps every internal function name to its zend_internal_function, whose
+ * `handler` is the C implementation. Class methods come from CG(class_table) ->
+ * zend_class_entry.function_table. Offsets that differ between builds (where those tables
+ * sit in compiler_globals, the handler field, a class's method table) are discovered at start
+ * by checking candidates against entries we know ("strlen", "stdclass", "exception").
+ *
+ * How sinks are hooked: the `handler` pointer of each zend_internal_function is swapped for a
+ * NativeCallback that decides and then calls the original handler. No code is patched, an
+ * alias (mysqli::query vs mysqli_query) is hooked under its own name, and uninstall writes
+ * the old pointer back. `include`/`eval` go through the engine's function pointers
+ * `zend_compile_file` / `zend_compile_string` (opcache wraps them too), swapped the same way.
+ *
+ * Delivery: the script opens its own Unix-socket connection to the agent from inside the
+ * target, so the agent's SO_PEERCRED check sees the PHP process itself. Hooks run on PHP's
+ * thread and only enqueue (bounded, drop-and-count); a timer on Frida's thread writes frames.
+ */
+
+const CFG = (typeof RAMPART !== 'undefined') ? RAMPART : {};
+const SOCKET_PATH = CFG.socket || '/run/rampart/probe.sock';
+const PROBE_VERSION = CFG.probe_version || '0.1.0';
+const RUNTIME_VERSION = CFG.runtime_version || '';
+const ROLE = CFG.role || 'worker'; // 'worker' hooks sinks; 'master' (php-fpm) only reports
+
+const QUEUE_MAX = 1024;
+const ARG_CAP = 4096;
+const ARGS_MAX = 64;
+const STACK_MAX = 32;
+const DEFAULT_QUOTA = 12000;
+const HEARTBEAT_MS = 10000;
+const MAX_FRAME = 1 << 20;
+
+// ------------------------------------------------------------------------- engine layout
+// PHP 8.x, LP64. zval: value (8) + u1.type_info (4) + u2 (4).
+const ZVAL = 16;
+const IS_UNDEF = 0, IS_NULL = 1, IS_FALSE = 2, IS_TRUE = 3, IS_LONG = 4, IS_DOUBLE = 5,
+  IS_STRING = 6, IS_ARRAY = 7, IS_OBJECT = 8, IS_REFERENCE = 10, IS_INDIRECT = 12, IS_PTR = 13;
+// zend_string: gc (8), h (8), len (8), val[]
+const ZSTR_LEN = 16, ZSTR_VAL = 24;
+// zend_array: gc (8), flags (4), nTableMask (4), arData (8) @16, nNumUsed (4) @24,
+// nNumOfElements @28, nTableSize @32. Bucket: zval (16), h (8), key (8). Packed: zvals.
+const HT_DATA = 16, HT_USED = 24, HT_SIZE = 32, HT_FLAGS = 8, HASH_FLAG_PACKED = 4;
+const BUCKET = 32;
+// zend_execute_data: opline @0, call @8, return_value @16, func @24, This (zval) @32,
+// prev_execute_data @48, ... sizeof 80 = 5 zvals (ZEND_CALL_FRAME_SLOT); num_args = This.u2.
+const ED_OPLINE = 0, ED_FUNC = 24, ED_THIS = 32, ED_NUM_ARGS = 44, ED_PREV = 48, ED_ARGS = 80;
+// zend_function common: type (1) @0, fn_flags @4, function_name @8, scope @16.
+const FN_NAME = 8, FN_SCOPE = 16, ZEND_USER_FUNCTION = 2;
+const CE_NAME = 8; // zend_class_entry: type (1), name @8
+const OPLINE_LINENO = 24; // zend_op: handler, op1, op2, result, extended_value, lineno
+// sapi_globals: server_context (8), request_info: request_method @8, query_string @16,
+// cookie_data @24, content_length @32, path_translated @40, request_uri @48.
+const SG_METHOD = 8, SG_QUERY = 16, SG_URI = 48;
+
+// ------------------------------------------------------------------------- hook table
+// [name, kind, class or null]. Names are PHP's own (lower case, as in the engine's tables).
+const SINKS = [
+  ['system', 'process'], ['exec', 'process'], ['passthru', 'process'],
+  ['shell_exec', 'process'], ['popen', 'process'], ['proc_open', 'process'],
+  ['pcntl_exec', 'process'],
+  ['fopen', 'file'], ['file_get_contents', 'file'], ['file_put_contents', 'file'],
+  ['readfile', 'file'], ['file', 'file'], ['unlink', 'file'], ['rename', 'file'],
+  ['copy', 'file'], ['opendir', 'file'], ['scandir', 'file'], ['dir', 'file'],
+  ['move_uploaded_file', 'file'],
+  ['curl_exec', 'network'], ['fsockopen', 'network'], ['pfsockopen', 'network'],
+  ['stream_socket_client', 'network'],
+  ['gethostbyname', 'dns'], ['dns_get_record', 'dns'],
+  ['mysqli_query', 'sql'], ['mysqli_real_query', 'sql'], ['mysqli_prepare', 'sql'],
+  ['query', 'sql', 'mysqli'], ['real_query', 'sql', 'mysqli'], ['prepare', 'sql', 'mysqli'],
+  ['query', 'sql', 'pdo'], ['exec', 'sql', 'pdo'], ['prepare', 'sql', 'pdo'],
+  ['query', 'sql', 'sqlite3'], ['exec', 'sql', 'sqlite3'], ['prepare', 'sql', 'sqlite3'],
+  ['unserialize', 'deserialization'],
+  ['putenv', 'process'], ['assert', 'code'],
+];
+const CLASS_NAMES = { mysqli: 'mysqli', pdo: 'PDO', sqlite3: 'SQLite3' };
+
+// ------------------------------------------------------------------------- state
+const state = {
+  pid: Process.id,
+  installed: [], // hook names
+  missing: [], // hook names not found in this build
+  swaps: [], // {slot, orig} pointers to write back on uninstall
+  keep: [], // NativeCallbacks / NativeFunctions that must stay alive
+  queue: [],
+  conn: null,
+  connecting: false,
+  backoff: 500,
+  stopped: false,
+  alreadyRunning: false,
+  counters: { sent: 0, dropped: 0, blocked: 0 },
+  droppedBy: {},
+  policies: {},
+  filters: [],
+  blocks: [],
+  quotas: { '*': DEFAULT_QUOTA },
+  window: { start: Date.now(), used: {} },
+  disabled: {}, // hook -> true after an internal error or a config frame
+  errorsReported: {},
+};
+
+function drop(reason) {
+  state.counters.dropped++;
+  state.droppedBy[reason] = (state.droppedBy[reason] || 0) + 1;
+}
+
+function log(msg) {
+  // Visible to the attacher while it is connected; silent once the script is eternalized.
+  try { console.log('rampart-php[' + state.pid + ']: ' + msg); } catch (e) { /* detached */ }
+}
+
+// ------------------------------------------------------------------------- symbols
+const mainModule = Process.mainModule;
+const exportsByName = {};
+// Module.getExportByName misses symbols that enumerateExports lists (seen on Debian's
+// php-fpm8.2: "unable to find export 'php_exec'"), so build the map once ourselves.
+for (const e of mainModule.enumerateExports()) exportsByName[e.name] = e.address;
+
+function sym(name) {
+  const a = exportsByName[name];
+  if (a) return a;
+  const g = Module.findGlobalExportByName(name);
+  return g;
+}
+
+const libc = {
+  getpid: new NativeFunction(Module.getGlobalExportByName('getpid'), 'int', []),
+};
+
+// ------------------------------------------------------------------------- strings
+function utf8Decode(bytes) {
+  // Lenient: PHP strings are bytes; invalid sequences become U+FFFD.
+  let out = '';
+  const n = bytes.length;
+  let i = 0;
+  while (i < n) {
+    const b = bytes[i];
+    if (b < 0x80) { out += String.fromCharCode(b); i++; continue; }
+    let need = 0, cp = 0;
+    if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; }
+    else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; }
+    else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; }
+    else { out += '\ufffd'; i++; continue; }
+    let ok = true;
+    for (let k = 1; k <= need; k++) {
+      const c = bytes[i + k];
+      if (c === undefined || (c & 0xc0) !== 0x80) { ok = false; break; }
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    if (!ok || (need === 2 && cp < 0x800) || (need === 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff)) {
+      out += '\ufffd'; i++; continue;
+    }
+    out += String.fromCodePoint(cp);
+    i += need + 1;
+  }
+  return out;
+}
+
+function utf8Encode(str) {
+  const out = [];
+  for (let i = 0; i < str.length; i++) {
+    let c = str.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < str.length) {
+      const d = str.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
+      else c = 0xfffd;
+    } else if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 0x3f));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f));
+    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 0x3f), 0x80 | ((c >> 6) & 0x3f),
+      0x80 | (c & 0x3f));
+  }
+  return out;
+}
+
+function readBytes(p, len) {
+  if (len <= 0) return '';
+  return utf8Decode(new Uint8Array(p.readByteArray(len)));
+}
+
+function zstr(p, cap) {
+  // a zend_string* as a JS string, capped
+  if (p.isNull()) return '';
+  const len = p.add(ZSTR_LEN).readU64().toNumber();
+  return readBytes(p.add(ZSTR_VAL), Math.min(len, cap || ARG_CAP));
+}
+
+function cstr(p, cap) {
+  if (p.isNull()) return '';
+  // readCString(n) reads n bytes whatever they hold: read up to the NUL, then cap
+  const s = p.readCString();
+  return s === null ? '' : s.slice(0, cap || ARG_CAP);
+}
+
+function zvalString(z, depth) {
+  let type = z.add(8).readU8();
+  if (type === IS_REFERENCE) { z = z.readPointer().add(8); type = z.add(8).readU8(); }
+  if (type === IS_INDIRECT) { z = z.readPointer(); type = z.add(8).readU8(); }
+  switch (type) {
+    case IS_STRING: return zstr(z.readPointer());
+    case IS_LONG: return z.readS64().toString();
+    case IS_DOUBLE: return String(z.readDouble());
+    case IS_TRUE: return 'true';
+    case IS_FALSE: return 'false';
+    case IS_NULL: case IS_UNDEF: return '';
+    case IS_ARRAY: return (depth || 0) > 1 ? '[array]' : arrayString(z.readPointer(), (depth || 0) + 1);
+    case IS_OBJECT: return '[object]';
+    default: return '[type ' + type + ']';
+  }
+}
+
+function arrayString(ht, depth) {
+  // values joined by a space: proc_open(['sh', '-c', ...]) reads as a command line
+  const parts = [];
+  htForEach(ht, (key, z) => { if (parts.length < ARGS_MAX) parts.push(zvalString(z, depth)); });
+  return parts.join(' ').slice(0, ARG_CAP);
+}
+
+function htForEach(ht, fn) {
+  const used = ht.add(HT_USED).readU32();
+  const data = ht.add(HT_DATA).readPointer();
+  const packed = (ht.add(HT_FLAGS).readU32() & HASH_FLAG_PACKED) !== 0;
+  for (let i = 0; i < used; i++) {
+    const z = packed ? data.add(i * ZVAL) : data.add(i * BUCKET);
+    const type = z.add(8).readU8();
+    if (type === IS_UNDEF) continue;
+    const key = packed ? null : z.add(24).readPointer();
+    if (fn(key, z) === false) return;
+  }
+}
+
+function htFind(ht, name) {
+  // lookup by walking (used at start only, so no need for the engine's hash function)
+  let found = null;
+  htForEach(ht, (key, z) => {
+    if (key !== null && !key.isNull() && key.add(ZSTR_LEN).readU64().toNumber() === name.length &&
+        key.add(ZSTR_VAL).readUtf8String(name.length) === name) {
+      found = z;
+      return false;
+    }
+    return true;
+  });
+  return found;
+}
+
+function plausibleTable(p) {
+  try {
+    if (p.isNull()) return false;
+    const used = p.add(HT_USED).readU32(), size = p.add(HT_SIZE).readU32();
+    return size >= 8 && size <= (1 << 24) && (size & (size - 1)) === 0 && used <= size;
+  } catch (e) { return false; }
+}
+
+// ------------------------------------------------------------------------- engine tables
+function findTables() {
+  const cg = sym('compiler_globals');
+  if (cg === null) throw new Error('compiler_globals not exported (a ZTS build?)');
+  let functions = null, classes = null;
+  for (let off = 0; off < 512 && (functions === null || classes === null); off += 8) {
+    const p = cg.add(off).readPointer();
+    if (!plausibleTable(p)) continue;
+    try {
+      if (functions === null && htFind(p, 'strlen') !== null) functions = p;
+      else if (classes === null && htFind(p, 'stdclass') !== null) classes = p;
+    } catch (e) { /* not a table */ }
+  }
+  if (functions === null) throw new Error('CG(function_table) not found');
+  return { functions, classes };
+}
+
+function isCode(p) {
+  const r = Process.findRangeByAddress(p);
+  return r !== null && r.protection.indexOf('x') >= 0;
+}
+
+function handlerOffset(functions) {
+  // The handler is the first pointer into executable memory after the common fields:
+  // checked on several functions so a coincidence cannot pick the wrong slot.
+  const probes = ['strlen', 'system', 'str_replace', 'count'].map((n) => htFind(functions, n))
+    .filter((z) => z !== null).map((z) => z.readPointer());
+  for (let off = 40; off <= 128; off += 8) {
+    if (probes.every((fn) => { try { return isCode(fn.add(off).readPointer()); } catch (e) { return false; } }))
+      return off;
+  }
+  throw new Error('zend_internal_function.handler offset not found');
+}
+
+function classMethodTableOffset(classes) {
+  // zend_class_entry embeds its function_table (a HashTable, not a pointer): find the offset
+  // where Exception's methods ("getmessage") sit.
+  const ce = htFind(classes, 'exception').readPointer();
+  for (let off = 16; off < 512; off += 8) {
+    const ht = ce.add(off);
+    if (!plausibleTable(ht)) continue;
+    try { if (htFind(ht, 'getmessage') !== null) return off; } catch (e) { /* next */ }
+  }
+  throw new Error('zend_class_entry.function_table offset not found');
+}
+
+// ------------------------------------------------------------------------- request context
+const sapiGlobals = sym('sapi_globals');
+const sapiGetenvAddr = sym('sapi_getenv');
+const sapiGetenv = sapiGetenvAddr ? new NativeFunction(sapiGetenvAddr, 'pointer', ['pointer', 'size_t']) : null;
+const ENV_NAMES = {};
+function envName(name) {
+  if (!ENV_NAMES[name]) ENV_NAMES[name] = Memory.allocUtf8String(name);
+  return ENV_NAMES[name];
+}
+function getenv(name) {
+  // sapi_getenv asks the SAPI (FastCGI params for php-fpm); the copy it returns is emalloc'ed
+  // and freed with the request's memory.
+  if (sapiGetenv === null) return '';
+  const p = sapiGetenv(envName(name), name.length);
+  return p.isNull() ? '' : cstr(p, 1024);
+}
+const HEADERS = [['user-agent', 'HTTP_USER_AGENT'], ['content-type', 'CONTENT_TYPE'],
+  ['host', 'HTTP_HOST'], ['referer', 'HTTP_REFERER'], ['x-forwarded-for', 'HTTP_X_FORWARDED_FOR']];
+
+function urlDecode(s) {
+  try { return decodeURIComponent(s.replace(/\+/g, ' ')); } catch (e) { return s; }
+}
+
+function parseQuery(qs, params) {
+  if (!qs) return;
+  for (const part of qs.split('&')) {
+    if (!part) continue;
+    const eq = part.indexOf('=');
+    const k = urlDecode(eq < 0 ? part : part.slice(0, eq));
+    const v = urlDecode(eq < 0 ? '' : part.slice(eq + 1));
+    (params[k] = params[k] || []).push(v.slice(0, ARG_CAP));
+  }
+}
+
+function requestContext() {
+  if (sapiGlobals === null) return null;
+  const method = cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
+  if (!method) return null; // CLI, or outside a request
+  const uri = cstr(sapiGlobals.add(SG_URI).readPointer(), ARG_CAP);
+  const qs = cstr(sapiGlobals.add(SG_QUERY).readPointer(), ARG_CAP);
+  const params = {};
+  parseQuery(qs, params);
+  const headers = {};
+  for (const [h, env] of HEADERS) {
+    const v = getenv(env);
+    if (v) headers[h] = v;
+  }
+  const req = { method, url: uri || '', params, headers };
+  const addr = getenv('REMOTE_ADDR');
+  if (addr) req.remote_addr = addr;
+  if (uri && qs && uri.indexOf('?') < 0) req.url = uri + '?' + qs;
+  return req;
+}
+
+// ------------------------------------------------------------------------- stack
+let filenameOffset = -1; // zend_op_array.filename, found on first use
+const getExecutedFilenameEx = sym('zend_get_executed_filename_ex')
+  ? new NativeFunction(sym('zend_get_executed_filename_ex'), 'pointer', []) : null;
+
+function findFilenameOffset(ed) {
+  // the innermost user frame's op_array holds the zend_string the engine reports as the file
+  if (getExecutedFilenameEx === null) return;
+  const fname = getExecutedFilenameEx();
+  if (fname.isNull()) return;
+  for (let f = ed; !f.isNull(); f = f.add(ED_PREV).readPointer()) {
+    const func = f.add(ED_FUNC).readPointer();
+    if (func.isNull() || func.readU8() !== ZEND_USER_FUNCTION) continue;
+    for (let off = 72; off < 320; off += 8) {
+      if (func.add(off).readPointer().equals(fname)) { filenameOffset = off; return; }
+    }
+    return;
+  }
+}
+
+function frameName(func) {
+  const name = func.add(FN_NAME).readPointer();
+  let s = name.isNull() ? '{main}' : zstr(name, 256);
+  const scope = func.add(FN_SCOPE).readPointer();
+  if (!scope.isNull()) s = zstr(scope.add(CE_NAME).readPointer(), 256) + '::' + s;
+  return s;
+}
+
+function stackOf(ed) {
+  // ed: the innermost PHP frame to report (the caller of a hooked internal function)
+  const frames = [];
+  if (filenameOffset < 0) findFilenameOffset(ed);
+  for (let f = ed; !f.isNull() && frames.length < STACK_MAX; f = f.add(ED_PREV).readPointer()) {
+    const func = f.add(ED_FUNC).readPointer();
+    if (func.isNull()) continue;
+    let s = frameName(func);
+    if (func.readU8() === ZEND_USER_FUNCTION && filenameOffset > 0) {
+      const opline = f.add(ED_OPLINE).readPointer();
+      const line = opline.isNull() ? 0 : opline.add(OPLINE_LINENO).readU32();
+      s += ' (' + zstr(func.add(filenameOffset).readPointer(), 1024) + ':' + line + ')';
+    }
+    frames.push(s);
+  }
+  return frames;
+}
+
+// ------------------------------------------------------------------------- policy
+function compileRules(rules) {
+  const out = [];
+  for (const r of rules || []) {
+    try {
+      out.push({
+        policy_id: r.policy_id,
+        runtime: r.runtime || null,
+        kind: r.kind || null,
+        hook: r.hook || null,
+        args: r.match && r.match.args ? new RegExp(r.match.args) : null,
+        stack: r.match && r.match.stack ? new RegExp(r.match.stack) : null,
+      });
+    } catch (e) {
+      log('rule ' + r.policy_id + ' skipped: ' + e.message);
+    }
+  }
+  return out;
+}
+
+function ruleMatches(r, ev) {
+  if (r.runtime !== null && r.runtime.indexOf('php') < 0) return false;
+  if (r.kind !== null && r.kind !== ev.kind) return false;
+  if (r.hook !== null && r.hook !== ev.hook) return false;
+  if (r.args !== null && !r.args.test(ev.args.join(' '))) return false;
+  if (r.stack !== null && !ev.stack.some((f) => r.stack.test(f))) return false;
+  return true;
+}
+
+function quotaAllows(hook) {
+  const now = Date.now();
+  if (now - state.window.start >= 60000) state.window = { start: now, used: {} };
+  const limit = hook in state.quotas ? state.quotas[hook] : state.quotas['*'];
+  const used = state.window.used[hook] || 0;
+  if (used >= limit) return false;
+  state.window.used[hook] = used + 1;
+  return true;
+}
+
+// ------------------------------------------------------------------------- events
+function envelope(type, data) {
+  return {
+    message_type: type, pid: state.pid, runtime: 'php', runtime_version: RUNTIME_VERSION,
+    probe_version: PROBE_VERSION, time: Date.now(), data,
+  };
+}
+
+function enqueue(msg) {
+  if (state.conn === null) { drop('agent_away'); return; }
+  if (state.queue.length >= QUEUE_MAX) { drop('queue_full'); return; }
+  state.queue.push(msg);
+}
+
+/*
+ * One hooked call, on PHP's thread. Returns the blocking rule, or null to let the call run.
+ * Order (probe contract): quota -> build the event -> block rules -> filter rules -> enqueue.
+ */
+function onCall(hook, kind, args, ed) {
+  if (!quotaAllows(hook)) {
+    drop('quota');
+    return null;
+  }
+  const ev = { hook, kind, args, stack: ed === null || ed.isNull() ? [] : stackOf(ed), blocked: false };
+  const req = requestContext();
+  if (req !== null) ev.request = req;
+  let blockRule = null;
+  for (const r of state.blocks) {
+    if (ruleMatches(r, ev)) { blockRule = r; break; }
+  }
+  if (blockRule !== null) {
+    ev.blocked = true;
+    ev.policy_id = blockRule.policy_id;
+    state.counters.blocked++;
+  } else {
+    for (const r of state.filters) {
+      if (ruleMatches(r, ev)) { drop('filter'); return null; }
+    }
+  }
+  enqueue(envelope(2, ev));
+  return blockRule;
+}
+
+function hookFailed(hook, e) {
+  // a hook that raises disables itself; the app's call proceeds
+  state.disabled[hook] = true;
+  drop('error');
+  if (!state.errorsReported[hook]) {
+    state.errorsReported[hook] = true;
+    log('hook ' + hook + ' disabled after an internal error: ' + e.message);
+  }
+}
+
+// ------------------------------------------------------------------------- blocking
+const zendThrowException = sym('zend_throw_exception')
+  ? new NativeFunction(sym('zend_throw_exception'), 'pointer', ['pointer', 'pointer', 'int64']) : null;
+const zendCeException = sym('zend_ce_exception');
+
+function throwBlocked(hook, rule) {
+  // PHP's Exception (catchable by `catch (Exception $e)`), as a failing call would throw
+  const msg = Memory.allocUtf8String('Rampart blocked ' + hook + ' by policy ' + rule.policy_id);
+  zendThrowException(zendCeException.readPointer(), msg, 0);
+}
+
+const canBlock = zendThrowException !== null && zendCeException !== null;
+
+// ------------------------------------------------------------------------- install
+function argsOf(ed) {
+  const n = Math.min(ed.add(ED_NUM_ARGS).readU32(), ARGS_MAX);
+  const out = [];
+  for (let i = 0; i < n; i++) out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
+  return out;
+}
+
+function swapHandler(hookName, kind, fn, handlerOff) {
+  const slot = fn.add(handlerOff);
+  const orig = slot.readPointer();
+  const callOrig = new NativeFunction(orig, 'void', ['pointer', 'pointer']);
+  const replacement = new NativeCallback(function (ed, rv) {
+    let rule = null;
+    if (!state.stopped && !state.disabled[hookName] && libc.getpid() === state.pid) {
+      try {
+        if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
+        rule = onCall(hookName, kind, argsOf(ed), ed.add(ED_PREV).readPointer());
+      } catch (e) {
+        hookFailed(hookName, e);
+        rule = null;
+      }
+    }
+    if (rule !== null && canBlock) {
+      rv.add(8).writeU32(IS_FALSE); // return false, as a failing call does
+      throwBlocked(hookName, rule);
+      return;
+    }
+    callOrig(ed, rv);
+  }, 'void', ['pointer', 'pointer']);
+  state.keep.push(callOrig, replacement);
+  slot.writePointer(replacement);
+  state.swaps.push({ slot, orig });
+}
+
+function installCompileHooks() {
+  // include/require (zend_compile_file) and eval (zend_compile_string): function pointers the
+  // engine calls for every compile, opcache's cached includes too.
+  const getExecutedFilename = getExecutedFilenameEx;
+  const fileSlot = sym('zend_compile_file');
+  if (fileSlot !== null && getExecutedFilename !== null) {
+    const orig = fileSlot.readPointer();
+    const callOrig = new NativeFunction(orig, 'pointer', ['pointer', 'int']);
+    const cb = new NativeCallback(function (handle, type) {
+      let rule = null;
+      // no running PHP frame = the request's primary script (auto_prepend too): not an event
+      if (!state.stopped && !state.disabled.include && libc.getpid() === state.pid &&
+          !getExecutedFilename().isNull()) {
+        try {
+          // zend_file_handle (8.1+): handle union (40 bytes), then zend_string *filename
+          const name = zstr(handle.add(40).readPointer());
+          rule = onCall('include', 'code', [name], currentExecuteData());
+        } catch (e) { hookFailed('include', e); rule = null; }
+      }
+      if (rule !== null && canBlock) { throwBlocked('include', rule); return ptr(0); }
+      return callOrig(handle, type);
+    }, 'pointer', ['pointer', 'int']);
+    state.keep.push(callOrig, cb);
+    fileSlot.writePointer(cb);
+    state.swaps.push({ slot: fileSlot, orig });
+    state.installed.push('include');
+  } else state.missing.push('include');
+
+  const strSlot = sym('zend_compile_string');
+  if (strSlot !== null) {
+    const orig = strSlot.readPointer();
+    // 8.2: (zend_string *source, const char *filename, zend_compile_position position)
+    const callOrig = new NativeFunction(orig, 'pointer', ['pointer', 'pointer', 'int']);
+    const cb = new NativeCallback(function (source, filename, position) {
+      let rule = null;
+      if (!state.stopped && !state.disabled.eval && libc.getpid() === state.pid) {
+        try {
+          rule = onCall('eval', 'code', [zstr(source)], currentExecuteData());
+        } catch (e) { hookFailed('eval', e); rule = null; }
+      }
+      if (rule !== null && canBlock) { throwBlocked('eval', rule); return ptr(0); }
+      return callOrig(source, filename, position);
+    }, 'pointer', ['pointer', 'pointer', 'int']);
+    state.keep.push(callOrig, cb);
+    strSlot.writePointer(cb);
+    state.swaps.push({ slot: strSlot, orig });
+    state.installed.push('eval');
+  } else state.missing.push('eval');
+}
+
+let edOffset = -1; // EG(current_execute_data), found at install
+function currentExecuteData() {
+  if (edOffset < 0) return null;
+  const ed = sym('executor_globals').add(edOffset).readPointer();
+  return ed.isNull() ? null : ed;
+}
+
+function locateEd(ed) {
+  // the executor's current_execute_data is the frame of the internal call being made
+  const eg = sym('executor_globals');
+  if (eg === null) return;
+  for (let off = 0; off < 1024; off += 8) {
+    if (eg.add(off).readPointer().equals(ed)) { edOffset = off; return; }
+  }
+}
+
+function install() {
+  const { functions, classes } = findTables();
+  const hoff = handlerOffset(functions);
+  let moff = -1;
+  try { if (classes !== null) moff = classMethodTableOffset(classes); } catch (e) { log(e.message); }
+  for (const [name, kind, cls] of SINKS) {
+    const hook = cls ? CLASS_NAMES[cls] + '::' + name : name;
+    let z = null;
+    try {
+      if (!cls) z = htFind(functions, name);
+      else if (moff >= 0) {
+        const cz = htFind(classes, cls);
+        if (cz !== null) z = htFind(cz.readPointer().add(moff), name);
+      }
+    } catch (e) { z = null; }
+    const fn = z === null ? null : z.readPointer();
+    if (fn === null || fn.readU8() !== 1) { state.missing.push(hook); continue; }
+    try {
+      swapHandler(hook, kind, fn, hoff);
+      state.installed.push(hook);
+    } catch (e) {
+      state.missing.push(hook);
+      log('hook ' + hook + ' not installed: ' + e.message);
+    }
+  }
+  installCompileHooks();
+}
+
+function uninstall() {
+  for (const s of state.swaps.reverse()) {
+    try { s.slot.writePointer(s.orig); } catch (e) { /* keep going */ }
+  }
+  state.swaps = [];
+}
+
+// ------------------------------------------------------------------------- socket
+function frameBytes(msg) {
+  const body = utf8Encode(JSON.stringify(msg));
+  const out = new Uint8Array(4 + body.length);
+  const n = body.length;
+  out[0] = (n >>> 24) & 0xff; out[1] = (n >>> 16) & 0xff; out[2] = (n >>> 8) & 0xff; out[3] = n & 0xff;
+  out.set(body, 4);
+  return out;
+}
+
+function hello() {
+  return envelope(100, {
+    mode: 'attached', hooks: state.installed, already_running: state.alreadyRunning,
+    protocol_version: 1, hooks_missing: state.missing, role: ROLE,
+  });
+}
+
+function heartbeat() {
+  return envelope(1, {
+    sent: state.counters.sent, dropped: state.counters.dropped, blocked: state.counters.blocked,
+    dropped_by: state.droppedBy, policies: state.policies, queue: state.queue.length,
+  });
+}
+
+async function connect() {
+  if (state.connecting || state.conn !== null || state.stopped) return;
+  state.connecting = true;
+  try {
+    const conn = await Socket.connect({ family: 'unix', type: 'path', path: SOCKET_PATH });
+    state.conn = conn;
+    state.backoff = 500;
+    await write([hello()]);
+    state.alreadyRunning = true; // a reconnect says so
+    readLoop(conn);
+  } catch (e) {
+    state.conn = null;
+    setTimeout(connect, state.backoff);
+    state.backoff = Math.min(state.backoff * 2, 30000);
+  } finally {
+    state.connecting = false;
+  }
+}
+
+function lost(conn) {
+  if (state.conn !== conn) return;
+  state.conn = null;
+  for (let i = 0; i < state.queue.length; i++) drop('agent_away');
+  state.queue = [];
+  try { conn.close(); } catch (e) { /* gone */ }
+  if (!state.stopped) setTimeout(connect, state.backoff);
+}
+
+let writing = false;
+async function write(msgs) {
+  const conn = state.conn;
+  if (conn === null) return;
+  let total = 0;
+  const parts = msgs.map((m) => { const b = frameBytes(m); total += b.length; return b; });
+  const buf = new Uint8Array(total);
+  let off = 0;
+  for (const p of parts) { buf.set(p, off); off += p.length; }
+  await conn.output.writeAll(buf.buffer);
+}
+
+async function flush() {
+  if (writing || state.conn === null || state.queue.length === 0) return;
+  writing = true;
+  const batch = state.queue.splice(0, 64);
+  try {
+    await write(batch);
+    state.counters.sent += batch.filter((m) => m.message_type === 2).length;
+  } catch (e) {
+    for (let i = 0; i < batch.length; i++) drop('agent_away');
+    lost(state.conn);
+  } finally {
+    writing = false;
+  }
+}
+
+async function readLoop(conn) {
+  let buf = new Uint8Array(0);
+  try {
+    for (;;) {
+      const chunk = await conn.input.read(65536);
+      if (chunk.byteLength === 0) break;
+      const merged = new Uint8Array(buf.length + chunk.byteLength);
+      merged.set(buf, 0);
+      merged.set(new Uint8Array(chunk), buf.length);
+      buf = merged;
+      while (buf.length >= 4) {
+        const n = ((buf[0] << 24) >>> 0) + (buf[1] << 16) + (buf[2] << 8) + buf[3];
+        if (n > MAX_FRAME) throw new Error('frame too large');
+        if (buf.length < 4 + n) break;
+        const payload = buf.slice(4, 4 + n);
+        buf = buf.slice(4 + n);
+        onFrame(JSON.parse(utf8Decode(payload)));
+      }
+    }
+  } catch (e) {
+    log('connection: ' + e.message);
+  }
+  lost(conn);
+}
+
+function onFrame(msg) {
+  const d = msg.data || {};
+  switch (msg.message_type) {
+    case 3: // config
+      state.policies.config = d.uuid || '';
+      state.disabled = {};
+      for (const h of d.hooks_disabled || []) state.disabled[h] = true;
+      break;
+    case 6:
+      state.filters = compileRules(d.filters);
+      state.policies.filter = d.uuid || '';
+      break;
+    case 7:
+      state.blocks = compileRules(d.blocks);
+      state.policies.block = d.uuid || '';
+      break;
+    case 8: {
+      const q = { '*': DEFAULT_QUOTA };
+      for (const x of d.quotas || []) q[x.hook] = x.per_minute;
+      state.quotas = q;
+      state.policies.quota = d.uuid || '';
+      break;
+    }
+    case 0: // exit: stop reporting, put the engine back as it was
+      stop('agent asked: ' + (d.reason || 'exit'));
+      break;
+    case 99:
+      log('agent refused: ' + d.code + ': ' + d.reason);
+      break;
+    default:
+      break;
+  }
+}
+
+function stop(reason) {
+  if (state.stopped) return;
+  state.stopped = true;
+  uninstall();
+  const conn = state.conn;
+  state.conn = null;
+  if (conn !== null) {
+    conn.output.writeAll(frameBytes(envelope(0, { reason })).buffer)
+      .catch(() => {}).then(() => conn.close().catch(() => {}));
+  }
+}
+
+// ------------------------------------------------------------------------- start
+let started = false;
+function start() {
+  if (started) return;
+  started = true;
+  if (ROLE === 'worker') install();
+  setInterval(() => { flush(); }, 50);
+  setInterval(() => {
+    if (state.conn !== null && !state.stopped) {
+      state.queue.push(heartbeat());
+    }
+  }, HEARTBEAT_MS);
+  connect();
+}
+
+rpc.exports = {
+  start() {
+    start();
+    return { installed: state.installed, missing: state.missing, pid: state.pid };
+  },
+  stop() {
+    stop('detach');
+    return true;
+  },
+};
