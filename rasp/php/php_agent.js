@@ -27,7 +27,7 @@
 const CFG = (typeof RAMPART !== 'undefined') ? RAMPART : {};
 const SOCKET_PATH = CFG.socket || '/run/rampart/probe.sock';
 const PROBE_VERSION = CFG.probe_version || '0.1.0';
-const RUNTIME_VERSION = CFG.runtime_version || '';
+let RUNTIME_VERSION = CFG.runtime_version || '';
 const ROLE = CFG.role || 'worker'; // 'worker' hooks sinks; 'master' (php-fpm) only reports
 
 const QUEUE_MAX = 1024;
@@ -129,6 +129,13 @@ function sym(name) {
   const g = Module.findGlobalExportByName(name);
   return g;
 }
+
+try {
+  // the "standard" extension's version is PHP_VERSION ("8.2.36")
+  const v = new NativeFunction(sym('zend_get_module_version'), 'pointer', ['pointer'])(
+    Memory.allocUtf8String('standard'));
+  if (!v.isNull()) RUNTIME_VERSION = v.readCString();
+} catch (e) { /* keep the attacher's guess */ }
 
 const libc = {
   getpid: new NativeFunction(Module.getGlobalExportByName('getpid'), 'int', []),
@@ -340,6 +347,38 @@ function parseQuery(qs, params) {
   }
 }
 
+// EG(symbol_table): embedded in executor_globals; found by the "_GET" key every request has.
+// Searched lazily, inside a request (php -S rebuilds it per request).
+let symtabOff = -1, symtabTries = 0;
+function superGlobal(name) {
+  const eg = sym('executor_globals');
+  if (eg === null) return null;
+  if (symtabOff < 0) {
+    if (symtabTries++ > 8) return null;
+    for (let off = 0; off < 2048; off += 8) {
+      const ht = eg.add(off);
+      if (!plausibleTable(ht)) continue;
+      try { if (htFind(ht, '_GET') !== null) { symtabOff = off; break; } } catch (e) { /* next */ }
+    }
+    if (symtabOff < 0) return null;
+  }
+  let z = htFind(eg.add(symtabOff), name);
+  if (z === null) return null;
+  if (z.add(8).readU8() === IS_INDIRECT) z = z.readPointer();
+  if (z.add(8).readU8() === IS_REFERENCE) z = z.readPointer().add(8);
+  return z.add(8).readU8() === IS_ARRAY ? z.readPointer() : null;
+}
+
+function arrayParams(ht, params) {
+  if (ht === null) return;
+  htForEach(ht, (key, z) => {
+    if (key === null || key.isNull()) return true;
+    const k = zstr(key, 256);
+    (params[k] = params[k] || []).push(zvalString(z, 0));
+    return Object.keys(params).length < ARGS_MAX;
+  });
+}
+
 function requestContext() {
   if (sapiGlobals === null) return null;
   const method = cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
@@ -348,13 +387,30 @@ function requestContext() {
   const qs = cstr(sapiGlobals.add(SG_QUERY).readPointer(), ARG_CAP);
   const params = {};
   parseQuery(qs, params);
+  if (method === 'POST') {
+    try { arrayParams(superGlobal('_POST'), params); } catch (e) { /* no form */ }
+  }
+  // sapi_getenv answers for php-fpm (FastCGI params); the built-in server has no getenv, so
+  // fall back to $_SERVER (present when the script mentions it: it is a JIT auto-global)
+  let server = null, serverLooked = false;
+  const env = (name) => {
+    const v = getenv(name);
+    if (v) return v;
+    if (!serverLooked) {
+      serverLooked = true;
+      try { server = superGlobal('_SERVER'); } catch (e) { server = null; }
+    }
+    if (server === null) return '';
+    const z = htFind(server, name);
+    return z === null ? '' : zvalString(z, 0).slice(0, 1024);
+  };
   const headers = {};
-  for (const [h, env] of HEADERS) {
-    const v = getenv(env);
+  for (const [h, name] of HEADERS) {
+    const v = env(name);
     if (v) headers[h] = v;
   }
   const req = { method, url: uri || '', params, headers };
-  const addr = getenv('REMOTE_ADDR');
+  const addr = env('REMOTE_ADDR');
   if (addr) req.remote_addr = addr;
   if (uri && qs && uri.indexOf('?') < 0) req.url = uri + '?' + qs;
   return req;
@@ -781,9 +837,18 @@ function onFrame(msg) {
       log('agent refused: ' + d.code + ': ' + d.reason);
       break;
     default:
-      break;
+      return;
+  }
+  // say at once which tables are in force (the next periodic heartbeat may be 10 s away)
+  if (msg.message_type !== 99 && !heartbeatSoon) {
+    heartbeatSoon = true;
+    setTimeout(() => {
+      heartbeatSoon = false;
+      if (state.conn !== null && !state.stopped) state.queue.push(heartbeat());
+    }, 100);
   }
 }
+let heartbeatSoon = false;
 
 function stop(reason) {
   if (state.stopped) return;
