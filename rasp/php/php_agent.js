@@ -100,8 +100,7 @@ const state = {
   policies: {},
   filters: [],
   blocks: [],
-  quotas: { '*': DEFAULT_QUOTA },
-  window: { start: Date.now(), used: {} },
+  quotas: new Quotas(DEFAULT_QUOTA),
   disabled: {}, // hook -> true after an internal error or a config frame
   errorsReported: {},
 };
@@ -142,56 +141,9 @@ const libc = {
 };
 
 // ------------------------------------------------------------------------- strings
-function utf8Decode(bytes) {
-  // Lenient: PHP strings are bytes; invalid sequences become U+FFFD.
-  let out = '';
-  const n = bytes.length;
-  let i = 0;
-  while (i < n) {
-    const b = bytes[i];
-    if (b < 0x80) { out += String.fromCharCode(b); i++; continue; }
-    let need = 0, cp = 0;
-    if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; }
-    else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; }
-    else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; }
-    else { out += '\ufffd'; i++; continue; }
-    let ok = true;
-    for (let k = 1; k <= need; k++) {
-      const c = bytes[i + k];
-      if (c === undefined || (c & 0xc0) !== 0x80) { ok = false; break; }
-      cp = (cp << 6) | (c & 0x3f);
-    }
-    if (!ok || (need === 2 && cp < 0x800) || (need === 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff)) {
-      out += '\ufffd'; i++; continue;
-    }
-    out += String.fromCodePoint(cp);
-    i += need + 1;
-  }
-  return out;
-}
-
-function utf8Encode(str) {
-  const out = [];
-  for (let i = 0; i < str.length; i++) {
-    let c = str.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff && i + 1 < str.length) {
-      const d = str.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
-      else c = 0xfffd;
-    } else if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;
-    if (c < 0x80) out.push(c);
-    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 0x3f));
-    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f));
-    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 0x3f), 0x80 | ((c >> 6) & 0x3f),
-      0x80 | (c & 0x3f));
-  }
-  return out;
-}
-
 function readBytes(p, len) {
   if (len <= 0) return '';
-  return utf8Decode(new Uint8Array(p.readByteArray(len)));
+  return utf8Decode(new Uint8Array(p.readByteArray(len)), false);
 }
 
 function zstr(p, cap) {
@@ -332,21 +284,6 @@ function getenv(name) {
 const HEADERS = [['user-agent', 'HTTP_USER_AGENT'], ['content-type', 'CONTENT_TYPE'],
   ['host', 'HTTP_HOST'], ['referer', 'HTTP_REFERER'], ['x-forwarded-for', 'HTTP_X_FORWARDED_FOR']];
 
-function urlDecode(s) {
-  try { return decodeURIComponent(s.replace(/\+/g, ' ')); } catch (e) { return s; }
-}
-
-function parseQuery(qs, params) {
-  if (!qs) return;
-  for (const part of qs.split('&')) {
-    if (!part) continue;
-    const eq = part.indexOf('=');
-    const k = urlDecode(eq < 0 ? part : part.slice(0, eq));
-    const v = urlDecode(eq < 0 ? '' : part.slice(eq + 1));
-    (params[k] = params[k] || []).push(v.slice(0, ARG_CAP));
-  }
-}
-
 // EG(symbol_table): embedded in executor_globals; found by the "_GET" key every request has.
 // Searched lazily, inside a request (php -S rebuilds it per request).
 let symtabOff = -1, symtabTries = 0;
@@ -463,44 +400,6 @@ function stackOf(ed) {
 }
 
 // ------------------------------------------------------------------------- policy
-function compileRules(rules) {
-  const out = [];
-  for (const r of rules || []) {
-    try {
-      out.push({
-        policy_id: r.policy_id,
-        runtime: r.runtime || null,
-        kind: r.kind || null,
-        hook: r.hook || null,
-        args: r.match && r.match.args ? new RegExp(r.match.args) : null,
-        stack: r.match && r.match.stack ? new RegExp(r.match.stack) : null,
-      });
-    } catch (e) {
-      log('rule ' + r.policy_id + ' skipped: ' + e.message);
-    }
-  }
-  return out;
-}
-
-function ruleMatches(r, ev) {
-  if (r.runtime !== null && r.runtime.indexOf('php') < 0) return false;
-  if (r.kind !== null && r.kind !== ev.kind) return false;
-  if (r.hook !== null && r.hook !== ev.hook) return false;
-  if (r.args !== null && !r.args.test(ev.args.join(' '))) return false;
-  if (r.stack !== null && !ev.stack.some((f) => r.stack.test(f))) return false;
-  return true;
-}
-
-function quotaAllows(hook) {
-  const now = Date.now();
-  if (now - state.window.start >= 60000) state.window = { start: now, used: {} };
-  const limit = hook in state.quotas ? state.quotas[hook] : state.quotas['*'];
-  const used = state.window.used[hook] || 0;
-  if (used >= limit) return false;
-  state.window.used[hook] = used + 1;
-  return true;
-}
-
 // ------------------------------------------------------------------------- events
 function envelope(type, data) {
   return {
@@ -520,7 +419,7 @@ function enqueue(msg) {
  * Order (probe contract): quota -> build the event -> block rules -> filter rules -> enqueue.
  */
 function onCall(hook, kind, args, ed) {
-  if (!quotaAllows(hook)) {
+  if (!state.quotas.allow(hook, Date.now())) {
     drop('quota');
     return null;
   }
@@ -704,15 +603,6 @@ function uninstall() {
 }
 
 // ------------------------------------------------------------------------- socket
-function frameBytes(msg) {
-  const body = utf8Encode(JSON.stringify(msg));
-  const out = new Uint8Array(4 + body.length);
-  const n = body.length;
-  out[0] = (n >>> 24) & 0xff; out[1] = (n >>> 16) & 0xff; out[2] = (n >>> 8) & 0xff; out[3] = n & 0xff;
-  out.set(body, 4);
-  return out;
-}
-
 function hello() {
   return envelope(100, {
     mode: 'attached', hooks: state.installed, already_running: state.alreadyRunning,
@@ -783,28 +673,31 @@ async function flush() {
 }
 
 async function readLoop(conn) {
-  let buf = new Uint8Array(0);
+  const splitter = new FrameSplitter(MAX_FRAME);
   try {
     for (;;) {
       const chunk = await conn.input.read(65536);
       if (chunk.byteLength === 0) break;
-      const merged = new Uint8Array(buf.length + chunk.byteLength);
-      merged.set(buf, 0);
-      merged.set(new Uint8Array(chunk), buf.length);
-      buf = merged;
-      while (buf.length >= 4) {
-        const n = ((buf[0] << 24) >>> 0) + (buf[1] << 16) + (buf[2] << 8) + buf[3];
-        if (n > MAX_FRAME) throw new Error('frame too large');
-        if (buf.length < 4 + n) break;
-        const payload = buf.slice(4, 4 + n);
-        buf = buf.slice(4 + n);
-        onFrame(JSON.parse(utf8Decode(payload)));
+      for (const payload of splitter.feed(new Uint8Array(chunk))) {
+        let msg;
+        try {
+          msg = decodeFromAgent(payload);
+        } catch (e) {
+          if (e.code === 'too_large') throw e;
+          log('ignored a bad frame from the agent: ' + e.message);
+          continue;
+        }
+        onFrame(msg);
       }
     }
   } catch (e) {
     log('connection: ' + e.message);
   }
   lost(conn);
+}
+
+function ruleSkipped(r, e) {
+  log('rule ' + r.policy_id + ' skipped: ' + e.message);
 }
 
 function onFrame(msg) {
@@ -816,20 +709,17 @@ function onFrame(msg) {
       for (const h of d.hooks_disabled || []) state.disabled[h] = true;
       break;
     case 6:
-      state.filters = compileRules(d.filters);
+      state.filters = compileRules(d.filters, ruleSkipped);
       state.policies.filter = d.uuid || '';
       break;
     case 7:
-      state.blocks = compileRules(d.blocks);
+      state.blocks = compileRules(d.blocks, ruleSkipped);
       state.policies.block = d.uuid || '';
       break;
-    case 8: {
-      const q = { '*': DEFAULT_QUOTA };
-      for (const x of d.quotas || []) q[x.hook] = x.per_minute;
-      state.quotas = q;
+    case 8:
+      state.quotas.set(d.quotas, DEFAULT_QUOTA);
       state.policies.quota = d.uuid || '';
       break;
-    }
     case 0: // exit: stop reporting, put the engine back as it was
       stop('agent asked: ' + (d.reason || 'exit'));
       break;

@@ -28,6 +28,7 @@ from typing import Any
 import frida
 
 AGENT_JS = Path(__file__).with_name("php_agent.js")
+CORE_JS = Path(__file__).with_name("php_agent_core.js")
 PROBE_VERSION = "0.1.0"
 FRIDA_TMP_GLOB = "/tmp/frida-*"
 
@@ -58,7 +59,8 @@ def source(socket: Path, role: str, runtime_version: str) -> str:
         "runtime_version": runtime_version,
         "probe_version": PROBE_VERSION,
     }
-    return f"const RAMPART = {json.dumps(config)};\n" + AGENT_JS.read_text()
+    # the core first: its 'use strict' must open the script to apply to all of it
+    return CORE_JS.read_text() + f"const RAMPART = {json.dumps(config)};\n" + AGENT_JS.read_text()
 
 
 # Frida starts its helper with `--background`: it leaves our process group and is reparented,
