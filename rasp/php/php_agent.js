@@ -95,6 +95,7 @@ const state = {
   backoff: 500,
   stopped: false,
   alreadyRunning: false,
+  listener: null,
   counters: { sent: 0, dropped: 0, blocked: 0 },
   droppedBy: {},
   policies: {},
@@ -617,22 +618,51 @@ function heartbeat() {
   });
 }
 
-async function connect() {
-  if (state.connecting || state.conn !== null || state.stopped) return;
+async function connect(replace) {
+  if (state.connecting || state.stopped || (state.conn !== null && !replace)) return;
   state.connecting = true;
   try {
     const conn = await Socket.connect({ family: 'unix', type: 'path', path: SOCKET_PATH });
-    state.conn = conn;
+    const old = state.conn;
+    state.conn = conn; // the old connection, if any, is replaced at the agent by this hello
     state.backoff = 500;
-    await write([hello()]);
-    state.alreadyRunning = true; // a reconnect says so
+    await conn.output.writeAll(frameBytes(hello()).buffer);
+    state.alreadyRunning = true; // any later hello is a reconnect
+    if (old !== null) old.close().catch(() => {});
     readLoop(conn);
   } catch (e) {
-    state.conn = null;
-    setTimeout(connect, state.backoff);
-    state.backoff = Math.min(state.backoff * 2, 30000);
+    if (state.conn === null) {
+      setTimeout(() => connect(false), state.backoff);
+      state.backoff = Math.min(state.backoff * 2, 30000);
+    }
   } finally {
     state.connecting = false;
+  }
+}
+
+/*
+ * "Already running?" A second `rasp-attach` must not inject a second probe (double hooks, two
+ * connections superseding each other). The probe listens on the abstract Unix socket
+ * `rampart-php-<pid>`: the attacher finds it in /proc/<pid>/net/unix, connects instead of
+ * injecting, and the probe answers with a fresh hello (`already_running: true`) on a new
+ * connection, at once, even while it was waiting to reconnect.
+ */
+async function listenForPokes() {
+  try {
+    const l = await Socket.listen({
+      family: 'unix', type: 'abstract', path: 'rampart-php-' + state.pid, backlog: 4,
+    });
+    state.listener = l;
+    for (;;) {
+      const c = await l.accept();
+      c.close().catch(() => {});
+      if (state.stopped) return;
+      state.alreadyRunning = true;
+      state.backoff = 500;
+      connect(true);
+    }
+  } catch (e) {
+    if (!state.stopped) log('poke listener: ' + e.message);
   }
 }
 
@@ -642,7 +672,7 @@ function lost(conn) {
   for (let i = 0; i < state.queue.length; i++) drop('agent_away');
   state.queue = [];
   try { conn.close(); } catch (e) { /* gone */ }
-  if (!state.stopped) setTimeout(connect, state.backoff);
+  if (!state.stopped) setTimeout(() => connect(false), state.backoff);
 }
 
 let writing = false;
@@ -744,6 +774,7 @@ function stop(reason) {
   if (state.stopped) return;
   state.stopped = true;
   uninstall();
+  if (state.listener) state.listener.close().catch(() => {});
   const conn = state.conn;
   state.conn = null;
   if (conn !== null) {
@@ -764,7 +795,8 @@ function start() {
       state.queue.push(heartbeat());
     }
   }, HEARTBEAT_MS);
-  connect();
+  connect(false);
+  listenForPokes();
 }
 
 rpc.exports = {

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,11 +46,39 @@ class ProbeLoadError(Exception):
 @dataclass
 class Loaded:
     pid: int
+    #: True when a probe was already running there: nothing injected, it was asked for a hello
     installed: list[str]
     missing: list[str]
     #: frida attach + script load + start + detach, in ms
     elapsed_ms: float
     logs: list[str] = field(default_factory=list)
+    already: bool = False
+
+
+def poke_name(pid: int) -> str:
+    """The abstract Unix socket a running probe listens on (see listenForPokes)."""
+    return f"rampart-php-{pid}"
+
+
+def running_probe(pid: int) -> bool:
+    """Whether a Rampart PHP probe listens in `pid` (read in the target's network namespace)."""
+    want = "@" + poke_name(pid)
+    try:
+        with open(f"/proc/{pid}/net/unix") as f:
+            return any(line.rstrip().endswith(" " + want) for line in f)
+    except OSError:
+        return False
+
+
+def poke(pid: int, timeout: float = 2.0) -> bool:
+    """Ask the probe running in `pid` for a fresh hello; False if nobody answered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect("\0" + poke_name(pid))
+        except OSError:
+            return False
+    return True
 
 
 def source(socket: Path, role: str, runtime_version: str) -> str:
@@ -128,6 +157,8 @@ def load(
     """Inject and start the probe in `pid`; returns which hooks went in and which are missing."""
     logs: list[str] = []
     t0 = time.monotonic()
+    if running_probe(pid) and poke(pid):
+        return Loaded(pid, [], [], (time.monotonic() - t0) * 1000, already=True)
     with frida_tmp_cleanup():
         try:
             session = frida.attach(pid)

@@ -202,13 +202,17 @@ def test_app_keeps_serving_when_the_agent_goes_away(php_server, agent) -> None:
     agent.stop()
     for _ in range(5):
         assert http_get(port, "/system?a=echo+alone") == (200, "alone\n")
-    agent.start()  # same store and socket: the probe reconnects with backoff and says hello
-    wait_for(
-        lambda: any(r["pid"] == proc.pid for r in agent.control("ps")), 40, "the probe reconnects"
-    )
+    agent.start()  # same store and socket
+    # attaching again injects nothing: the attacher finds the running probe and pokes it,
+    # which reconnects at once (instead of at the end of its backoff) with a fresh hello
+    again = rasp_attach(proc.pid, agent)
+    assert again.returncode == 0, again.stderr
+    assert any(r["pid"] == proc.pid and r["state"] == "connected" for r in agent.control("ps"))
     assert http_get(port, "/system?a=echo+back") == (200, "back\n")
     ev = agent.wait_rows(1, "hook = 'system' AND json_extract(event, '$.args[0]') = 'echo back'")
     assert ev[0]["pid"] == proc.pid
+    time.sleep(0.3)
+    assert len(agent.rows("hook = 'system'")) == 1, "one probe, hooks installed once"
 
 
 # ----------------------------------------------------------------------------- php CLI
