@@ -88,6 +88,7 @@ const state = {
   installed: [], // hook names
   missing: [], // hook names not found in this build
   swaps: [], // {slot, orig} pointers to write back on uninstall
+  listeners: [], // Interceptor listeners
   keep: [], // NativeCallbacks / NativeFunctions that must stay alive
   queue: [],
   conn: null,
@@ -139,12 +140,17 @@ try {
 
 const libc = {
   getpid: new NativeFunction(Module.getGlobalExportByName('getpid'), 'int', []),
+  strlen: new NativeFunction(Module.getGlobalExportByName('strlen'), 'size_t', ['pointer']),
 };
 
 // ------------------------------------------------------------------------- strings
 function readBytes(p, len) {
   if (len <= 0) return '';
-  return utf8Decode(new Uint8Array(p.readByteArray(len)), false);
+  try {
+    return p.readUtf8String(len); // native, fast; throws on invalid UTF-8
+  } catch (e) {
+    return utf8Decode(new Uint8Array(p.readByteArray(len)), false); // bytes: lenient, in JS
+  }
 }
 
 function zstr(p, cap) {
@@ -212,6 +218,18 @@ function htFind(ht, name) {
   return found;
 }
 
+// The engine's own lookup, for tables we already know are tables: one native call instead of
+// walking hundreds of buckets from JS (3 us a read). htFind stays for probing candidates.
+const zendHashStrFind = sym('zend_hash_str_find')
+  ? new NativeFunction(sym('zend_hash_str_find'), 'pointer', ['pointer', 'pointer', 'size_t']) : null;
+const KEY_CACHE = {};
+function hashFind(ht, name) {
+  if (zendHashStrFind === null) return htFind(ht, name);
+  if (!KEY_CACHE[name]) KEY_CACHE[name] = Memory.allocUtf8String(name);
+  const z = zendHashStrFind(ht, KEY_CACHE[name], name.length);
+  return z.isNull() ? null : z;
+}
+
 function plausibleTable(p) {
   try {
     if (p.isNull()) return false;
@@ -245,7 +263,7 @@ function isCode(p) {
 function handlerOffset(functions) {
   // The handler is the first pointer into executable memory after the common fields:
   // checked on several functions so a coincidence cannot pick the wrong slot.
-  const probes = ['strlen', 'system', 'str_replace', 'count'].map((n) => htFind(functions, n))
+  const probes = ['strlen', 'system', 'str_replace', 'count'].map((n) => hashFind(functions, n))
     .filter((z) => z !== null).map((z) => z.readPointer());
   for (let off = 40; off <= 128; off += 8) {
     if (probes.every((fn) => { try { return isCode(fn.add(off).readPointer()); } catch (e) { return false; } }))
@@ -257,7 +275,7 @@ function handlerOffset(functions) {
 function classMethodTableOffset(classes) {
   // zend_class_entry embeds its function_table (a HashTable, not a pointer): find the offset
   // where Exception's methods ("getmessage") sit.
-  const ce = htFind(classes, 'exception').readPointer();
+  const ce = hashFind(classes, 'exception').readPointer();
   for (let off = 16; off < 512; off += 8) {
     const ht = ce.add(off);
     if (!plausibleTable(ht)) continue;
@@ -300,7 +318,7 @@ function superGlobal(name) {
     }
     if (symtabOff < 0) return null;
   }
-  let z = htFind(eg.add(symtabOff), name);
+  let z = hashFind(eg.add(symtabOff), name);
   if (z === null) return null;
   if (z.add(8).readU8() === IS_INDIRECT) z = z.readPointer();
   if (z.add(8).readU8() === IS_REFERENCE) z = z.readPointer().add(8);
@@ -317,6 +335,20 @@ function arrayParams(ht, params) {
   });
 }
 
+const SERVER_VARS = ['REMOTE_ADDR'].concat(HEADERS.map((h) => h[1]));
+/* The $_SERVER entries we report. */
+function serverVars() {
+  const out = {};
+  let ht = null;
+  try { ht = superGlobal('_SERVER'); } catch (e) { ht = null; }
+  if (ht === null) return out;
+  for (const name of SERVER_VARS) {
+    const z = hashFind(ht, name);
+    if (z !== null) out[name] = zvalString(z, 0).slice(0, 1024);
+  }
+  return out;
+}
+
 function requestContext() {
   if (sapiGlobals === null) return null;
   const method = cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
@@ -330,17 +362,14 @@ function requestContext() {
   }
   // sapi_getenv answers for php-fpm (FastCGI params); the built-in server has no getenv, so
   // fall back to $_SERVER (present when the script mentions it: it is a JIT auto-global)
-  let server = null, serverLooked = false;
+  // php-fpm answers sapi_getenv (FastCGI params) and then has everything we want; the
+  // built-in server has no getenv: read $_SERVER instead (one pass)
+  const sapiEnv = getenv('REMOTE_ADDR') !== '';
+  let server = null;
   const env = (name) => {
-    const v = getenv(name);
-    if (v) return v;
-    if (!serverLooked) {
-      serverLooked = true;
-      try { server = superGlobal('_SERVER'); } catch (e) { server = null; }
-    }
-    if (server === null) return '';
-    const z = htFind(server, name);
-    return z === null ? '' : zvalString(z, 0).slice(0, 1024);
+    if (sapiEnv) return getenv(name);
+    if (server === null) server = serverVars();
+    return server[name] || '';
   };
   const headers = {};
   for (const [h, name] of HEADERS) {
@@ -382,26 +411,52 @@ function frameName(func) {
   return s;
 }
 
+// zend_function address -> "name" or "name (file" for user code. Cleared at every request
+// start: without opcache a request's op_arrays are freed and their addresses reused.
+let funcCache = new Map();
+
+function funcLabel(addr) {
+  // -> [label, true when user code (the caller appends ":line)")]
+  let entry = funcCache.get(addr);
+  if (entry === undefined) {
+    const func = ptr(addr);
+    const user = func.readU8() === ZEND_USER_FUNCTION && filenameOffset > 0;
+    let label = frameName(func);
+    if (user) label += ' (' + zstr(func.add(filenameOffset).readPointer(), 1024);
+    entry = [label, user];
+    if (funcCache.size > 4096) funcCache = new Map();
+    funcCache.set(addr, entry);
+  }
+  return entry;
+}
+
 function stackOf(ed) {
   // ed: the innermost PHP frame to report (the caller of a hooked internal function)
   const frames = [];
   if (filenameOffset < 0) findFilenameOffset(ed);
-  for (let f = ed; !f.isNull() && frames.length < STACK_MAX; f = f.add(ED_PREV).readPointer()) {
-    const func = f.add(ED_FUNC).readPointer();
-    if (func.isNull()) continue;
-    let s = frameName(func);
-    if (func.readU8() === ZEND_USER_FUNCTION && filenameOffset > 0) {
-      const opline = f.add(ED_OPLINE).readPointer();
-      const line = opline.isNull() ? 0 : opline.add(OPLINE_LINENO).readU32();
-      s += ' (' + zstr(func.add(filenameOffset).readPointer(), 1024) + ':' + line + ')';
+  let f = ed;
+  while (!f.isNull() && frames.length < STACK_MAX) {
+    const dv = new DataView(f.readByteArray(ED_PREV + 8)); // opline, ..., func, This, prev
+    const func = u64(dv, ED_FUNC);
+    if (func !== 0) {
+      const [label, user] = funcLabel(func);
+      if (!user) frames.push(label);
+      else {
+        const opline = u64(dv, ED_OPLINE);
+        const line = opline === 0 ? 0 : ptr(opline).add(OPLINE_LINENO).readU32();
+        frames.push(label + ':' + line + ')');
+      }
     }
-    frames.push(s);
+    f = ptr(u64(dv, ED_PREV));
   }
   return frames;
 }
 
 // ------------------------------------------------------------------------- policy
 // ------------------------------------------------------------------------- events
+// the request context is read once per request (php_request_startup bumps the counter)
+const requestCache = { gen: -1, req: null };
+
 function envelope(type, data) {
   return {
     message_type: type, pid: state.pid, runtime: 'php', runtime_version: RUNTIME_VERSION,
@@ -425,8 +480,13 @@ function onCall(hook, kind, args, ed) {
     return null;
   }
   const ev = { hook, kind, args, stack: ed === null || ed.isNull() ? [] : stackOf(ed), blocked: false };
-  const req = requestContext();
-  if (req !== null) ev.request = req;
+  const gen = requestGen();
+  if (gen < 0 || requestCache.gen !== gen) {
+    if (requestCache.gen !== gen) funcCache = new Map(); // a new request: op_arrays may differ
+    requestCache.gen = gen;
+    requestCache.req = requestContext();
+  }
+  if (requestCache.req !== null) ev.request = requestCache.req;
   let blockRule = null;
   for (const r of state.blocks) {
     if (ruleMatches(r, ev)) { blockRule = r; break; }
@@ -468,10 +528,23 @@ function throwBlocked(hook, rule) {
 const canBlock = zendThrowException !== null && zendCeException !== null;
 
 // ------------------------------------------------------------------------- install
+/* Each Frida memory read costs 1-6 us under QuickJS, so the hot path reads blocks and parses
+ * them with a DataView. Addresses fit in a double (user space is below 2^47). */
+function u64(dv, off) {
+  return dv.getUint32(off, true) + dv.getUint32(off + 4, true) * 4294967296;
+}
+
 function argsOf(ed) {
   const n = Math.min(ed.add(ED_NUM_ARGS).readU32(), ARGS_MAX);
+  if (n === 0) return [];
+  const dv = new DataView(ed.add(ED_ARGS).readByteArray(n * ZVAL));
   const out = [];
-  for (let i = 0; i < n; i++) out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
+  for (let i = 0; i < n; i++) {
+    const type = dv.getUint8(i * ZVAL + 8);
+    if (type === IS_STRING) out.push(zstr(ptr(u64(dv, i * ZVAL))));
+    else if (type === IS_LONG) out.push(String(u64(dv, i * ZVAL)));
+    else out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
+  }
   return out;
 }
 
@@ -481,7 +554,9 @@ function swapHandler(hookName, kind, fn, handlerOff) {
   const callOrig = new NativeFunction(orig, 'void', ['pointer', 'pointer']);
   const replacement = new NativeCallback(function (ed, rv) {
     let rule = null;
-    if (!state.stopped && !state.disabled[hookName] && libc.getpid() === state.pid) {
+    // no fork check here: in a forked child (pcntl_fork) these hooks still run and block, but
+    // nothing sends (no Frida thread there): events stay in the bounded queue and are lost
+    if (!state.stopped && !state.disabled[hookName]) {
       try {
         if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
         rule = onCall(hookName, kind, argsOf(ed), ed.add(ED_PREV).readPointer());
@@ -502,6 +577,34 @@ function swapHandler(hookName, kind, fn, handlerOff) {
   state.swaps.push({ slot, orig });
 }
 
+/* php-fpm compiles (or fetches from opcache) the primary script of every request through
+ * zend_compile_file: entering JS for it cost ~25 us a request. This C gate sends only real
+ * includes (a PHP frame is running) to the JS callback. */
+function compileFileGate(orig, jsCallback, getExecutedFilename) {
+  try {
+    const gate = Memory.alloc(Process.pointerSize * 3);
+    gate.writePointer(orig);
+    gate.add(Process.pointerSize).writePointer(jsCallback);
+    gate.add(2 * Process.pointerSize).writePointer(getExecutedFilename);
+    const cm = new CModule(`
+      typedef void * (*compile_fn) (void * handle, int type);
+      typedef void * (*filename_fn) (void);
+      extern void * rampart_gate[3];
+      void * rampart_compile_file (void * handle, int type)
+      {
+        if (((filename_fn) rampart_gate[2]) () == 0)
+          return ((compile_fn) rampart_gate[0]) (handle, type);
+        return ((compile_fn) rampart_gate[1]) (handle, type);
+      }
+    `, { rampart_gate: gate });
+    state.keep.push(cm, gate);
+    return cm.rampart_compile_file;
+  } catch (e) {
+    log('include gate in C failed (' + e.message + '): every compile enters JS');
+    return null;
+  }
+}
+
 function installCompileHooks() {
   // include/require (zend_compile_file) and eval (zend_compile_string): function pointers the
   // engine calls for every compile, opcache's cached includes too.
@@ -513,8 +616,7 @@ function installCompileHooks() {
     const cb = new NativeCallback(function (handle, type) {
       let rule = null;
       // no running PHP frame = the request's primary script (auto_prepend too): not an event
-      if (!state.stopped && !state.disabled.include && libc.getpid() === state.pid &&
-          !getExecutedFilename().isNull()) {
+      if (!state.stopped && !state.disabled.include && !getExecutedFilename().isNull()) {
         try {
           // zend_file_handle (8.1+): handle union (40 bytes), then zend_string *filename
           const name = zstr(handle.add(40).readPointer());
@@ -525,7 +627,7 @@ function installCompileHooks() {
       return callOrig(handle, type);
     }, 'pointer', ['pointer', 'int']);
     state.keep.push(callOrig, cb);
-    fileSlot.writePointer(cb);
+    fileSlot.writePointer(compileFileGate(orig, cb, getExecutedFilename) || cb);
     state.swaps.push({ slot: fileSlot, orig });
     state.installed.push('include');
   } else state.missing.push('include');
@@ -537,7 +639,7 @@ function installCompileHooks() {
     const callOrig = new NativeFunction(orig, 'pointer', ['pointer', 'pointer', 'int']);
     const cb = new NativeCallback(function (source, filename, position) {
       let rule = null;
-      if (!state.stopped && !state.disabled.eval && libc.getpid() === state.pid) {
+      if (!state.stopped && !state.disabled.eval) {
         try {
           rule = onCall('eval', 'code', [zstr(source)], currentExecuteData());
         } catch (e) { hookFailed('eval', e); rule = null; }
@@ -568,7 +670,38 @@ function locateEd(ed) {
   }
 }
 
+// Bumped by php_request_startup, which runs once per request in every SAPI. A CModule
+// (~0.2 us a call) rather than a JS onEnter (~25 us measured on php-fpm): it runs on every
+// request, events or not. The counter lives in a Memory.alloc buffer passed to the CModule
+// (reading a CModule-defined variable from JS crashed targets: platform notes).
+let requestGenPtr = null;
+
+function installRequestHook() {
+  const addr = sym('php_request_startup');
+  if (addr === null) return; // requestGen() stays -1: the context is read on every event
+  requestGenPtr = Memory.alloc(8);
+  try {
+    const cm = new CModule(`
+      #include <gum/guminterceptor.h>
+      extern volatile unsigned int request_gen;
+      void onEnter (GumInvocationContext * ic) { request_gen++; }
+    `, { request_gen: requestGenPtr });
+    state.keep.push(cm);
+    state.listeners.push(Interceptor.attach(addr, cm));
+  } catch (e) {
+    log('request hook in C failed (' + e.message + '), using JS');
+    state.listeners.push(Interceptor.attach(addr, {
+      onEnter() { requestGenPtr.writeU32(requestGenPtr.readU32() + 1); },
+    }));
+  }
+}
+
+function requestGen() {
+  return requestGenPtr === null ? -1 : requestGenPtr.readU32();
+}
+
 function install() {
+  installRequestHook();
   const { functions, classes } = findTables();
   const hoff = handlerOffset(functions);
   let moff = -1;
@@ -577,10 +710,10 @@ function install() {
     const hook = cls ? CLASS_NAMES[cls] + '::' + name : name;
     let z = null;
     try {
-      if (!cls) z = htFind(functions, name);
+      if (!cls) z = hashFind(functions, name);
       else if (moff >= 0) {
-        const cz = htFind(classes, cls);
-        if (cz !== null) z = htFind(cz.readPointer().add(moff), name);
+        const cz = hashFind(classes, cls);
+        if (cz !== null) z = hashFind(cz.readPointer().add(moff), name);
       }
     } catch (e) { z = null; }
     const fn = z === null ? null : z.readPointer();
@@ -601,6 +734,8 @@ function uninstall() {
     try { s.slot.writePointer(s.orig); } catch (e) { /* keep going */ }
   }
   state.swaps = [];
+  for (const l of state.listeners) l.detach();
+  state.listeners = [];
 }
 
 // ------------------------------------------------------------------------- socket
@@ -626,7 +761,7 @@ async function connect(replace) {
     const old = state.conn;
     state.conn = conn; // the old connection, if any, is replaced at the agent by this hello
     state.backoff = 500;
-    await conn.output.writeAll(frameBytes(hello()).buffer);
+    await conn.output.writeAll(encodeFrames([hello()]));
     state.alreadyRunning = true; // any later hello is a reconnect
     if (old !== null) old.close().catch(() => {});
     readLoop(conn);
@@ -676,15 +811,34 @@ function lost(conn) {
 }
 
 let writing = false;
+/* Frames for `msgs`, encoded natively: Memory.allocUtf8String does the UTF-8 work that a JS
+ * loop does 20x slower in QuickJS (and the JS lock is held meanwhile: PHP's hooks wait). */
+function encodeFrames(msgs) {
+  const bodies = [];
+  let total = 0;
+  for (const m of msgs) {
+    const mem = Memory.allocUtf8String(JSON.stringify(m));
+    const n = libc.strlen(mem).toNumber(); // JSON escapes U+0000, so strlen is the byte length
+    bodies.push([mem, n]);
+    total += 4 + n;
+  }
+  const out = Memory.alloc(total);
+  let off = 0;
+  for (const [mem, n] of bodies) {
+    out.add(off).writeU8((n >>> 24) & 0xff);
+    out.add(off + 1).writeU8((n >>> 16) & 0xff);
+    out.add(off + 2).writeU8((n >>> 8) & 0xff);
+    out.add(off + 3).writeU8(n & 0xff);
+    Memory.copy(out.add(off + 4), mem, n);
+    off += 4 + n;
+  }
+  return out.readByteArray(total);
+}
+
 async function write(msgs) {
   const conn = state.conn;
   if (conn === null) return;
-  let total = 0;
-  const parts = msgs.map((m) => { const b = frameBytes(m); total += b.length; return b; });
-  const buf = new Uint8Array(total);
-  let off = 0;
-  for (const p of parts) { buf.set(p, off); off += p.length; }
-  await conn.output.writeAll(buf.buffer);
+  await conn.output.writeAll(encodeFrames(msgs));
 }
 
 async function flush() {
@@ -778,7 +932,7 @@ function stop(reason) {
   const conn = state.conn;
   state.conn = null;
   if (conn !== null) {
-    conn.output.writeAll(frameBytes(envelope(0, { reason })).buffer)
+    conn.output.writeAll(encodeFrames([envelope(0, { reason })]))
       .catch(() => {}).then(() => conn.close().catch(() => {}));
   }
 }
