@@ -114,8 +114,16 @@ ATTACHER = PhpAttacher()
 # ------------------------------------------------------------------------------ fpm watcher
 
 
+#: where the background watcher writes its log lines (default: nowhere)
+WATCH_LOG_ENV = "RASP_PHP_WATCH_LOG"
+WATCH_ATTEMPTS = 3
+
+
 def start_watcher(master: int, socket: Path, timeout: float) -> None:
     """Leave a watcher running in the background (its own session, no terminal)."""
+    log = os.environ.get(WATCH_LOG_ENV)
+    # never rasp-attach's stderr: it is gone once rasp-attach exits (SIGPIPE on the next line)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     subprocess.Popen(
         [
             sys.executable,
@@ -130,11 +138,13 @@ def start_watcher(master: int, socket: Path, timeout: float) -> None:
             str(timeout),
         ],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
         start_new_session=True,
         cwd="/",
     )
+    if log:
+        out.close()
 
 
 def watch(master: int, socket: Path, timeout: float) -> int:
@@ -143,20 +153,33 @@ def watch(master: int, socket: Path, timeout: float) -> int:
         lock.bind(f"\0rampart-php-fpm-watch-{master}")
     except OSError:
         return 0  # another watcher has this master
+    print(f"watch {master}: started", file=sys.stderr, flush=True)
     seen: set[int] = set()
+    failures: dict[int, int] = {}
     while os.path.exists(f"/proc/{master}") and is_fpm_master(master):
-        for worker in fpm_workers(master):
+        workers = fpm_workers(master)
+        for worker in workers:
             if worker in seen:
                 continue
+            t0 = time.monotonic()
             try:
                 attach_mod.attach(worker, "php", socket, timeout)
                 seen.add(worker)
+                ms = (time.monotonic() - t0) * 1000
+                print(f"watch {master}: worker {worker} attached in {ms:.0f} ms", file=sys.stderr)
             except attach_mod.AttachError as e:
-                if e.code != attach_mod.EXIT_NO_AGENT:  # agent away: try again next round
-                    seen.add(worker)
+                # agent away: try again next round; otherwise a few attempts, then give up
+                if e.code != attach_mod.EXIT_NO_AGENT:
+                    failures[worker] = failures.get(worker, 0) + 1
+                    if failures[worker] >= WATCH_ATTEMPTS:
+                        seen.add(worker)
                 print(f"watch {master}: worker {worker}: {e.reason}", file=sys.stderr)
-        seen &= set(fpm_workers(master)) | {w for w in seen if os.path.exists(f"/proc/{w}")}
+            sys.stderr.flush()
+        alive = set(workers)
+        seen &= alive
+        failures = {w: n for w, n in failures.items() if w in alive}
         time.sleep(WATCH_INTERVAL)
+    print(f"watch {master}: master gone, exiting", file=sys.stderr, flush=True)
     return 0
 
 

@@ -271,8 +271,10 @@ def fpm_get(port: int, op: str, a: str = "") -> fcgi.Response:
     return fcgi.request(("127.0.0.1", port), str(APP), {"op": op, "a": a})
 
 
-def test_fpm_master_workers_and_later_workers(subreaper, fpm, agent) -> None:
+def test_fpm_master_workers_and_later_workers(subreaper, fpm, agent, tmp_path, monkeypatch) -> None:
     master, port = fpm
+    watch_log = tmp_path / "watch.log"
+    monkeypatch.setenv("RASP_PHP_WATCH_LOG", str(watch_log))
     first = set(fpm_workers(master.pid))
     res = rasp_attach(master.pid, agent)
     assert res.returncode == 0, res.stderr
@@ -289,11 +291,14 @@ def test_fpm_master_workers_and_later_workers(subreaper, fpm, agent) -> None:
     later = set(fpm_workers(master.pid))
     assert later and not later & first, "the master forked new workers"
     # the watcher attaches the new workers; their requests produce events with request context
-    wait_for(
-        lambda: later <= {r["pid"] for r in agent.control("ps") if r["state"] == "connected"},
-        15,
-        "later workers attached",
-    )
+    try:
+        wait_for(
+            lambda: later <= {r["pid"] for r in agent.control("ps") if r["state"] == "connected"},
+            20,
+            "later workers attached",
+        )
+    except AssertionError:
+        raise AssertionError(watch_log.read_text() if watch_log.exists() else "no watch log")
     for i in range(2):
         assert fpm_get(port, "system", f"echo late{i}").text == f"late{i}\n"
     events = agent.wait_rows(
