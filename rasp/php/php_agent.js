@@ -700,6 +700,66 @@ function requestGen() {
   return requestGenPtr === null ? -1 : requestGenPtr.readU32();
 }
 
+/*
+ * The process is shutting down (php-fpm after pm.max_requests, the end of a CLI script):
+ * Frida's thread may never run again, so what is queued would be lost. Send it from PHP's
+ * thread, synchronously, on a fresh connection (the agent replaces the old one with it):
+ * hello, the queued events, a heartbeat, exit. Bounded by a 200 ms send timeout; the only
+ * socket I/O this probe does on PHP's thread, and only at exit.
+ */
+const AF_UNIX = 1, SOCK_STREAM_CLOEXEC = 1 | 0x80000, SOL_SOCKET = 1, SO_SNDTIMEO = 21;
+
+function exitFlush() {
+  if (state.stopped || libc.getpid() !== state.pid) return; // a forked child: not ours to say
+  const c = {
+    socket: new NativeFunction(Module.getGlobalExportByName('socket'), 'int', ['int', 'int', 'int']),
+    connect: new NativeFunction(Module.getGlobalExportByName('connect'), 'int', ['int', 'pointer', 'uint32']),
+    setsockopt: new NativeFunction(Module.getGlobalExportByName('setsockopt'), 'int',
+      ['int', 'int', 'int', 'pointer', 'uint32']),
+    write: new NativeFunction(Module.getGlobalExportByName('write'), 'ssize_t', ['int', 'pointer', 'size_t']),
+    close: new NativeFunction(Module.getGlobalExportByName('close'), 'int', ['int']),
+  };
+  const queued = state.queue.filter((m) => m.message_type === 2);
+  state.queue = [];
+  state.alreadyRunning = true;
+  const msgs = [hello()].concat(queued, [heartbeat(), envelope(0, { reason: 'php shutdown' })]);
+  const fd = c.socket(AF_UNIX, SOCK_STREAM_CLOEXEC, 0);
+  if (fd < 0) return;
+  try {
+    const tv = Memory.alloc(16);
+    tv.writeU64(0);
+    tv.add(8).writeU64(200000);
+    c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16);
+    const addr = Memory.alloc(110); // struct sockaddr_un
+    addr.writeU16(AF_UNIX);
+    addr.add(2).writeUtf8String(SOCKET_PATH.slice(0, 107));
+    if (c.connect(fd, addr, 110) !== 0) return;
+    const bytes = encodeFrames(msgs);
+    const buf = Memory.alloc(bytes.byteLength);
+    buf.writeByteArray(bytes);
+    let off = 0;
+    while (off < bytes.byteLength) {
+      const n = c.write(fd, buf.add(off), bytes.byteLength - off).toNumber();
+      if (n <= 0) break;
+      off += n;
+    }
+    state.counters.sent += queued.length;
+  } finally {
+    c.close(fd);
+    state.stopped = true; // nothing more to say; the process is going away
+  }
+}
+
+function installExitHook() {
+  const addr = sym('php_module_shutdown');
+  if (addr === null) return;
+  state.listeners.push(Interceptor.attach(addr, {
+    onEnter() {
+      try { exitFlush(); } catch (e) { /* exiting anyway */ }
+    },
+  }));
+}
+
 function install() {
   installRequestHook();
   const { functions, classes } = findTables();
@@ -943,6 +1003,7 @@ function start() {
   if (started) return;
   started = true;
   if (ROLE === 'worker') install();
+  installExitHook();
   setInterval(() => { flush(); }, 50);
   setInterval(() => {
     if (state.conn !== null && !state.stopped) {
