@@ -138,6 +138,54 @@ try {
   if (!v.isNull()) RUNTIME_VERSION = v.readCString();
 } catch (e) { /* keep the attacher's guess */ }
 
+// libc's socket calls: the probe connects with these rather than Frida's Socket.connect, whose
+// GSocketClient prints "[GLib-GIO DEBUG] g_socket_client_connect_async ..." on the target's
+// *stdout* (seen with Frida 17.25 in PHP CLI targets: it would corrupt the app's output).
+const AF_UNIX = 1, SOCK_STREAM_CLOEXEC = 1 | 0x80000, SOL_SOCKET = 1, SO_SNDTIMEO = 21;
+const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800;
+const libcFn = (name, ret, args) => new NativeFunction(Module.getGlobalExportByName(name), ret, args);
+const net = {
+  socket: libcFn('socket', 'int', ['int', 'int', 'int']),
+  connect: libcFn('connect', 'int', ['int', 'pointer', 'uint32']),
+  setsockopt: libcFn('setsockopt', 'int', ['int', 'int', 'int', 'pointer', 'uint32']),
+  fcntl: libcFn('fcntl', 'int', ['int', 'int', 'int']),
+  write: libcFn('write', 'ssize_t', ['int', 'pointer', 'size_t']),
+  close: libcFn('close', 'int', ['int']),
+};
+
+function sockaddrUn(path) {
+  const addr = Memory.alloc(110); // struct sockaddr_un: family, then the path (108 bytes)
+  addr.writeU16(AF_UNIX);
+  addr.add(2).writeUtf8String(path.slice(0, 107));
+  return addr;
+}
+
+/* A connection to the agent: libc connect (a Unix socket connects at once or fails), then
+ * Frida's Unix streams over the non-blocking fd, serviced by Frida's own thread. */
+function openConnection() {
+  const fd = net.socket(AF_UNIX, SOCK_STREAM_CLOEXEC, 0);
+  if (fd < 0) throw new Error('socket() failed');
+  if (net.connect(fd, sockaddrUn(SOCKET_PATH), 110) !== 0) {
+    net.close(fd);
+    throw new Error('connect() to ' + SOCKET_PATH + ' failed');
+  }
+  net.fcntl(fd, F_SETFL, net.fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+  const input = new UnixInputStream(fd, { autoClose: false });
+  const output = new UnixOutputStream(fd, { autoClose: false });
+  let closed = false;
+  return {
+    input,
+    output,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await input.close().catch(() => {});
+      await output.close().catch(() => {});
+      net.close(fd);
+    },
+  };
+}
+
 const libc = {
   getpid: new NativeFunction(Module.getGlobalExportByName('getpid'), 'int', []),
   strlen: new NativeFunction(Module.getGlobalExportByName('strlen'), 'size_t', ['pointer']),
@@ -707,18 +755,9 @@ function requestGen() {
  * hello, the queued events, a heartbeat, exit. Bounded by a 200 ms send timeout; the only
  * socket I/O this probe does on PHP's thread, and only at exit.
  */
-const AF_UNIX = 1, SOCK_STREAM_CLOEXEC = 1 | 0x80000, SOL_SOCKET = 1, SO_SNDTIMEO = 21;
-
 function exitFlush() {
   if (state.stopped || libc.getpid() !== state.pid) return; // a forked child: not ours to say
-  const c = {
-    socket: new NativeFunction(Module.getGlobalExportByName('socket'), 'int', ['int', 'int', 'int']),
-    connect: new NativeFunction(Module.getGlobalExportByName('connect'), 'int', ['int', 'pointer', 'uint32']),
-    setsockopt: new NativeFunction(Module.getGlobalExportByName('setsockopt'), 'int',
-      ['int', 'int', 'int', 'pointer', 'uint32']),
-    write: new NativeFunction(Module.getGlobalExportByName('write'), 'ssize_t', ['int', 'pointer', 'size_t']),
-    close: new NativeFunction(Module.getGlobalExportByName('close'), 'int', ['int']),
-  };
+  const c = net;
   const queued = state.queue.filter((m) => m.message_type === 2);
   state.queue = [];
   state.alreadyRunning = true;
@@ -730,10 +769,7 @@ function exitFlush() {
     tv.writeU64(0);
     tv.add(8).writeU64(200000);
     c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16);
-    const addr = Memory.alloc(110); // struct sockaddr_un
-    addr.writeU16(AF_UNIX);
-    addr.add(2).writeUtf8String(SOCKET_PATH.slice(0, 107));
-    if (c.connect(fd, addr, 110) !== 0) return;
+    if (c.connect(fd, sockaddrUn(SOCKET_PATH), 110) !== 0) return;
     const bytes = encodeFrames(msgs);
     const buf = Memory.alloc(bytes.byteLength);
     buf.writeByteArray(bytes);
@@ -817,7 +853,7 @@ async function connect(replace) {
   if (state.connecting || state.stopped || (state.conn !== null && !replace)) return;
   state.connecting = true;
   try {
-    const conn = await Socket.connect({ family: 'unix', type: 'path', path: SOCKET_PATH });
+    const conn = openConnection();
     const old = state.conn;
     state.conn = conn; // the old connection, if any, is replaced at the agent by this hello
     state.backoff = 500;
@@ -866,7 +902,7 @@ function lost(conn) {
   state.conn = null;
   for (let i = 0; i < state.queue.length; i++) drop('agent_away');
   state.queue = [];
-  try { conn.close(); } catch (e) { /* gone */ }
+  conn.close().catch(() => {});
   if (!state.stopped) setTimeout(() => connect(false), state.backoff);
 }
 
