@@ -67,6 +67,21 @@ def start_fpm(d: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
     return p, port
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pool_cpu(master: int) -> float:
+    """CPU seconds (user + system, all threads) of a php-fpm master and its workers."""
+    total = 0.0
+    for pid in [master, *fpm_workers(master)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 def measure(port: int, op: str, seconds: float, threads: int) -> float:
     done = 0
     lock = threading.Lock()
@@ -92,6 +107,11 @@ def measure(port: int, op: str, seconds: float, threads: int) -> float:
     return done / (time.monotonic() - t0)
 
 
+def timed_load(agent: AgentProc, pid: int) -> float:
+    agent.control("attach.expect", pid=pid, runtime="php")
+    return load(pid, agent.socket).elapsed_ms
+
+
 def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     procs: list[subprocess.Popen[bytes]] = []
@@ -99,15 +119,17 @@ def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
         cli = subprocess.Popen(["php", str(LOOP)], stdout=subprocess.PIPE)
         procs.append(cli)
         assert cli.stdout is not None and cli.stdout.readline().strip() == b"ready"
-        out["php CLI"] = load(cli.pid, agent.socket).elapsed_ms
+        out["php CLI"] = timed_load(agent, cli.pid)
         port = free_port()
-        srv = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", str(APP)])
+        srv = subprocess.Popen(
+            ["php", "-S", f"127.0.0.1:{port}", str(APP)], stderr=subprocess.DEVNULL
+        )
         procs.append(srv)
         time.sleep(0.5)
-        out["php -S"] = load(srv.pid, agent.socket).elapsed_ms
+        out["php -S"] = timed_load(agent, srv.pid)
         fpm, _ = start_fpm(d, "latency")
         procs.append(fpm)
-        out["php-fpm worker"] = load(fpm_workers(fpm.pid)[0], agent.socket).elapsed_ms
+        out["php-fpm worker"] = timed_load(agent, fpm_workers(fpm.pid)[0])
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -150,13 +172,24 @@ def main() -> None:
                 measure(plain_port, op, 0.5, args.threads)  # warm up both pools
                 measure(probed_port, op, 0.5, args.threads)
                 base, with_probe = [], []
+                cpu = {plain.pid: [0.0, 0.0], probed.pid: [0.0, 0.0]}  # cpu s, requests
                 for _ in range(args.rounds):
-                    base.append(measure(plain_port, op, args.seconds, args.threads))
-                    with_probe.append(measure(probed_port, op, args.seconds, args.threads))
+                    for pool, port, out in (
+                        (plain, plain_port, base),
+                        (probed, probed_port, with_probe),
+                    ):
+                        c0 = pool_cpu(pool.pid)
+                        rate = measure(port, op, args.seconds, args.threads)
+                        cpu[pool.pid][0] += pool_cpu(pool.pid) - c0
+                        cpu[pool.pid][1] += rate * args.seconds
+                        out.append(rate)
                 b, w = sum(base) / len(base), sum(with_probe) / len(with_probe)
+                cb = cpu[plain.pid][0] / cpu[plain.pid][1] * 1e6
+                cw = cpu[probed.pid][0] / cpu[probed.pid][1] * 1e6
                 print(
-                    f"php-fpm {op:5s}: without probe {b:7.0f} req/s, with probe {w:7.0f} req/s,"
-                    f" ratio {w / b:.3f}"
+                    f"php-fpm {op:5s}: req/s without {b:6.0f}, with {w:6.0f} (ratio {w / b:.2f});"
+                    f" CPU per request without {cb:5.0f} us, with {cw:5.0f} us"
+                    f" (ratio {cb / cw:.2f})"
                 )
             rows = {r["pid"]: r for r in agent.control("ps")}
             events = sum(r["events"] for r in rows.values())
