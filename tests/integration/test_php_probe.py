@@ -155,6 +155,14 @@ def test_block_policy_fails_the_call_and_other_requests_work(php_server, agent_f
         "    kind: process\n"
         "    match: {args: 'cat /etc/passwd'}\n"
         "    action: block\n"
+        "  - id: no-eval-of-input\n"
+        "    hook: eval\n"
+        "    match: {args: evil}\n"
+        "    action: block\n"
+        "  - id: no-remote-include\n"
+        "    hook: include\n"
+        "    match: {args: included}\n"
+        "    action: block\n"
     )
     a.start()
     assert rasp_attach(proc.pid, a).returncode == 0
@@ -166,9 +174,42 @@ def test_block_policy_fails_the_call_and_other_requests_work(php_server, agent_f
     assert body == "error: Exception: Rampart blocked system by policy no-shell-from-web"
     assert http_get(port, "/system?a=echo+fine") == (200, "fine\n")
     assert http_get(port, "/ok") == (200, "ok")
-    blocked = a.wait_rows(1, "blocked = 1")
+    # eval and include fail the same way, before compiling
+    assert http_get(port, "/eval?a=return+%27evil%27%3B") == (
+        500,
+        "error: Exception: Rampart blocked eval by policy no-eval-of-input",
+    )
+    assert http_get(port, "/eval?a=return+%27good%27%3B") == (200, "good")
+    status, body = http_get(port, "/include?a=" + str(APP.parent / "included.php"))
+    assert (status, body) == (
+        500,
+        "error: Exception: Rampart blocked include by policy no-remote-include",
+    )
+    assert http_get(port, "/ok") == (200, "ok")
+    blocked = a.wait_rows(3, "blocked = 1")
     assert blocked[0]["hook"] == "system" and blocked[0]["policy_id"] == "no-shell-from-web"
     assert blocked[0]["args"] == ["cat /etc/passwd"]
+
+
+def test_ignore_policy_filters_in_the_probe(php_server, agent_factory) -> None:
+    proc, port = php_server
+    a = agent_factory()
+    a.policy.write_text(
+        "policies:\n"
+        "  - id: hostname-reads-are-fine\n"
+        "    hook: file_get_contents\n"
+        "    match: {args: ^/etc/hostname$}\n"
+        "    action: ignore\n"
+    )
+    a.start()
+    assert rasp_attach(proc.pid, a).returncode == 0
+    wait_for(lambda: a.control("ps")[0]["policy"], 10, "tables in force")
+    assert http_get(port, "/read?a=/etc/hostname")[0] == 200
+    assert http_get(port, "/read?a=/etc/os-release")[0] == 200
+    assert http_get(port, "/system?a=echo+after")[0] == 200
+    a.wait_rows(1, "hook = 'system'")
+    reads = [e["args"] for e in a.rows("hook = 'file_get_contents'")]
+    assert reads == [["/etc/os-release"]]
 
 
 def test_attach_twice_is_a_no_op_and_frida_leaves_nothing(subreaper, php_server, agent) -> None:
