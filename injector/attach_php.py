@@ -174,6 +174,11 @@ def watch(master: int, socket: Path, timeout: float) -> int:
                     if failures[worker] >= WATCH_ATTEMPTS:
                         seen.add(worker)
                 print(f"watch {master}: worker {worker}: {e.reason}", file=sys.stderr)
+            except Exception as e:  # the watcher must outlive any one worker's failure
+                failures[worker] = failures.get(worker, 0) + 1
+                if failures[worker] >= WATCH_ATTEMPTS:
+                    seen.add(worker)
+                print(f"watch {master}: worker {worker}: {type(e).__name__}: {e}", file=sys.stderr)
             sys.stderr.flush()
         alive = set(workers)
         seen &= alive

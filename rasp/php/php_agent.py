@@ -166,11 +166,9 @@ def load(
             raise ProbeLoadError(f"pid {pid}: no such process", gone=True) from None
         except frida.PermissionDeniedError as e:
             raise ProbeLoadError(f"pid {pid}: permission denied ({e})", denied=True) from None
-        except (
-            frida.NotSupportedError,
-            frida.TransportError,
-            frida.ProcessNotRespondingError,
-        ) as e:
+        except Exception as e:  # NotSupported, Transport, ProcessNotResponding, ...
+            if not os.path.exists(f"/proc/{pid}"):
+                raise ProbeLoadError(f"pid {pid}: exited during attach", gone=True) from None
             raise ProbeLoadError(f"pid {pid}: frida could not attach: {e}") from None
         try:
             script = session.create_script(
@@ -187,12 +185,14 @@ def load(
             script.load()
             info = script.exports_sync.start()
             script.eternalize()
-        except frida.InvalidOperationError as e:
-            raise ProbeLoadError(f"pid {pid}: exited during attach ({e})", gone=True) from None
         except frida.RPCException as e:
             raise ProbeLoadError(f"pid {pid}: probe failed to start: {e}") from None
+        except Exception as e:  # frida raises several types when the target goes away
+            if not os.path.exists(f"/proc/{pid}"):
+                raise ProbeLoadError(f"pid {pid}: exited during attach", gone=True) from None
+            raise ProbeLoadError(f"pid {pid}: {type(e).__name__}: {e}") from None
         finally:
-            with contextlib.suppress(frida.InvalidOperationError):
+            with contextlib.suppress(Exception):
                 session.detach()
     return Loaded(
         pid=pid,
