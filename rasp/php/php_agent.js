@@ -704,9 +704,37 @@ function installCompileHooks() {
 
 let edOffset = -1; // EG(current_execute_data), found at install
 function currentExecuteData() {
+  if (edOffset < 0) locateEdFromFilename();
   if (edOffset < 0) return null;
   const ed = sym('executor_globals').add(edOffset).readPointer();
   return ed.isNull() ? null : ed;
+}
+
+/* Before any hooked internal call has shown us EG(current_execute_data), find it from inside
+ * an include/eval: it is the pointer in executor_globals to a frame whose user function's
+ * op_array holds the file zend_get_executed_filename_ex() reports (this also finds
+ * zend_op_array.filename). Tried a few times, then left to locateEd. */
+let edSearches = 0;
+function locateEdFromFilename() {
+  const eg = sym('executor_globals');
+  if (eg === null || getExecutedFilenameEx === null || edSearches++ > 4) return;
+  const fname = getExecutedFilenameEx();
+  if (fname.isNull()) return;
+  for (let off = 0; off < 1024; off += 8) {
+    try {
+      const ed = eg.add(off).readPointer();
+      if (ed.isNull()) continue;
+      const func = ed.add(ED_FUNC).readPointer();
+      if (func.isNull() || func.readU8() !== ZEND_USER_FUNCTION) continue;
+      for (let f = 72; f < 320; f += 8) {
+        if (func.add(f).readPointer().equals(fname)) {
+          edOffset = off;
+          if (filenameOffset < 0) filenameOffset = f;
+          return;
+        }
+      }
+    } catch (e) { /* not a pointer to a frame */ }
+  }
 }
 
 function locateEd(ed) {

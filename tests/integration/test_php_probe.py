@@ -117,10 +117,11 @@ def test_builtin_server_events_with_request_context(php_server, agent: AgentProc
     # a build without mysqli says which hooks it could not find, and installs the rest
     assert "not hooked: mysqli_query" in res.stderr
 
+    # include first: its stack must not depend on a hooked call having run before
+    assert http_get(port, "/include?a=" + str(APP.parent / "included.php")) == (200, "included")
     assert http_get(port, "/system?a=echo+hi") == (200, "hi\n")
     assert http_get(port, "/read?a=/etc/hostname")[0] == 200
     assert http_get(port, "/eval?a=return+6*7%3B") == (200, "42")
-    assert http_get(port, "/include?a=" + str(APP.parent / "included.php")) == (200, "included")
     assert http_get(port, "/pdo?a=bob") == (200, "none")
     assert http_get(port, "/sqlite?a=alice") == (200, "alice")
     assert http_get(port, "/unserialize?a=i:5;") == (200, "5")
@@ -139,6 +140,7 @@ def test_builtin_server_events_with_request_context(php_server, agent: AgentProc
     assert events["file_get_contents"]["args"][0] == "/etc/hostname"
     assert events["eval"]["kind"] == "code" and events["eval"]["args"] == ["return 6*7;"]
     assert events["include"]["args"] == [str(APP.parent / "included.php")]
+    assert events["include"]["stack"][0].startswith("{main} (" + str(APP) + ":")
     assert events["PDO::query"]["args"] == ["SELECT name FROM t WHERE name = 'bob'"]
     assert events["SQLite3::query"]["kind"] == "sql"
     assert rows[0]["kind"] == "deserialization"
