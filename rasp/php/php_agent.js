@@ -33,7 +33,7 @@ const ROLE = CFG.role || 'worker'; // 'worker' hooks sinks; 'master' (php-fpm) o
 const QUEUE_MAX = 1024;
 const ARG_CAP = 4096;
 const ARGS_MAX = 64;
-const STACK_MAX = 32;
+const STACK_MAX = 32; // default depth; the agent's config frame may lower or raise it (<= 256)
 const DEFAULT_QUOTA = 12000;
 const HEARTBEAT_MS = 10000;
 const MAX_FRAME = 1 << 20;
@@ -105,6 +105,7 @@ const state = {
   quotas: new Quotas(DEFAULT_QUOTA),
   disabled: {}, // hook -> true after an internal error or a config frame
   errorsReported: {},
+  stackDepth: STACK_MAX,
 };
 
 function drop(reason) {
@@ -483,7 +484,7 @@ function stackOf(ed) {
   const frames = [];
   if (filenameOffset < 0) findFilenameOffset(ed);
   let f = ed;
-  while (!f.isNull() && frames.length < STACK_MAX) {
+  while (!f.isNull() && frames.length < state.stackDepth) {
     const dv = new DataView(f.readByteArray(ED_PREV + 8)); // opline, ..., func, This, prev
     const func = u64(dv, ED_FUNC);
     if (func !== 0) {
@@ -1015,6 +1016,7 @@ function onFrame(msg) {
       state.policies.config = d.uuid || '';
       state.disabled = {};
       for (const h of d.hooks_disabled || []) state.disabled[h] = true;
+      if (Number.isInteger(d.stack_depth)) state.stackDepth = Math.min(Math.max(d.stack_depth, 0), 256);
       break;
     case 6:
       state.filters = compileRules(d.filters, ruleSkipped);
