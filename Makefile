@@ -30,6 +30,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/agent_ingest.py
 	$(PY) bench/python_overhead.py
 	$(PY) bench/jvm_overhead.py
+	$(PY) bench/php_overhead.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
