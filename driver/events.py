@@ -44,7 +44,7 @@ DT_LOAD_MODULE = 603
 DT_CRED_CHANGE = 604
 
 
-class rp_hdr(ctypes.Structure):  # noqa: N801 - named as the C struct it mirrors
+class rp_hdr(ctypes.Structure):
     _fields_ = [
         ("ts", u64),
         ("start_time", u64),
@@ -64,7 +64,7 @@ class rp_hdr(ctypes.Structure):  # noqa: N801 - named as the C struct it mirrors
     ]
 
 
-class rp_exec(ctypes.Structure):  # noqa: N801
+class rp_exec(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("argv_len", u32),
@@ -76,15 +76,15 @@ class rp_exec(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_fork(ctypes.Structure):  # noqa: N801
+class rp_fork(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("child_start_time", u64), ("child_pid", u32), ("child_ppid", u32)]
 
 
-class rp_exit(ctypes.Structure):  # noqa: N801
+class rp_exit(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("exit_code", s32), ("_pad", u32)]
 
 
-class rp_sock(ctypes.Structure):  # noqa: N801
+class rp_sock(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("ret", s64),
@@ -97,7 +97,7 @@ class rp_sock(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_dns(ctypes.Structure):  # noqa: N801
+class rp_dns(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("nr", u32),
@@ -110,15 +110,15 @@ class rp_dns(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_ptrace(ctypes.Structure):  # noqa: N801
+class rp_ptrace(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("request", s64), ("target_pid", s64), ("addr", u64), ("data", u64)]
 
 
-class rp_memfd(ctypes.Structure):  # noqa: N801
+class rp_memfd(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("flags", u32), ("_pad", u32), ("name", char * PATH_LEN)]
 
 
-class rp_module(ctypes.Structure):  # noqa: N801
+class rp_module(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("nr", u32),
@@ -129,7 +129,7 @@ class rp_module(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_mount(ctypes.Structure):  # noqa: N801
+class rp_mount(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("flags", u64),
@@ -139,15 +139,15 @@ class rp_mount(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_cred(ctypes.Structure):  # noqa: N801
+class rp_cred(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("nr", u32), ("old_uid", u32), ("old_euid", u32), ("_pad", u32)]
 
 
-class rp_prctl(ctypes.Structure):  # noqa: N801
+class rp_prctl(ctypes.Structure):
     _fields_ = [("h", rp_hdr), ("option", s32), ("_pad", u32), ("name", char * NAME_LEN)]
 
 
-class rp_open(ctypes.Structure):  # noqa: N801
+class rp_open(ctypes.Structure):
     _fields_ = [
         ("h", rp_hdr),
         ("flags", s32),
@@ -158,7 +158,7 @@ class rp_open(ctypes.Structure):  # noqa: N801
     ]
 
 
-class rp_config(ctypes.Structure):  # noqa: N801
+class rp_config(ctypes.Structure):
     _fields_ = [("self_pid", u32), ("open_flags", u32)]
 
 

@@ -73,9 +73,7 @@ def check_environment(object_path: Path) -> None:
     if not VMLINUX_BTF.exists():
         raise DriverError(f"this kernel has no BTF ({VMLINUX_BTF} missing): CO-RE cannot load")
     if not object_path.is_file():
-        raise DriverError(
-            f"BPF object {object_path} not found: run `make setup` (scripts/build.d/20-driver-bpf.sh)"
-        )
+        raise DriverError(f"BPF object {object_path} not found: build it with `make setup`")
     try:
         libbpf.lib()
     except libbpf.LibbpfMissing as e:
