@@ -82,18 +82,33 @@ class Pipeline:
         if d.class_id is not None:
             event["class_id"] = d.class_id
             event["method_id"] = d.method_id
+        self._append(event, alerts)
+
+    def submit_host(self, event: dict[str, Any]) -> None:
+        """A host event from the driver (runtime "kernel"): same policies, same sinks."""
+        self.received += 1
+        ignored, alerts = self.policy.evaluate(
+            event["runtime"], event["kind"], event["hook"], event["args"], event["stack"]
+        )
+        if ignored:
+            self.ignored += 1
+            return
+        self._append(event, alerts)
+
+    def _append(self, event: dict[str, Any], alerts: list[str]) -> None:
+        s = self.settings
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
         self._batch.append(
             StoredEvent(
                 ts=event["ts"],
-                pid=probe.pid,
-                runtime=trace.runtime,
-                kind=d.kind,
-                hook=d.hook,
-                blocked=d.blocked,
-                policy_id=d.policy_id,
+                pid=event["pid"],
+                runtime=event["runtime"],
+                kind=event["kind"],
+                hook=event["hook"],
+                blocked=event["blocked"],
+                policy_id=event["policy_id"],
                 alerted=bool(alerts),
                 json=self._encode(event),
             )

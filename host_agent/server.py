@@ -303,11 +303,16 @@ class PeerConnection(asyncio.Protocol):
         agent = self.agent
         s = agent.settings
         try:
-            info = read_process(self.peer_pid)
+            nspid = read_process(self.peer_pid).nspid
         except ProcessError as e:
-            self.refuse("unauthorized", f"cannot read the peer process: {e.reason}")
-            return
-        if msg.pid not in (self.peer_pid, info.nspid):
+            # gone already (a short-lived process that said hello and exited): the driver's
+            # process cache may still know it; SO_PEERCRED pinned the pid at connect time
+            cached = agent.driver.process_facts(self.peer_pid)
+            if cached is None:
+                self.refuse("unauthorized", f"cannot read the peer process: {e.reason}")
+                return
+            nspid = cached.get("nspid", self.peer_pid)
+        if msg.pid not in (self.peer_pid, nspid):
             self.refuse("unauthorized", f"hello for pid {msg.pid} from pid {self.peer_pid}")
             return
         mode = msg.data.mode
@@ -332,8 +337,9 @@ class PeerConnection(asyncio.Protocol):
             probe_version=msg.probe_version,
             mode=mode,
             hooks=list(msg.data.hooks),
-            nspid=info.nspid,
+            nspid=nspid,
             conn=self,
+            facts=agent.driver.process_facts,
         )
         rec.refresh_process(force=True)
         self.role = "probe"

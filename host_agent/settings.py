@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from driver.programs import DEFAULT_STORED, EVENT_NAMES
 from host_agent.yamlfile import ConfigError, load, pydantic_error
 from rasp.protocol import DEFAULT_MAX_FRAME, RUNTIMES
 
@@ -82,6 +83,28 @@ class Settings(BaseModel):
         default_factory=list,
         description="runtimes to attach automatically (off when empty; see issue 8)",
     )
+    driver: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="eBPF driver: auto = on when root with BTF, else /proc (one log line says "
+        "why); on = refuse to start without it; off = /proc only",
+    )
+    driver_events: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STORED),
+        description="driver events stored (docs/driver.md); execve, fork, exit and prctl are "
+        "always collected for the process cache",
+    )
+    driver_ringbuf_kb: int = Field(
+        8192, ge=4, le=1 << 20, description="driver ring buffer size (rounded up to a power of 2)"
+    )
+    driver_object: Path | None = Field(
+        None, description="BPF object to load (default: build/bpf/rampart.bpf.o of this checkout)"
+    )
+    proc_cache_size: int = Field(
+        32768, ge=64, description="processes the cache keeps (exited ones are evicted first)"
+    )
+    proc_cache_keep_s: float = Field(
+        60.0, ge=0, description="seconds an exited process stays in the cache"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="agent log level (stderr)"
     )
@@ -92,6 +115,16 @@ class Settings(BaseModel):
         # "0660" in YAML or env is meant as octal, as chmod reads it
         if isinstance(v, str) and v.strip().isdigit():
             return int(v.strip(), 8)
+        return v
+
+    @field_validator("driver_events")
+    @classmethod
+    def _driver_events(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if e not in EVENT_NAMES]
+        if bad:
+            raise ValueError(
+                f"unknown driver event {bad[0]!r}; choose from {', '.join(EVENT_NAMES)}"
+            )
         return v
 
     @field_validator("auto_attach")
