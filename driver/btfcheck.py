@@ -28,11 +28,13 @@ def _members(btf: int, type_id: int) -> tuple[int, list[tuple[str, int]]]:
     return t.contents.size, out
 
 
-def layout_differences(btf: int) -> list[str]:
+def layout_differences(
+    btf: int, structs: tuple[type[ctypes.Structure], ...] = SHARED_STRUCTS
+) -> list[str]:
     """Differences between each shared ctypes Structure and the object's BTF (empty = same)."""
     lib = libbpf.lib()
     diffs: list[str] = []
-    for cls in SHARED_STRUCTS:
+    for cls in structs:
         name = cls.__name__
         type_id = lib.btf__find_by_name_kind(btf, name.encode(), libbpf.BTF_KIND_STRUCT)
         if type_id < 0:

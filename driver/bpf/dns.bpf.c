@@ -36,9 +36,9 @@ static __always_inline int rp_dns(struct bpf_raw_tracepoint_args *ctx, __u32 nr,
 		family = BPF_CORE_READ(sk, __sk_common.skc_family);
 		port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 		if (family == RP_AF_INET)
-			BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_daddr);
+			bpf_core_read(addr, 4, &sk->__sk_common.skc_daddr);
 		else
-			BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_v6_daddr);
+			bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	if (port != RP_DNS_PORT || !buf)
 		return 0;
