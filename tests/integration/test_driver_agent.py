@@ -1,0 +1,173 @@
+"""The driver inside the real agent: host events in the store, the process cache joined to
+RASP events of processes that are already gone, the fallback when the driver cannot load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.agentproc import REPO, AgentProc, wait_for
+
+pytestmark = pytest.mark.integration
+
+PY = "/usr/bin/python3"
+VICTIM = str(REPO / "tests" / "apps" / "driver" / "victim.py")
+MY_COMM = Path("/proc/self/comm").read_text().strip()
+
+
+def driver_agent(
+    agent_factory: Callable[..., AgentProc], mode: str = "on", **env: str
+) -> AgentProc:
+    return agent_factory(env=env, args=["--driver", mode])
+
+
+def test_host_events_are_stored_with_the_process_tree(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = driver_agent(agent_factory).start()
+    me = os.getpid()
+    subprocess.run(["/bin/echo", "rampart-agent-marker"], capture_output=True, check=True)
+    rows = agent.wait_rows(
+        1, "runtime = 'kernel' AND json_extract(event, '$.args[1]') = 'rampart-agent-marker'"
+    )
+    e = rows[0]
+    pid = e["pid"]
+    assert e["kind"] == "process" and e["hook"] == "sched_process_exec"
+    assert e["data_type"] == 59 and e["source"] == "driver" and e["event"] == "execve"
+    assert e["args"] == ["/bin/echo", "rampart-agent-marker"]
+    d = e["driver"]
+    assert d["pid"] == d["tgid"] == pid and d["ppid"] == me and d["comm"] == "echo"
+    assert d["exe"] == os.path.realpath("/bin/echo") and d["run_path"] == "/bin/echo"
+    assert d["nodename"] == os.uname().nodename
+    proc = e["process"]
+    assert proc["pid_tree"].startswith(f"{pid}.echo<{me}.{MY_COMM}<")
+    assert proc["exe"] == os.path.realpath("/bin/echo")
+    assert proc["cmdline"] == "/bin/echo rampart-agent-marker"
+    assert proc["ppid"] == me and proc["container_id"] == ""
+
+    # a connect to a loopback port we listen on: stored as kind network
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        subprocess.run([PY, VICTIM, "connect", "127.0.0.1", str(port)], check=True)
+        (c,) = agent.wait_rows(
+            1, "kind = 'network' AND json_extract(event, '$.driver.dport') = ?", (port,)
+        )
+    assert c["hook"] == "connect" and c["data_type"] == 42 and c["args"] == ["127.0.0.1", str(port)]
+    assert c["process"]["cmdline"].startswith(f"{PY} {VICTIM} connect")
+
+    # fork and exit feed the cache but are not stored by default
+    assert agent.rows("json_extract(event, '$.data_type') IN (57, 60)") == []
+
+    # the CLI shows them with --runtime kernel
+    res = agent.cli(
+        "events",
+        "--store",
+        str(agent.store),
+        "--runtime",
+        "kernel",
+        "--json",
+        "--kind",
+        "network",
+        "--limit",
+        "1000",
+    )
+    assert res.returncode == 0, res.stderr
+    assert any(json.loads(x)["driver"].get("dport") == port for x in res.stdout.splitlines())
+
+
+def _sdk_victim_while_agent_is_stopped(agent: AgentProc, marker: str) -> int:
+    """Run an SDK probe that sends hello + one trace and exits, and reap it, all while the
+    agent is stopped: when the agent reads the hello, the process is gone from /proc."""
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        p = subprocess.Popen([PY, VICTIM, "sdk", str(agent.socket), marker])
+        p.wait(30)
+        assert p.returncode == 0
+        assert not Path(f"/proc/{p.pid}").exists()
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    return p.pid
+
+
+def test_event_of_a_process_already_gone_is_enriched_from_the_cache(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = driver_agent(agent_factory).start()
+    me = os.getpid()
+    pid = _sdk_victim_while_agent_is_stopped(agent, "rampart-join")
+    (e,) = agent.wait_rows(1, "runtime = 'python' AND pid = ?", (pid,))
+    assert e["args"] == ["rampart-join"]
+    proc = e["process"]
+    assert proc["exe"] == os.path.realpath(PY)
+    assert proc["cmdline"] == f"{PY} {VICTIM} sdk {agent.socket} rampart-join"
+    assert proc["pid_tree"].startswith(f"{pid}.python3<{me}.{MY_COMM}<")
+    assert proc["ppid"] == me and proc["uid"] == os.getuid()
+
+
+def test_without_the_driver_such_a_process_cannot_be_told(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    # the contrast: /proc alone knows nothing of a process that is gone
+    agent = agent_factory(args=["--no-driver"]).start()
+    pid = _sdk_victim_while_agent_is_stopped(agent, "rampart-nojoin")
+    wait_for(lambda: "cannot read the peer process" in agent.log_text(), 10, "the refusal")
+    assert agent.rows("pid = ?", (pid,)) == []
+
+
+def test_fallback_when_the_driver_cannot_load(
+    agent_factory: Callable[..., AgentProc], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "missing.bpf.o")
+    agent = driver_agent(agent_factory, "auto", RAMPART_DRIVER_OBJECT=missing).start()
+    log = agent.log_text()
+    assert f"driver not started: BPF object {missing} not found" in log
+    assert "process facts from /proc" in log
+    status = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
+    assert status["driver"]["mode"] == "proc"
+    assert "not found" in status["driver"]["reason"]
+    # probes still work, enriched from /proc
+    with agent.probe(runtime="python") as p:
+        p.hello()
+        p.trace("os.system", "process", ["fallback"])
+        (e,) = agent.wait_rows(1)
+    assert e["process"]["pid_tree"].startswith(f"{os.getpid()}.")
+
+    # `--driver on` refuses to start without it, with the reason
+    strict = driver_agent(agent_factory, "on", RAMPART_DRIVER_OBJECT=missing)
+    strict.start(wait=False)
+    assert strict.proc is not None
+    assert strict.proc.wait(30) == 1
+    assert f"cannot start: BPF object {missing} not found" in strict.log_text()
+
+
+def _loaded_dispatchers() -> int:
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
+    return sum(1 for p in json.loads(out.stdout or "[]") if p.get("name") == "rp_sys_enter")
+
+
+def test_status_and_ps_report_the_driver_and_stop_detaches(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    before = _loaded_dispatchers()
+    agent = driver_agent(agent_factory).start()
+    assert _loaded_dispatchers() == before + 1
+    status = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
+    d = status["driver"]
+    assert d["mode"] == "ebpf" and d["programs"] >= 10 and d["failed"] == {}
+    assert d["kernel_drops"] == 0 and d["cache"]["entries"] > 10
+    ps = agent.cli("ps", "--socket", str(agent.socket))
+    assert "driver: ebpf" in ps.stdout
+    assert agent.stop() == 0
+    # the kernel frees a program once its last link and fd are gone (after an RCU grace)
+    wait_for(lambda: _loaded_dispatchers() == before, 10, "the programs to be unloaded")
+    assert "driver stopped" in agent.log_text()
