@@ -54,6 +54,8 @@ class DriverConfig:
     queue_limit: int = 200_000
     #: this process's own syscalls are not reported (the agent writing its store, ...)
     ignore_self: bool = True
+    #: read on a thread of our own; False: the caller reads with flush() (benchmarks)
+    reader: bool = True
 
 
 def _effective_caps() -> int:
@@ -222,8 +224,11 @@ class Driver:
         if not rb:
             raise self._fail("ring_buffer__new failed", libbpf.last_errno())
         self._rb = rb
-        self._thread = threading.Thread(target=self._read_loop, name="driver-ringbuf", daemon=True)
-        self._thread.start()
+        if self.config.reader:
+            self._thread = threading.Thread(
+                target=self._read_loop, name="driver-ringbuf", daemon=True
+            )
+            self._thread.start()
 
     def stop(self) -> None:
         """Idempotent: stop the reader, destroy every link, free the ring buffer, close."""
