@@ -11,6 +11,8 @@
 SEC("raw_tp")
 int rp_enter_setuid(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	__u32 euid = BPF_CORE_READ(rp_current(), cred, euid.val);
 	if (uid == 0 || euid == 0)

@@ -22,6 +22,8 @@ struct rp_iovec {
 static __always_inline int rp_dns(struct bpf_raw_tracepoint_args *ctx, __u32 nr, int fd,
 				  const void *uaddr, const void *buf, __u64 len)
 {
+	if (rp_compat())
+		return 0;
 	__u16 family = 0, port = 0;
 	__u8 addr[16] = {};
 	struct socket *s = rp_fd_socket(fd);

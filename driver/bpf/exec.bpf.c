@@ -16,6 +16,8 @@
 SEC("raw_tp")
 int rp_enter_execve(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct task_struct *t = rp_current();
 	struct rp_pending p = {

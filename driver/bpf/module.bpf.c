@@ -10,6 +10,8 @@
 
 static __always_inline int rp_module(struct bpf_raw_tracepoint_args *ctx, __u32 nr)
 {
+	if (rp_compat())
+		return 0;
 	struct rp_module *e = rp_reserve(sizeof(*e));
 	if (!e)
 		return 0;

@@ -9,6 +9,8 @@
 SEC("raw_tp")
 int rp_enter_mount(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	struct rp_mount *e = rp_reserve(sizeof(*e));
 	if (!e)
 		return 0;

@@ -13,6 +13,8 @@
 
 static __always_inline int rp_sock_enter(struct bpf_raw_tracepoint_args *ctx, __u32 nr)
 {
+	if (rp_compat())
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct rp_pending p = {
 		.nr = nr,

@@ -11,6 +11,8 @@
 SEC("raw_tp")
 int rp_enter_openat(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	struct rp_config *c = rp_cfg();
 	int flags = (int)rp_arg(ctx, 2);
 	if (!c || !(flags & c->open_flags))

@@ -11,6 +11,8 @@
 SEC("raw_tp")
 int rp_enter_prctl(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	int option = (int)rp_arg(ctx, 0);
 	if (option != RP_PR_SET_NAME)
 		return 0;

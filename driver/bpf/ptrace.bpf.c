@@ -17,6 +17,8 @@
 SEC("raw_tp")
 int rp_enter_ptrace(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (rp_compat())
+		return 0;
 	long req = (long)rp_arg(ctx, 0);
 	if (req != RP_PTRACE_ATTACH && req != RP_PTRACE_SEIZE && req != RP_PTRACE_POKETEXT &&
 	    req != RP_PTRACE_POKEDATA && req != RP_PTRACE_POKEUSR)

@@ -334,6 +334,15 @@ static __always_inline unsigned long rp_arg(struct bpf_raw_tracepoint_args *ctx,
 	}
 }
 
+/* A 32-bit compat syscall (int 0x80 / sysenter from an ia32 process): its numbers are not the
+ * x86-64 ones the dispatcher routes on, so a handler reached with one must not read it as
+ * ours. Skipped (not reported): a known gap, in docs/driver.md. */
+#define RP_TS_COMPAT 0x0002
+static __always_inline int rp_compat(void)
+{
+	return BPF_CORE_READ(rp_current(), thread_info.status) & RP_TS_COMPAT;
+}
+
 static __always_inline __u32 rp_nr(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
