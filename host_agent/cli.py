@@ -282,9 +282,14 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
 
 
 def _driver_line(d: dict[str, Any]) -> str:
+    cache = d.get("cache", {})
+    if d.get("mode") == "proc-connector":
+        return (
+            f"driver: proc-connector ({d.get('reason', '')}): exec/fork/exit only, "
+            f"{d.get('kernel_drops', 0)} overruns; process cache {cache.get('entries', 0)} entries"
+        )
     if d.get("mode") != "ebpf":
         return f"driver: {d.get('mode', '?')} ({d.get('reason', '')}): process facts from /proc"
-    cache = d.get("cache", {})
     return (
         f"driver: ebpf, {d.get('programs', 0)} programs, {d.get('received', 0)} records, "
         f"{d.get('kernel_drops', 0)} dropped in the kernel; process cache "

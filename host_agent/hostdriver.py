@@ -6,8 +6,10 @@ exit of the same process and before any RASP event of it is enriched. When the a
 pid the cache does not know yet (a hello from a process that exec'd a moment ago), `flush()`
 reads what the kernel already wrote, synchronously, before falling back to /proc.
 
-Modes (`stats()["mode"]`): `ebpf` (driver running), `proc` (driver off or unavailable: the
-cache is not used and process facts are read from /proc, as before the driver).
+Modes (`stats()["mode"]`): `ebpf` (driver running); `proc-connector` (no eBPF, but the
+kernel's proc connector feeds exec/fork/exit to the cache, with facts read from /proc as
+events arrive; no other host events); `proc` (neither: process facts read from /proc at hello,
+as before the driver).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from driver import events as ev
 from driver.loader import DEFAULT_OBJECT, Driver, DriverConfig, DriverError
+from driver.proc_connector import ProcConnector, ProcConnectorError
 from driver.programs import EVENT_BY_TYPE
 from host_agent.proccache import ProcessCache
 
@@ -41,7 +44,7 @@ class HostDriver:
         self.settings = settings
         self.pipeline = pipeline
         self.cache = ProcessCache(settings.proc_cache_size, settings.proc_cache_keep_s)
-        self.driver: Driver | None = None
+        self.driver: Driver | ProcConnector | None = None
         self.mode = "proc"
         self.reason = ""
         self.stored_types = {
@@ -76,7 +79,7 @@ class HostDriver:
             self.reason = str(e)
             if s.driver == "on":
                 raise
-            log.warning("driver not started: %s; process facts from /proc", e)
+            self._fallback(e)
             return
         self.driver = driver
         self.mode = "ebpf"
@@ -90,6 +93,24 @@ class HostDriver:
             n,
         )
         self._drain()
+
+    def _fallback(self, why: DriverError) -> None:
+        """No eBPF: exec/fork/exit from the proc connector if we may, else /proc alone."""
+        pc = ProcConnector(notify=self._notify)
+        try:
+            pc.start()
+        except ProcConnectorError as e:
+            log.warning("driver not started: %s; %s; process facts from /proc", why, e)
+            return
+        self.driver = pc
+        self.mode = "proc-connector"
+        n = self.cache.scan()
+        log.warning(
+            "driver not started: %s; exec/fork/exit from the proc connector "
+            "(process cache: %d processes, no other host events)",
+            why,
+            n,
+        )
 
     def stop(self) -> None:
         if self.driver is not None:
@@ -117,12 +138,15 @@ class HostDriver:
         if self.driver is None:
             return
         for raw in self.driver.take():
-            try:
-                e = ev.decode(raw)
-            except ValueError as err:
-                self.decode_errors += 1
-                log.debug("driver record not decoded: %s", err)
-                continue
+            if isinstance(raw, ev.DriverEvent):  # the proc connector's, already decoded
+                e = raw
+            else:
+                try:
+                    e = ev.decode(raw)
+                except ValueError as err:
+                    self.decode_errors += 1
+                    log.debug("driver record not decoded: %s", err)
+                    continue
             entry = self.cache.apply(e)
             if e.data_type in self.stored_types:
                 self._store(e, entry)

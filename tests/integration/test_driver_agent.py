@@ -10,6 +10,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,22 +126,28 @@ def test_without_the_driver_such_a_process_cannot_be_told(
 
 
 def test_fallback_when_the_driver_cannot_load(
-    agent_factory: Callable[..., AgentProc], tmp_path: Path
+    agent_factory: Callable[..., AgentProc], tmp_path: Path, spawn: Any
 ) -> None:
     missing = str(tmp_path / "missing.bpf.o")
     agent = driver_agent(agent_factory, "auto", RAMPART_DRIVER_OBJECT=missing).start()
     log = agent.log_text()
     assert f"driver not started: BPF object {missing} not found" in log
-    assert "process facts from /proc" in log
+    assert "exec/fork/exit from the proc connector" in log
     status = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
-    assert status["driver"]["mode"] == "proc"
+    assert status["driver"]["mode"] == "proc-connector"
     assert "not found" in status["driver"]["reason"]
-    # probes still work, enriched from /proc
+    # exec events still reach the store (fewer fields: read from /proc when they arrive)
+    victim = spawn(["/bin/sleep", "30"])
+    (e,) = agent.wait_rows(1, "runtime = 'kernel' AND pid = ?", (victim.pid,))
+    assert e["hook"] == "proc_connector" and e["data_type"] == 59
+    assert e["args"] == ["/bin/sleep", "30"]
+    assert e["process"]["pid_tree"].startswith(f"{victim.pid}.sleep<{os.getpid()}.")
+    # probes still work
     with agent.probe(runtime="python") as p:
         p.hello()
         p.trace("os.system", "process", ["fallback"])
-        (e,) = agent.wait_rows(1)
-    assert e["process"]["pid_tree"].startswith(f"{os.getpid()}.")
+        (t,) = agent.wait_rows(1, "runtime = 'python'")
+    assert t["process"]["pid_tree"].startswith(f"{os.getpid()}.")
 
     # `--driver on` refuses to start without it, with the reason
     strict = driver_agent(agent_factory, "on", RAMPART_DRIVER_OBJECT=missing)
