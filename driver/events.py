@@ -59,6 +59,8 @@ class rp_hdr(ctypes.Structure):
         ("euid", u32),
         ("gid", u32),
         ("pns", u32),
+        ("nspid", u32),
+        ("_pad", u32),
         ("comm", char * COMM_LEN),
         ("nodename", char * NODE_LEN),
     ]
@@ -233,6 +235,7 @@ class DriverEvent:
     euid: int
     gid: int
     pns: int
+    nspid: int
     start_time_ns: int
     cgroup_id: int
     comm: str
@@ -256,6 +259,7 @@ class DriverEvent:
             "comm": self.comm,
             "nodename": self.nodename,
             "pns": self.pns,
+            "nspid": self.nspid,
         }
 
 
@@ -324,6 +328,7 @@ def decode(data: bytes) -> DriverEvent:
         euid=h.euid,
         gid=h.gid,
         pns=h.pns,
+        nspid=h.nspid,
         start_time_ns=h.start_time,
         cgroup_id=h.cgroup_id,
         comm=_s(h.comm),

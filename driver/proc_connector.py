@@ -160,6 +160,7 @@ class ProcConnector:
             euid=-1,
             gid=-1,
             pns=0,
+            nspid=pid,
             start_time_ns=0,
             cgroup_id=0,
             comm="",
@@ -185,6 +186,7 @@ class ProcConnector:
             return e
         e.ppid, e.uid, e.euid, e.gid, e.comm = info.ppid, info.uid, info.euid, info.gid, info.comm
         e.start_time_ns = info.start_time * NS_PER_TICK
+        e.nspid = info.nspid
         e.args = info.cmdline
         e.fields = {
             "argv": " ".join(info.cmdline),

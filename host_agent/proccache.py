@@ -165,7 +165,6 @@ class ProcessCache:
             exe = os.readlink(f"/proc/{e.pid}/exe").removesuffix(" (deleted)")
         except OSError:
             exe = os.path.realpath(path) if path.startswith("/") else path
-        old = self._e.get(e.pid)
         entry = ProcEntry(
             pid=e.pid,
             ppid=e.ppid,
@@ -176,7 +175,7 @@ class ProcessCache:
             uid=e.uid,
             euid=e.euid,
             container_id=self._container(e.pid, e.cgroup_id, parent),
-            nspid=old.nspid if old is not None and old.nspid else e.pid,
+            nspid=e.nspid or e.pid,
             source="exec",
         )
         self._put(entry)

@@ -57,6 +57,8 @@ struct rp_hdr {
 	__u32 euid;
 	__u32 gid;
 	__u32 pns;         /* inode number of the task's pid namespace */
+	__u32 nspid;       /* the process's pid in that namespace (= pid outside containers) */
+	__u32 _pad;
 	char comm[RP_COMM_LEN];
 	char nodename[RP_NODE_LEN];
 };
@@ -297,11 +299,14 @@ static __always_inline void rp_fill(struct rp_hdr *h, struct task_struct *t, __u
 	h->pgid = rp_pid_nr(t, PIDTYPE_PGID);
 	h->sid = rp_pid_nr(t, PIDTYPE_SID);
 
-	struct pid *tp = BPF_CORE_READ(t, thread_pid);
+	/* the leader's pid struct: its number in the innermost namespace is the process's */
+	struct pid *tp = BPF_CORE_READ(t, group_leader, thread_pid);
 	unsigned int level = BPF_CORE_READ(tp, level);
 	struct upid up = {};
 	bpf_core_read(&up, sizeof(up), &tp->numbers[level & 31]);
 	h->pns = BPF_CORE_READ(up.ns, ns.inum);
+	h->nspid = up.nr;
+	h->_pad = 0;
 
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 	struct uts_namespace *uts = BPF_CORE_READ(t, nsproxy, uts_ns);

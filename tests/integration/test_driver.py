@@ -90,6 +90,7 @@ def test_exec_fork_exit_of_a_child(collector: Collector) -> None:
     assert exe.sid == os.getsid(0) and exe.pgid == os.getpgid(0)
     assert exe.nodename == os.uname().nodename
     assert exe.pns == os.stat("/proc/self/ns/pid").st_ino
+    assert exe.nspid == p.pid  # no pid namespace of its own
     assert exe.common()["tgid"] == p.pid
     # the fork that made it (from us) and its exit
     (fork,) = collector.wait(lambda e: e.data_type == ev.DT_FORK and e.args == [str(p.pid)])
@@ -97,6 +98,20 @@ def test_exec_fork_exit_of_a_child(collector: Collector) -> None:
     assert fork.fields["child_start_time_ns"] == exe.start_time_ns
     (gone,) = collector.wait(lambda e: e.data_type == ev.DT_EXIT and e.pid == p.pid)
     assert gone.fields["exit_code"] == 0
+
+
+def test_exec_in_a_new_pid_namespace(collector: Collector) -> None:
+    subprocess.run(
+        ["unshare", "--pid", "--fork", "/bin/echo", "rampart-pidns"],
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=30,
+    )
+    (exe,) = collector.wait(
+        lambda e: e.data_type == ev.DT_EXECVE and e.args == ["/bin/echo", "rampart-pidns"]
+    )
+    assert exe.nspid == 1 and exe.pid != 1  # init of its namespace, a host pid outside
+    assert exe.pns != os.stat("/proc/self/ns/pid").st_ino
 
 
 def test_long_argv_is_cut_and_says_so(collector: Collector) -> None:
@@ -271,14 +286,14 @@ def test_layouts_match_the_object_and_a_drifted_one_is_named() -> None:
             _fields_ = [("h", ev.rp_hdr), ("_pad", ctypes.c_uint32), ("exit_code", ctypes.c_int32)]
 
         (diff,) = layout_differences(btf, (rp_exit,))
-        assert diff == "struct rp_exit: C member ('exit_code', 144) vs Python ('_pad', 144)"
+        assert diff == "struct rp_exit: C member ('exit_code', 152) vs Python ('_pad', 152)"
 
         class rp_fork(ctypes.Structure):  # a drifted mirror: a member short
             _fields_ = [("h", ev.rp_hdr), ("child_start_time", ctypes.c_uint64)]
 
         diffs = layout_differences(btf, (rp_fork,))
         assert diffs == [
-            "struct rp_fork: 160 bytes in C, 152 in Python",
+            "struct rp_fork: 168 bytes in C, 160 in Python",
             "struct rp_fork: 4 members in C, 2 in Python",
         ]
     finally:

@@ -23,6 +23,7 @@ def event(dt: int, pid: int, ppid: int, comm: str, **kw: Any) -> ev.DriverEvent:
         euid=1000,
         gid=1000,
         pns=1,
+        nspid=pid,
         start_time_ns=kw.pop("start_ns", pid * 1000 * NS_PER_TICK),
         cgroup_id=0,
         comm=comm,
