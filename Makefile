@@ -13,7 +13,8 @@ setup: ## install everything (apt packages, .venv, builds); idempotent
 	@bash scripts/setup.sh
 	@touch $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh scripts/apt-packages.txt $(wildcard scripts/build.d/*.sh)
+$(STAMP): pyproject.toml scripts/setup.sh scripts/apt-packages.txt $(wildcard scripts/build.d/*.sh) \
+          $(wildcard driver/bpf/*)
 	@bash scripts/setup.sh
 	@touch $(STAMP)
 
