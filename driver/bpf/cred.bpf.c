@@ -14,7 +14,7 @@ int rp_enter_setuid(struct bpf_raw_tracepoint_args *ctx)
 	if (rp_compat())
 		return 0;
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u32 euid = BPF_CORE_READ(rp_current(), cred, euid.val);
+	__u32 euid = rp_current()->cred->euid.val;
 	if (uid == 0 || euid == 0)
 		return 0; /* already root: nothing to gain */
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -35,7 +35,7 @@ int rp_exit_setuid(struct bpf_raw_tracepoint_args *ctx)
 
 	struct task_struct *t = rp_current();
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u32 euid = BPF_CORE_READ(t, cred, euid.val);
+	__u32 euid = t->cred->euid.val;
 	if (uid != 0 && euid != 0)
 		return 0;
 	struct rp_cred *e = rp_reserve(sizeof(*e));

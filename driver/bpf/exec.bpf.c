@@ -23,7 +23,7 @@ int rp_enter_execve(struct bpf_raw_tracepoint_args *ctx)
 	struct rp_pending p = {
 		.nr = (__u32)ctx->args[1],
 		.uid = (__u32)bpf_get_current_uid_gid(),
-		.euid = BPF_CORE_READ(t, cred, euid.val),
+		.euid = t->cred->euid.val,
 	};
 	bpf_map_update_elem(&rp_pending, &tid, &p, BPF_ANY);
 	return 0;

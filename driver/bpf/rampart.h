@@ -7,7 +7,7 @@
  * compares them with this object's BTF at load time (driver/btfcheck.py) and refuses to run
  * on any difference, so a field added here and not there fails loudly, never silently.
  *
- * Kernel floor: 5.8 (BPF ring buffer, bpf_ktime_get_boot_ns); tp_btf needs 5.5, raw_tp 4.17.
+ * Kernel floor: 5.11 (bpf_get_current_task_btf); ring buffer 5.8, tp_btf 5.5, raw_tp 4.17.
  */
 #ifndef RAMPART_H
 #define RAMPART_H
@@ -274,13 +274,12 @@ static __always_inline struct rp_config *rp_cfg(void)
 	return bpf_map_lookup_elem(&rp_config, &k);
 }
 
-static __always_inline __u32 rp_pid_nr(struct task_struct *t, enum pid_type type)
-{
-	/* signal->pids[PGID/SID]->numbers[0].nr: the number in the initial pid namespace */
-	struct pid *p = BPF_CORE_READ(t, signal, pids[type]);
-	return p ? BPF_CORE_READ(p, numbers[0].nr) : 0;
-}
-
+/*
+ * Elkeid's common fields. `t` is a BTF task pointer (tp_btf argument or
+ * bpf_get_current_task_btf), so plain member loads are CO-RE-relocated direct loads (the
+ * verifier makes them fault-safe), several times cheaper than a bpf_probe_read_kernel call
+ * each; a helper read is kept where an index is variable.
+ */
 static __always_inline void rp_fill(struct rp_hdr *h, struct task_struct *t, __u32 data_type)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -293,15 +292,21 @@ static __always_inline void rp_fill(struct rp_hdr *h, struct task_struct *t, __u
 	h->uid = (__u32)uid_gid;
 	h->gid = uid_gid >> 32;
 	h->cgroup_id = bpf_get_current_cgroup_id();
-	h->start_time = BPF_CORE_READ(t, group_leader, start_boottime);
-	h->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	h->euid = BPF_CORE_READ(t, cred, euid.val);
-	h->pgid = rp_pid_nr(t, PIDTYPE_PGID);
-	h->sid = rp_pid_nr(t, PIDTYPE_SID);
+
+	struct task_struct *leader = t->group_leader;
+	h->start_time = leader->start_boottime;
+	h->ppid = t->real_parent->tgid;
+	h->euid = t->cred->euid.val;
+	/* signal->pids[PGID/SID]->numbers[0].nr: the number in the initial pid namespace */
+	struct signal_struct *sig = t->signal;
+	struct pid *pg = sig->pids[PIDTYPE_PGID];
+	struct pid *ss = sig->pids[PIDTYPE_SID];
+	h->pgid = pg ? pg->numbers[0].nr : 0;
+	h->sid = ss ? ss->numbers[0].nr : 0;
 
 	/* the leader's pid struct: its number in the innermost namespace is the process's */
-	struct pid *tp = BPF_CORE_READ(t, group_leader, thread_pid);
-	unsigned int level = BPF_CORE_READ(tp, level);
+	struct pid *tp = leader->thread_pid;
+	unsigned int level = tp->level;
 	struct upid up = {};
 	bpf_core_read(&up, sizeof(up), &tp->numbers[level & 31]);
 	h->pns = BPF_CORE_READ(up.ns, ns.inum);
@@ -309,13 +314,13 @@ static __always_inline void rp_fill(struct rp_hdr *h, struct task_struct *t, __u
 	h->_pad = 0;
 
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
-	struct uts_namespace *uts = BPF_CORE_READ(t, nsproxy, uts_ns);
+	struct uts_namespace *uts = t->nsproxy->uts_ns;
 	bpf_core_read_str(h->nodename, sizeof(h->nodename), &uts->name.nodename);
 }
 
 static __always_inline struct task_struct *rp_current(void)
 {
-	return (struct task_struct *)bpf_get_current_task();
+	return bpf_get_current_task_btf();
 }
 
 /* raw_tp/sys_enter and sys_exit: args[0] is the user pt_regs, args[1] the id (enter) or
@@ -345,7 +350,7 @@ static __always_inline unsigned long rp_arg(struct bpf_raw_tracepoint_args *ctx,
 #define RP_TS_COMPAT 0x0002
 static __always_inline int rp_compat(void)
 {
-	return BPF_CORE_READ(rp_current(), thread_info.status) & RP_TS_COMPAT;
+	return rp_current()->thread_info.status & RP_TS_COMPAT;
 }
 
 static __always_inline __u32 rp_nr(struct bpf_raw_tracepoint_args *ctx)
@@ -357,10 +362,9 @@ static __always_inline __u32 rp_nr(struct bpf_raw_tracepoint_args *ctx)
 /* The struct file behind one of the current task's fds, or NULL. */
 static __always_inline struct file *rp_fd_file(int fd)
 {
-	struct task_struct *t = rp_current();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct fdtable *fdt = rp_current()->files->fdt;
+	unsigned int max = fdt->max_fds;
+	struct file **fds = fdt->fd;
 	struct file *f = NULL;
 
 	if (fd < 0 || (unsigned int)fd >= max)
@@ -375,7 +379,7 @@ static __always_inline struct socket *rp_fd_socket(int fd)
 	struct file *f = rp_fd_file(fd);
 	if (!f)
 		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode); /* f came from a helper read */
 	if ((mode & S_IFMT) != S_IFSOCK)
 		return NULL;
 	return (struct socket *)BPF_CORE_READ(f, private_data);
