@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rampart.driver")
 
 SWEEP_S = 5.0
+BACKLOG_RETRY_S = 0.05
 
 
 def boot_to_epoch_offset_ns() -> int:
@@ -52,6 +53,7 @@ class HostDriver:
         }
         self.decode_errors = 0
         self.stored = 0
+        self.deferred = 0  # drains put off because the sinks were behind
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._offset_ns = boot_to_epoch_offset_ns()
@@ -115,7 +117,7 @@ class HostDriver:
     def stop(self) -> None:
         if self.driver is not None:
             self.driver.flush()
-            self._drain()
+            self._drain(force=True)
             self.driver.stop()
             log.info("driver stopped: %s", self.stats())
             self.driver = None
@@ -133,9 +135,20 @@ class HostDriver:
         except RuntimeError:  # the loop is closed: the agent is stopping
             self._scheduled = False
 
-    def _drain(self) -> None:
+    def _drain(self, force: bool = False) -> None:
         self._scheduled = False
         if self.driver is None:
+            return
+        if (
+            not force
+            and self.pipeline.backlog >= self.settings.queue_limit
+            and self._loop is not None
+        ):
+            # the sinks are behind: leave the records where they are. The driver's queue is
+            # bounded (its reader then stops), the ring buffer fills, the kernel side counts.
+            self.deferred += 1
+            self._scheduled = True
+            self._loop.call_later(BACKLOG_RETRY_S, self._drain)
             return
         for raw in self.driver.take():
             if isinstance(raw, ev.DriverEvent):  # the proc connector's, already decoded
@@ -157,10 +170,11 @@ class HostDriver:
             self._offset_ns = boot_to_epoch_offset_ns()  # follows wall-clock steps
 
     def flush(self) -> None:
-        """Apply everything the kernel has written so far (loop thread)."""
+        """Apply everything the kernel has written so far (loop thread), even when the sinks
+        are behind: a pid about to be enriched needs its exec in the cache."""
         if self.driver is not None:
             self.driver.flush()
-            self._drain()
+            self._drain(force=True)
 
     def _store(self, e: ev.DriverEvent, entry: Any) -> None:
         meta = EVENT_BY_TYPE[e.data_type]
@@ -204,7 +218,7 @@ class HostDriver:
         return facts
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode, "stored": self.stored}
+        out: dict[str, Any] = {"mode": self.mode, "stored": self.stored, "deferred": self.deferred}
         if self.reason:
             out["reason"] = self.reason
         if self.driver is not None:
