@@ -37,6 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OBJECT = REPO / "build" / "bpf" / "rampart.bpf.o"
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+#: the BPF side wakes the reader only when 256 KiB wait (rampart.h rp_submit): this bounds the
+#: delay of a lone event
+POLL_MS = 50
 # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000
 
@@ -264,7 +267,7 @@ class Driver:
                 self.paused += 1
                 time.sleep(0.01)  # the owner is behind: let the ring buffer take the load
                 continue
-            poller.poll(100)
+            poller.poll(POLL_MS)  # woken early only when much is waiting (rp_submit)
             if self._consume():
                 self.notify()
 

@@ -46,6 +46,6 @@ int rp_exit_setuid(struct bpf_raw_tracepoint_args *ctx)
 	e->old_uid = old_uid;
 	e->old_euid = old_euid;
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

@@ -61,7 +61,7 @@ static __always_inline int rp_dns(struct bpf_raw_tracepoint_args *ctx, __u32 nr,
 	e->kept = 0;
 	if (n > 0 && bpf_probe_read_user(e->payload, n, buf) == 0)
 		e->kept = n;
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }
 

@@ -61,7 +61,7 @@ int BPF_PROG(rp_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (len > 0 && bpf_probe_read_user(e->argv, len, (void *)start) == 0)
 		e->argv_kept = len;
 	__u32 uid = e->h.uid, euid = e->h.euid;
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 
 	/* set-uid exec to root by a non-root caller */
 	if (pend && old_uid != 0 && old_euid != 0 && (uid == 0 || euid == 0)) {
@@ -72,7 +72,7 @@ int BPF_PROG(rp_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		c->nr = NR_EXECVE;
 		c->old_uid = old_uid;
 		c->old_euid = old_euid;
-		bpf_ringbuf_submit(c, 0);
+		rp_submit(c);
 	}
 	return 0;
 }

@@ -19,6 +19,6 @@ int BPF_PROG(rp_exit, struct task_struct *p)
 		return 0;
 	rp_fill(&e->h, p, DT_EXIT);
 	e->exit_code = BPF_CORE_READ(p, exit_code);
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

@@ -21,6 +21,6 @@ int BPF_PROG(rp_fork, struct task_struct *parent, struct task_struct *child)
 	e->child_pid = BPF_CORE_READ(child, tgid);
 	e->child_ppid = BPF_CORE_READ(child, real_parent, tgid);
 	e->child_start_time = BPF_CORE_READ(child, start_boottime);
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

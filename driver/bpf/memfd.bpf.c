@@ -18,6 +18,6 @@ int rp_enter_memfd_create(struct bpf_raw_tracepoint_args *ctx)
 	e->flags = (__u32)rp_arg(ctx, 1);
 	e->_pad = 0;
 	bpf_probe_read_user_str(e->name, sizeof(e->name), (const void *)rp_arg(ctx, 0));
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

@@ -32,7 +32,7 @@ static __always_inline int rp_module(struct bpf_raw_tracepoint_args *ctx, __u32 
 		e->len = rp_arg(ctx, 1);
 		bpf_probe_read_user_str(e->args, sizeof(e->args), (const void *)rp_arg(ctx, 2));
 	}
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }
 

@@ -20,6 +20,6 @@ int rp_enter_mount(struct bpf_raw_tracepoint_args *ctx)
 	bpf_probe_read_user_str(e->dir, sizeof(e->dir), (const void *)rp_arg(ctx, 1));
 	bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), (const void *)rp_arg(ctx, 2));
 	e->flags = rp_arg(ctx, 3);
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

@@ -52,7 +52,7 @@ static __always_inline int rp_sock_exit(struct bpf_raw_tracepoint_args *ctx, __u
 	struct socket *s = rp_fd_socket(fd);
 	e->sock_type = s ? BPF_CORE_READ(s, type) : 0;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }
 

@@ -27,6 +27,6 @@ int rp_enter_openat(struct bpf_raw_tracepoint_args *ctx)
 	e->nr = NR_OPENAT;
 	e->path[0] = 0;
 	bpf_probe_read_user_str(e->path, sizeof(e->path), (const void *)rp_arg(ctx, 1));
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

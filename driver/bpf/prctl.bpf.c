@@ -24,6 +24,6 @@ int rp_enter_prctl(struct bpf_raw_tracepoint_args *ctx)
 	e->_pad = 0;
 	e->name[0] = 0;
 	bpf_probe_read_user_str(e->name, sizeof(e->name), (const void *)rp_arg(ctx, 1));
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }

@@ -31,6 +31,6 @@ int rp_enter_ptrace(struct bpf_raw_tracepoint_args *ctx)
 	e->target_pid = (long)rp_arg(ctx, 1);
 	e->addr = rp_arg(ctx, 2);
 	e->data = rp_arg(ctx, 3);
-	bpf_ringbuf_submit(e, 0);
+	rp_submit(e);
 	return 0;
 }
