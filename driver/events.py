@@ -161,7 +161,14 @@ class rp_open(ctypes.Structure):
 
 
 class rp_config(ctypes.Structure):
-    _fields_ = [("self_pid", u32), ("open_flags", u32)]
+    _fields_ = [("self_pid", u32), ("open_flags", u32), ("open_prefixes", u32)]
+
+
+PREFIX_LEN, OPEN_PREFIXES = 64, 8
+
+
+class rp_prefix(ctypes.Structure):
+    _fields_ = [("len", u32), ("s", char * PREFIX_LEN)]
 
 
 #: every struct shared with C, checked against the object's BTF
@@ -180,6 +187,7 @@ SHARED_STRUCTS: tuple[type[ctypes.Structure], ...] = (
     rp_prctl,
     rp_open,
     rp_config,
+    rp_prefix,
 )
 
 #: data_type -> record struct
@@ -449,7 +457,13 @@ def _open(ev: DriverEvent, r: Any) -> None:
     path = _s(r.path)
     ev.hook = "openat"
     ev.args = [path, oct(r.flags)]
-    ev.fields = {"filename": path, "flags": r.flags, "mode": r.mode}
+    # reported because it writes, or because the path is under a driver_open_paths prefix
+    ev.fields = {
+        "filename": path,
+        "flags": r.flags,
+        "mode": r.mode,
+        "write": bool(r.flags & 0o1103),
+    }
 
 
 _PRIVATE = {

@@ -28,7 +28,7 @@ from typing import Any
 
 from driver import libbpf
 from driver.btfcheck import layout_differences
-from driver.events import rp_config
+from driver.events import OPEN_PREFIXES, PREFIX_LEN, rp_config, rp_prefix
 from driver.programs import PROGRAMS, Program, loaded_events, programs_for
 
 log = logging.getLogger("rampart.driver")
@@ -59,6 +59,8 @@ class DriverConfig:
     ignore_self: bool = True
     #: read on a thread of our own; False: the caller reads with flush() (benchmarks)
     reader: bool = True
+    #: `open`: opens under these prefixes are reported whatever their flags (≤ 8, < 64 bytes)
+    open_paths: list[str] = field(default_factory=list)
 
 
 def _effective_caps() -> int:
@@ -166,9 +168,17 @@ class Driver:
         err = lib.bpf_object__load(obj)
         if err:
             raise self._fail("the kernel refused the BPF programs", err)
+        paths = [p.encode() for p in self.config.open_paths]
+        if len(paths) > OPEN_PREFIXES or any(not 0 < len(p) < PREFIX_LEN for p in paths):
+            raise DriverError(
+                f"open paths: at most {OPEN_PREFIXES} prefixes of 1 to {PREFIX_LEN - 1} bytes"
+            )
+        for i, p in enumerate(paths):
+            self._update(self._map("rp_open_paths"), i, rp_prefix(len=len(p), s=p))
         cfg = rp_config(
             self_pid=os.getpid() if self.config.ignore_self else 0,
             open_flags=OPEN_WRITE_FLAGS,
+            open_prefixes=len(paths),
         )
         self._update(self._map("rp_config"), 0, cfg)
         self._drops_fd = lib.bpf_map__fd(self._map("rp_drops"))

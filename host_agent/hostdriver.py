@@ -73,6 +73,7 @@ class HostDriver:
             events=set(s.driver_events),
             object_path=s.driver_object or DEFAULT_OBJECT,
             ringbuf_kb=s.driver_ringbuf_kb,
+            open_paths=list(s.driver_open_paths),
         )
         driver = Driver(config, notify=self._notify)
         try:

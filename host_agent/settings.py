@@ -93,6 +93,18 @@ class Settings(BaseModel):
         description="driver events stored (docs/driver.md); execve, fork, exit and prctl are "
         "always collected for the process cache",
     )
+    driver_open_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/etc/shadow",
+            "/etc/gshadow",
+            "/etc/sudoers",
+            "/etc/ld.so.preload",
+            "/root/.ssh/",
+            "/etc/ssh/ssh_host_",
+        ],
+        description="with the `open` event on: opens of paths under these prefixes are stored "
+        "whatever their flags (at most 8, absolute, < 64 bytes); writes are stored anywhere",
+    )
     driver_ringbuf_kb: int = Field(
         8192, ge=4, le=1 << 20, description="driver ring buffer size (rounded up to a power of 2)"
     )
@@ -125,6 +137,16 @@ class Settings(BaseModel):
             raise ValueError(
                 f"unknown driver event {bad[0]!r}; choose from {', '.join(EVENT_NAMES)}"
             )
+        return v
+
+    @field_validator("driver_open_paths")
+    @classmethod
+    def _open_paths(cls, v: list[str]) -> list[str]:
+        if len(v) > 8:
+            raise ValueError("at most 8 prefixes")
+        for p in v:
+            if not p.startswith("/") or len(p.encode()) >= 64:
+                raise ValueError(f"{p!r}: an absolute path prefix of less than 64 bytes")
         return v
 
     @field_validator("auto_attach")

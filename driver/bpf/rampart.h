@@ -169,6 +169,15 @@ struct rp_open {
 struct rp_config {
 	__u32 self_pid;     /* the agent: its own syscalls are not reported */
 	__u32 open_flags;   /* openat: report opens whose flags intersect this mask */
+	__u32 open_prefixes; /* openat: entries used in rp_open_paths (any open under them) */
+};
+
+/* openat: a path prefix whose opens are reported whatever the flags (sensitive files) */
+#define RP_OPEN_PREFIXES 8
+#define RP_PREFIX_LEN 64
+struct rp_prefix {
+	__u32 len;
+	char s[RP_PREFIX_LEN];
 };
 
 /* Shared maps: defined once in dispatch.bpf.c (RP_DEFINE_MAPS), extern elsewhere; the BPF
@@ -188,6 +197,22 @@ struct rp_config_map {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct rp_config);
+};
+struct rp_open_paths_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RP_OPEN_PREFIXES);
+	__type(key, __u32);
+	__type(value, struct rp_prefix);
+};
+/* one path per CPU, read before deciding to report an open */
+struct rp_path_buf {
+	char s[RP_PATH_LEN];
+};
+struct rp_scratch_map {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rp_path_buf);
 };
 /* syscall number -> handler, for raw_tp/sys_enter and raw_tp/sys_exit */
 struct rp_calls_map {
@@ -223,6 +248,8 @@ RP_MAP struct rp_config_map rp_config SEC(".maps");
 RP_MAP struct rp_calls_map rp_enter_calls SEC(".maps");
 RP_MAP struct rp_calls_map rp_exit_calls SEC(".maps");
 RP_MAP struct rp_pending_map rp_pending SEC(".maps");
+RP_MAP struct rp_open_paths_map rp_open_paths SEC(".maps");
+RP_MAP struct rp_scratch_map rp_scratch SEC(".maps");
 
 /* x86-64 syscall numbers we dispatch on */
 #define NR_CONNECT 42

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 PY = "/usr/bin/python3"
 VICTIM = str(REPO / "tests" / "apps" / "driver" / "victim.py")
+SENSITIVE = "/tmp/rampart-sensitive-"  # an `open_paths` prefix of the test's own
 
 
 class Collector:
@@ -54,7 +55,7 @@ class Collector:
 
 @pytest.fixture(scope="module")
 def collector() -> Iterator[Collector]:
-    d = Driver(DriverConfig(events=set(EVENT_NAMES)))
+    d = Driver(DriverConfig(events=set(EVENT_NAMES), open_paths=[SENSITIVE]))
     d.start()
     try:
         yield Collector(d)
@@ -273,6 +274,26 @@ def test_open_for_write(collector: Collector, tmp_path: Path) -> None:
     (o,) = collector.wait(lambda e: e.data_type == ev.DT_OPEN and e.pid == p.pid)
     assert o.fields["filename"] == str(target)
     assert o.fields["flags"] & os.O_WRONLY
+
+
+def test_reads_under_a_sensitive_prefix_only(collector: Collector, tmp_path: Path) -> None:
+    secret = Path(tempfile.mkstemp(prefix="rampart-sensitive-", dir="/tmp")[1])
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    try:
+        p = spawn_victim("read", str(plain), str(secret))
+        (o,) = collector.wait(lambda e: e.data_type == ev.DT_OPEN and e.pid == p.pid)
+    finally:
+        secret.unlink()
+    assert o.fields["filename"] == str(secret) and o.fields["write"] is False
+    # the plain read was not reported (the event above came after it)
+    assert not [e for e in collector.seen if e.pid == p.pid and e.args[:1] == [str(plain)]]
+
+
+def test_bad_open_paths_are_refused() -> None:
+    d = Driver(DriverConfig(events={"open"}, open_paths=["/x" * 40]))
+    with pytest.raises(DriverError, match="open paths: at most 8 prefixes of 1 to 63 bytes"):
+        d.start()
 
 
 def test_layouts_match_the_object_and_a_drifted_one_is_named() -> None:

@@ -11,6 +11,7 @@ Usage: victim.py ACTION [ARGS...]
   module ARGS              init_module(NULL, 0, ARGS) and finit_module(/dev/null, ARGS, 0)
   prctl NAME               prctl(PR_SET_NAME, NAME)
   open PATH                open PATH for writing
+  read PATH...             open each PATH for reading
   sdk SOCKET MARKER        say hello to the agent as an SDK probe, send one trace, exit at once
 """
 
@@ -80,6 +81,10 @@ def main() -> None:
     elif action == "open":
         with open(args[0], "w") as f:
             f.write("x")
+    elif action == "read":
+        for path in args:
+            with open(path) as f:
+                f.read()
     elif action == "sdk":
         path, marker = args
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
