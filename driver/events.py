@@ -32,6 +32,7 @@ char = ctypes.c_char
 DT_OPEN = 2
 DT_CONNECT = 42
 DT_BIND = 49
+DT_ACCEPT = 43
 DT_FORK = 57
 DT_EXECVE = 59
 DT_EXIT = 60
@@ -94,8 +95,10 @@ class rp_sock(ctypes.Structure):
         ("family", u16),
         ("port", u16),
         ("addr", u8 * 16),
+        ("laddr", u8 * 16),
+        ("lport", u16),
         ("sock_type", u16),
-        ("_pad", u16 * 3),
+        ("_pad", u32),
     ]
 
 
@@ -197,6 +200,7 @@ RECORDS: dict[int, type[ctypes.Structure]] = {
     DT_EXIT: rp_exit,
     DT_CONNECT: rp_sock,
     DT_BIND: rp_sock,
+    DT_ACCEPT: rp_sock,
     DT_DNS: rp_dns,
     DT_PTRACE: rp_ptrace,
     DT_MEMFD_CREATE: rp_memfd,
@@ -376,19 +380,18 @@ def _exit(ev: DriverEvent, r: Any) -> None:
     ev.fields = {"exit_code": r.exit_code}
 
 
+_SOCK_HOOKS = {DT_CONNECT: "connect", DT_BIND: "bind", DT_ACCEPT: "accept"}
+
+
 def _sock(ev: DriverEvent, r: Any) -> None:
     ip = _ip(r.family, r.addr)
-    ev.hook = "connect" if ev.data_type == DT_CONNECT else "bind"
+    ev.hook = _SOCK_HOOKS[ev.data_type]
     ev.args = [ip, str(r.port)]
-    side = "d" if ev.data_type == DT_CONNECT else "s"
-    ev.fields = {
-        "sa_family": r.family,
-        f"{side}ip": ip,
-        f"{side}port": r.port,
-        "res": r.ret,
-        "fd": r.fd,
-        "sock_type": r.sock_type,
-    }
+    ev.fields = {"sa_family": r.family, "res": r.ret, "fd": r.fd, "sock_type": r.sock_type}
+    if ev.data_type == DT_BIND:
+        ev.fields.update(sip=ip, sport=r.port)
+    else:  # the remote end, and the local one the kernel chose
+        ev.fields.update(dip=ip, dport=r.port, sip=_ip(r.family, r.laddr), sport=r.lport)
 
 
 def _dns(ev: DriverEvent, r: Any) -> None:
@@ -472,6 +475,7 @@ _PRIVATE = {
     DT_EXIT: _exit,
     DT_CONNECT: _sock,
     DT_BIND: _sock,
+    DT_ACCEPT: _sock,
     DT_DNS: _dns,
     DT_PTRACE: _ptrace,
     DT_MEMFD_CREATE: _memfd,

@@ -38,6 +38,7 @@ EVENTS: tuple[Event, ...] = (
     Event("exit", ev.DT_EXIT, "process", False, feeds_cache=True),
     Event("connect", ev.DT_CONNECT, "network", True),
     Event("bind", ev.DT_BIND, "network", True),
+    Event("accept", ev.DT_ACCEPT, "network", False),
     Event("dns", ev.DT_DNS, "dns", True),
     Event("ptrace", ev.DT_PTRACE, "process", True),
     Event("memfd_create", ev.DT_MEMFD_CREATE, "file", True),
@@ -61,6 +62,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program("connect", "rp_exit_connect", "exit", (42,)),
     Program("bind", "rp_enter_bind", "enter", (49,)),
     Program("bind", "rp_exit_bind", "exit", (49,)),
+    Program("accept", "rp_enter_accept", "enter", (43, 288)),  # accept, accept4
+    Program("accept", "rp_exit_accept", "exit", (43, 288)),
     Program("dns", "rp_enter_sendto", "enter", (44,)),
     Program("dns", "rp_enter_sendmsg", "enter", (46,)),
     Program("dns", "rp_enter_sendmmsg", "enter", (307,)),

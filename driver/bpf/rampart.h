@@ -32,6 +32,7 @@
 #define DT_EXIT 60 /* ours: the thread-group leader exited */
 #define DT_CONNECT 42
 #define DT_BIND 49
+#define DT_ACCEPT 43
 #define DT_PTRACE 101
 #define DT_PRCTL 157
 #define DT_MOUNT 165
@@ -86,16 +87,18 @@ struct rp_exit {
 	__u32 _pad;
 };
 
-/* connect (42), bind (49): reported at syscall exit, with the result */
+/* connect (42), bind (49), accept (43): reported at syscall exit, with the result */
 struct rp_sock {
 	struct rp_hdr h;
 	__s64 ret;
-	__s32 fd;
+	__s32 fd;           /* accept: the new connection's fd */
 	__u16 family;
-	__u16 port;         /* host byte order */
+	__u16 port;         /* host byte order: the remote port (connect, accept), or bind's */
 	__u8 addr[16];      /* IPv4 in the first 4 bytes */
+	__u8 laddr[16];     /* connect, accept: the socket's local address after the call */
+	__u16 lport;
 	__u16 sock_type;    /* SOCK_STREAM 1, SOCK_DGRAM 2 (0 if unknown) */
-	__u16 _pad[3];
+	__u32 _pad;
 };
 
 struct rp_dns {
@@ -253,6 +256,7 @@ RP_MAP struct rp_scratch_map rp_scratch SEC(".maps");
 
 /* x86-64 syscall numbers we dispatch on */
 #define NR_CONNECT 42
+#define NR_ACCEPT 43
 #define NR_SENDTO 44
 #define NR_SENDMSG 46
 #define NR_BIND 49
@@ -266,6 +270,7 @@ RP_MAP struct rp_scratch_map rp_scratch SEC(".maps");
 #define NR_MOUNT 165
 #define NR_INIT_MODULE 175
 #define NR_OPENAT 257
+#define NR_ACCEPT4 288
 #define NR_SENDMMSG 307
 #define NR_FINIT_MODULE 313
 #define NR_MEMFD_CREATE 319

@@ -140,6 +140,7 @@ def test_connect_ipv4_and_ipv6_loopback(collector: Collector) -> None:
             p = spawn_victim("connect", host, str(port))
         (c,) = collector.wait(lambda e, p=p: e.data_type == ev.DT_CONNECT and e.pid == p.pid)
         assert c.fields["dip"] == host and c.fields["dport"] == port
+        assert c.fields["sip"] == host and c.fields["sport"] > 0  # the local end
         assert c.fields["res"] == 0 and c.fields["sock_type"] == socket.SOCK_STREAM
         assert c.fields["sa_family"] == fam
         assert c.args == [host, str(port)]
@@ -155,6 +156,25 @@ def test_refused_connect_carries_the_error(collector: Collector) -> None:
         lambda e: e.data_type == ev.DT_CONNECT and e.fields.get("dport") == port and e.pid != 0
     )
     assert c.fields["res"] == -111  # ECONNREFUSED
+
+
+def test_accept_reports_both_ends(collector: Collector) -> None:
+    server = subprocess.Popen(
+        [PY, VICTIM, "accept", "127.0.0.1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(server.stdout.readline())  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            local_port = client.getsockname()[1]
+        server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    (a,) = collector.wait(lambda e: e.data_type == ev.DT_ACCEPT and e.pid == server.pid)
+    assert a.hook == "accept" and a.fields["res"] >= 0
+    assert (a.fields["dip"], a.fields["dport"]) == ("127.0.0.1", local_port)  # the peer
+    assert (a.fields["sip"], a.fields["sport"]) == ("127.0.0.1", port)
 
 
 def test_bind(collector: Collector) -> None:

@@ -4,6 +4,7 @@
 Usage: victim.py ACTION [ARGS...]
   connect HOST PORT        TCP connect (IPv4 or IPv6 literal)
   bind HOST                bind a TCP socket to HOST, port 0
+  accept HOST              listen on HOST, port 0, print the port, accept one connection
   dns NAME                 a DNS query for NAME to 127.0.0.1:53, once with sendto() and once
                            on a connected UDP socket (send()); nothing listens, nothing waits
   ptrace                   fork a child, PTRACE_ATTACH to it, detach, kill and reap it
@@ -46,6 +47,13 @@ def main() -> None:
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(fam, socket.SOCK_STREAM) as s:
             s.connect((host, port))
+    elif action == "accept":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((args[0], 0))
+            s.listen()
+            print(s.getsockname()[1], flush=True)
+            conn, _ = s.accept()
+            conn.close()
     elif action == "bind":
         fam = socket.AF_INET6 if ":" in args[0] else socket.AF_INET
         with socket.socket(fam, socket.SOCK_STREAM) as s:
