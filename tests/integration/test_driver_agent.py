@@ -85,6 +85,25 @@ def test_host_events_are_stored_with_the_process_tree(
     assert any(json.loads(x)["driver"].get("dport") == port for x in res.stdout.splitlines())
 
 
+def test_policies_apply_to_host_events(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = driver_agent(agent_factory)
+    agent.policy.write_text(
+        "policies:\n"
+        "  - {id: memfd-seen, kind: file, hook: memfd_create, action: alert}\n"
+        "  - {id: quiet-echo, kind: process, match: {args: rampart-ignored}, action: ignore}\n"
+    )
+    agent.start()
+    subprocess.run([PY, VICTIM, "memfd", "rampart-policy"], check=True)
+    subprocess.run(["/bin/echo", "rampart-ignored"], capture_output=True, check=True)
+    subprocess.run(["/bin/echo", "rampart-kept"], capture_output=True, check=True)
+    (m,) = agent.wait_rows(
+        1, "hook = 'memfd_create' AND json_extract(event, '$.args[0]') = ?", ("rampart-policy",)
+    )
+    assert m["alerts"] == ["memfd-seen"] and m["runtime"] == "kernel"
+    agent.wait_rows(1, "json_extract(event, '$.args[1]') = 'rampart-kept'")
+    assert agent.rows("json_extract(event, '$.args[1]') = 'rampart-ignored'") == []
+
+
 def _sdk_victim_while_agent_is_stopped(agent: AgentProc, marker: str) -> int:
     """Run an SDK probe that sends hello + one trace and exits, and reap it, all while the
     agent is stopped: when the agent reads the hello, the process is gone from /proc."""
