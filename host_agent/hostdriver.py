@@ -184,6 +184,8 @@ class HostDriver:
         fields["exe"] = process.get("exe", "")
         fields["start_time"] = entry.start_time if entry is not None else 0
         fields.update(e.fields)
+        if e.data_type == ev.DT_EXECVE and entry is not None:
+            fields["cwd"] = entry.cwd  # "" when the process was gone before we looked
         event = {
             "ts": (e.ts_ns + self._offset_ns) // 1_000_000,
             "pid": e.pid,

@@ -50,6 +50,7 @@ class ProcEntry:
     euid: int = -1
     container_id: str = ""
     nspid: int = 0
+    cwd: str = ""  # read from /proc at exec when the process is still there
     exited: float = 0.0  # time.monotonic() of the exit, 0 while alive
     source: str = "proc"  # proc | exec | fork: where the facts came from
 
@@ -165,6 +166,10 @@ class ProcessCache:
             exe = os.readlink(f"/proc/{e.pid}/exe").removesuffix(" (deleted)")
         except OSError:
             exe = os.path.realpath(path) if path.startswith("/") else path
+        try:
+            cwd = os.readlink(f"/proc/{e.pid}/cwd")
+        except OSError:
+            cwd = ""
         entry = ProcEntry(
             pid=e.pid,
             ppid=e.ppid,
@@ -176,6 +181,7 @@ class ProcessCache:
             euid=e.euid,
             container_id=self._container(e.pid, e.cgroup_id, parent),
             nspid=e.nspid or e.pid,
+            cwd=cwd,
             source="exec",
         )
         self._put(entry)

@@ -34,7 +34,13 @@ def test_host_events_are_stored_with_the_process_tree(
 ) -> None:
     agent = driver_agent(agent_factory).start()
     me = os.getpid()
-    subprocess.run(["/bin/echo", "rampart-agent-marker"], capture_output=True, check=True)
+    # a command that lives long enough for the agent to read its cwd
+    subprocess.run(
+        ["/bin/sh", "-c", "/bin/echo rampart-agent-marker; sleep 1"],
+        capture_output=True,
+        check=True,
+        cwd="/tmp",
+    )
     rows = agent.wait_rows(
         1, "runtime = 'kernel' AND json_extract(event, '$.args[1]') = 'rampart-agent-marker'"
     )
@@ -44,14 +50,19 @@ def test_host_events_are_stored_with_the_process_tree(
     assert e["data_type"] == 59 and e["source"] == "driver" and e["event"] == "execve"
     assert e["args"] == ["/bin/echo", "rampart-agent-marker"]
     d = e["driver"]
-    assert d["pid"] == d["tgid"] == pid and d["ppid"] == me and d["comm"] == "echo"
+    sh = d["ppid"]
+    assert d["pid"] == d["tgid"] == pid and d["comm"] == "echo"
     assert d["exe"] == os.path.realpath("/bin/echo") and d["run_path"] == "/bin/echo"
     assert d["nodename"] == os.uname().nodename
     proc = e["process"]
-    assert proc["pid_tree"].startswith(f"{pid}.echo<{me}.{MY_COMM}<")
+    assert proc["pid_tree"].startswith(f"{pid}.echo<{sh}.sh<{me}.{MY_COMM}<")
     assert proc["exe"] == os.path.realpath("/bin/echo")
     assert proc["cmdline"] == "/bin/echo rampart-agent-marker"
-    assert proc["ppid"] == me and proc["container_id"] == ""
+    assert proc["ppid"] == sh and proc["container_id"] == ""
+    (shell,) = agent.wait_rows(
+        1, "runtime = 'kernel' AND pid = ? AND hook = ?", (sh, "sched_process_exec")
+    )
+    assert shell["driver"]["cwd"] == "/tmp" and shell["driver"]["ppid"] == me
 
     # a connect to a loopback port we listen on: stored as kind network
     with socket.socket() as srv:
