@@ -8,12 +8,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rasp.protocol.client import control
 from tests.agentproc import REPO, AgentProc, wait_for
 
 pytestmark = pytest.mark.integration
@@ -185,6 +188,42 @@ def test_fallback_when_the_driver_cannot_load(
     assert strict.proc is not None
     assert strict.proc.wait(30) == 1
     assert f"cannot start: BPF object {missing} not found" in strict.log_text()
+
+
+def test_agent_not_root_falls_back_and_says_why() -> None:
+    """The real agent as uid 65534: no BPF; one log line says why and what it does instead."""
+    with tempfile.TemporaryDirectory(prefix="rampart-nobody-") as d:
+        os.chown(d, 65534, 65534)
+        _run_as_nobody(Path(d))
+
+
+def _run_as_nobody(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    cmd = [
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        sys.executable, "-m", "host_agent.cli", "run",
+        "--socket", str(home / "s.sock"), "--store", str(home / "e.db"),
+    ]  # fmt: skip
+    agent = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        wait_for(lambda: _pings(home / "s.sock"), 20, "the agent to answer")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        err = agent.communicate(timeout=30)[1]
+    assert agent.returncode == 0, err
+    (line,) = [x for x in err.splitlines() if "driver not started" in x]
+    assert "needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)" in line
+    # this kernel lets an unprivileged process listen to the proc connector; older ones
+    # refuse (CAP_NET_ADMIN), and the agent then runs on /proc alone
+    assert "exec/fork/exit from the proc connector" in line or "process facts from /proc" in line
+
+
+def _pings(sock: Path) -> bool:
+    try:
+        control(sock, "ping", timeout=1)
+        return True
+    except Exception:
+        return False
 
 
 def _loaded_dispatchers() -> int:
