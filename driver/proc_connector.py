@@ -1,6 +1,6 @@
 """Fallback source of exec/fork/exit events when the eBPF driver cannot load: the kernel's
 proc connector (netlink, CONFIG_PROC_EVENTS; pure Python). notes/platform-facts.md says it
-needs CAP_NET_ADMIN; on our 6.18 kernel an agent as uid 65534 received events (tested).
+needs CAP_NET_ADMIN; on our 6.18 kernel an agent as uid 65534 received events (observed).
 
 It gives pids only, so the facts (argv, exe, uid) are read from /proc when the event arrives,
 which races with processes that exit at once: those get the pid and parent, nothing more.
