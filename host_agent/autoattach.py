@@ -6,9 +6,10 @@ names, and keep a visible state per process (docs/auto-attach.md).
          └──backoff── failed ◄┘ (gives up after attach_retries)        any ──exit──> gone
 
 Discovery: exec events from the driver (eBPF, or its proc-connector fallback: within
-milliseconds), plus a /proc rescan every `attach_rescan_s`. Each attach runs as a separate helper process (`rasp-attach`), with a time
-limit and in a cgroup with memory and CPU caps, so a helper that hangs or crashes costs the
-agent nothing: it is killed and the state says why.
+milliseconds), plus a /proc rescan every `attach_rescan_s`. Each attach runs as a separate
+helper process (`rasp-attach`), with a time limit and in a cgroup with memory and CPU caps,
+so a helper that hangs or crashes costs the agent nothing: it is killed and the state says
+why.
 """
 
 from __future__ import annotations
