@@ -45,7 +45,9 @@ class Attacher(Protocol):
 
 
 #: runtime -> module providing `ATTACHER`; a runtime issue adds its line here
-ATTACHER_MODULES: dict[str, str] = {}
+ATTACHER_MODULES: dict[str, str] = {
+    "nodejs": "injector.attach_nodejs",
+}
 
 
 def attacher_for(runtime: str) -> Attacher | None:

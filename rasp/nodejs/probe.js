@@ -17,6 +17,7 @@ const PROBE_VERSION = '0.1.0';
 const KEY = Symbol.for('rampart.nodejs.probe');
 const DEFAULT_SOCKET = '/run/rampart/probe.sock';
 const DEFAULT_STACK_DEPTH = 32;
+const PROBE_DIR = `${__dirname}/`;
 
 // One module per API family (docs/nodejs-probe.md has the table).
 const FAMILIES = [
@@ -47,7 +48,9 @@ function captureStack(skip, depth) {
   try {
     Error.captureStackTrace(holder, skip);
     const frames = holder.stack;
-    return Array.isArray(frames) ? frames.map(frameOf) : [];
+    if (!Array.isArray(frames)) return [];
+    // the probe's own frames (the request-context wrapper) are not the app's
+    return frames.filter((f) => !(f.getFileName() || '').startsWith(PROBE_DIR)).map(frameOf);
   } finally {
     Error.prepareStackTrace = prepare;
     Error.stackTraceLimit = limit;

@@ -1,0 +1,401 @@
+"""Live attach to Node.js through its inspector (docs/nodejs-probe.md).
+
+SIGUSR1 makes node open its inspector (a websocket speaking the DevTools protocol); one
+`Runtime.evaluate` then `require`s the probe inside the target, and the same expression
+schedules `inspector.close()`. While the inspector is open, anyone who can reach its port
+can run code in the target, so the window is kept short and its closing is verified: the
+port must be gone within 1 s, whether the attach succeeded or not.
+
+Which port: node listens on --inspect-port / --inspect=[host:]port from its command line or
+NODE_OPTIONS, else 9229. We never assume: we note the target's listening sockets before the
+signal and look for the *new* one that belongs to the target (its inode is one of the
+target's fds), so a 9229 held by another process is never mistaken for the target's. If the
+port node wants is taken, node fails to open the inspector (it prints "address already in
+use" on its own stderr): we report who holds it.
+
+The inspector listens in the target's network namespace (a container's loopback), so the
+HTTP and websocket work runs in a dedicated thread that first joins that namespace with
+setns(2); setns affects only the calling thread, the rest of the injector stays put.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import websocket
+
+from injector.attach import EXIT_FAIL, EXIT_UNSUPPORTED, AttachError
+from injector.detect import Detection
+from injector.process import PROC, ProcessError, read_process
+
+PROBE = Path(__file__).resolve().parents[1] / "rasp" / "nodejs" / "probe.js"
+DEFAULT_PORT = 9229
+CLOSE_WITHIN = 1.0  # seconds the inspector may stay open after our evaluate
+_CLONE_NEWNET = 0x40000000
+_TCP_LISTEN = "0A"
+
+# node options that take their value as the next argument (so it is not the script name)
+_VALUE_OPTS = {"-r", "--require", "-e", "--eval", "-p", "--print", "--inspect-port",
+               "--debug-port", "--import", "--loader", "--experimental-loader", "-C",
+               "--conditions", "--title", "--input-type"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InspectorOptions:
+    disable_sigusr1: bool
+    #: the port node will listen on when told (None: default 9229, or node picks; 0: random)
+    port: int | None
+    #: "--disable-sigusr1 on the command line" / "... in NODE_OPTIONS"
+    where: str = ""
+
+
+def node_options(cmdline: list[str], environ: dict[str, str]) -> list[tuple[str, str]]:
+    """(option, where) for node's own options: NODE_OPTIONS first, then the command line up
+    to the script (what follows the script belongs to the app, not to node)."""
+    out = [(tok, "NODE_OPTIONS") for tok in environ.get("NODE_OPTIONS", "").split()]
+    args = cmdline[1:]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--" or not a.startswith("-") or a == "-":
+            break
+        out.append((a, "the command line"))
+        if a in _VALUE_OPTS and i + 1 < len(args):
+            out.append((f"{a}={args[i + 1]}", "the command line"))
+            i += 1
+        i += 1
+    return out
+
+
+def _port_of(value: str) -> int | None:
+    port = value.rsplit(":", 1)[-1]
+    return int(port) if port.isdigit() else None
+
+
+def inspector_options(cmdline: list[str], environ: dict[str, str]) -> InspectorOptions:
+    disabled, where, port = False, "", None
+    for opt, src in node_options(cmdline, environ):
+        name, _, value = opt.partition("=")
+        if name == "--disable-sigusr1":
+            disabled, where = True, f"--disable-sigusr1 in {src}"
+        elif name in ("--inspect-port", "--debug-port") and value:
+            port = _port_of(value)
+        elif name in ("--inspect", "--inspect-brk", "--inspect-wait") and value:
+            port = _port_of(value)
+    return InspectorOptions(disabled, port, where)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"{PROC}/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            env[k.decode(errors="replace")] = v.decode(errors="replace")
+    return env
+
+
+# ------------------------------------------------------------------ listening sockets
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+    inode: int
+
+
+def _hex_addr(h: str) -> str:
+    raw = bytes.fromhex(h)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in reversed(raw))
+    # /proc prints IPv6 as four host-order 32-bit words
+    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+    import ipaddress
+
+    return str(ipaddress.IPv6Address(b"".join(words)))
+
+
+def tcp_listeners(pid: int) -> list[Listener]:
+    """LISTEN sockets of the target's network namespace (all processes in it)."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"{PROC}/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or f[3] != _TCP_LISTEN:
+                continue
+            addr, port = f[1].split(":")
+            out.append(Listener(_hex_addr(addr), int(port, 16), int(f[9])))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    fd_dir = f"{PROC}/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return out
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"{fd_dir}/{fd}")
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    return out
+
+
+def own_listeners(pid: int) -> set[Listener]:
+    inodes = socket_inodes(pid)
+    return {s for s in tcp_listeners(pid) if s.inode in inodes}
+
+
+def holder_of(pid: int, port: int) -> str:
+    """Who holds `port` in the target's namespace: "pid N (comm)" when we can tell."""
+    inodes = {s.inode for s in tcp_listeners(pid) if s.port == port}
+    if not inodes:
+        return ""
+    for entry in os.listdir(PROC):
+        if entry.isdigit() and int(entry) != pid and socket_inodes(int(entry)) & inodes:
+            try:
+                comm = Path(f"{PROC}/{entry}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            return f"pid {entry} ({comm})"
+    return "another process"
+
+
+# ------------------------------------------------------------------ network namespace
+
+_T = TypeVar("_T")
+
+
+def _netns_ino(pid: int | str) -> int:
+    return os.stat(f"{PROC}/{pid}/ns/net").st_ino
+
+
+def in_netns_of(pid: int, fn: Callable[[], _T]) -> _T:
+    """Run fn in a dedicated thread that joined the target's network namespace first."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if _netns_ino(pid) != _netns_ino("self"):
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open(f"{PROC}/{pid}/ns/net", os.O_RDONLY)
+                try:
+                    if libc.setns(fd, _CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise AttachError(
+                            EXIT_FAIL,
+                            f"cannot enter the network namespace of pid {pid}: "
+                            f"{os.strerror(err)}",
+                        )
+                finally:
+                    os.close(fd)
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=f"rampart-netns-{pid}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ DevTools protocol
+
+
+def _connect_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _ws_url(listener: Listener, timeout: float) -> str:
+    conn = http.client.HTTPConnection(_connect_host(listener.host), listener.port, timeout=timeout)
+    try:
+        conn.request("GET", "/json/list")
+        targets = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    for t in targets:
+        if t.get("webSocketDebuggerUrl"):
+            return str(t["webSocketDebuggerUrl"])
+    raise AttachError(EXIT_FAIL, f"the inspector on port {listener.port} lists no target")
+
+
+def evaluate(listener: Listener, expression: str, timeout: float) -> Any:
+    """One Runtime.evaluate over the target's websocket; returns the value or raises."""
+    url = _ws_url(listener, timeout)
+    ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+    try:
+        ws.send(
+            json.dumps(
+                {
+                    "id": 1,
+                    "method": "Runtime.evaluate",
+                    "params": {
+                        "expression": expression,
+                        "includeCommandLineAPI": True,
+                        "returnByValue": True,
+                    },
+                }
+            )
+        )
+        while True:
+            reply = json.loads(ws.recv())
+            if reply.get("id") == 1:
+                break
+    finally:
+        # close at once: node's inspector.close() waits for connected sessions to go away
+        ws.close()
+    if "error" in reply:
+        raise AttachError(EXIT_FAIL, f"inspector error: {reply['error'].get('message')}")
+    result = reply["result"]
+    if "exceptionDetails" in result:
+        d = result["exceptionDetails"]
+        text = d.get("exception", {}).get("description") or d.get("text", "exception")
+        raise AttachError(EXIT_FAIL, f"the probe failed in the target: {text.splitlines()[0]}")
+    return result.get("result", {}).get("value")
+
+
+def probe_expression(call: str, close: bool) -> str:
+    """`require` the probe and run `call` on it; schedule inspector.close() in a finally, so
+    the inspector closes even when the probe throws. setTimeout(0): the evaluate's reply goes
+    out first, and close() then waits for our websocket to disconnect."""
+    closing = (
+        "const inspector = require('inspector'); setTimeout(() => inspector.close(), 0);"
+        if close
+        else ""
+    )
+    return (
+        "(() => { try { return require(%s).%s; } finally { %s } })()"
+        % (json.dumps(str(PROBE)), call, closing)
+    )
+
+
+# ------------------------------------------------------------------ the attacher
+
+_CLOSE_ONLY = "(i => { setTimeout(() => i.close(), 0); })(require('inspector'))"
+
+
+def _wait_new_listener(
+    pid: int, before: set[Listener], want: int | None, timeout: float
+) -> Listener | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        new = own_listeners(pid) - before
+        if want:
+            new = {s for s in new if s.port == want}
+        if new:
+            return min(new, key=lambda s: s.port)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+
+
+def wait_closed(pid: int, listener: Listener, timeout: float = CLOSE_WITHIN) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not os.path.exists(f"{PROC}/{pid}"):
+            return True
+        if all(s.inode != listener.inode for s in tcp_listeners(pid)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+class NodeAttacher:
+    runtime = "nodejs"
+
+    def attach(self, target: Detection, socket: Path, timeout: float) -> None:
+        call = "start(%s)" % json.dumps({"socket": str(socket), "mode": "attached"})
+        self.run(target, call, timeout)
+
+    def detach(self, target: Detection, socket: Path, timeout: float) -> None:
+        self.run(target, "stop()", timeout)
+
+    def run(self, target: Detection, call: str, timeout: float) -> Any:
+        pid = target.pid
+        try:
+            info = read_process(pid)
+        except ProcessError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        opts = inspector_options(info.cmdline, _environ(pid))
+        if opts.disable_sigusr1:
+            raise AttachError(
+                EXIT_UNSUPPORTED,
+                f"pid {pid} (nodejs) runs with {opts.where}: its inspector cannot be opened "
+                f"from outside; start it with the SDK (node -r {PROBE.parent}/register.js)",
+            )
+        before = own_listeners(pid)
+        want = opts.port if opts.port else (None if opts.port == 0 else DEFAULT_PORT)
+        # an inspector the app opened itself (--inspect): use it, and leave it open
+        preexisting = next((s for s in before if want and s.port == want), None)
+        if preexisting is not None:
+            return in_netns_of(pid, lambda: evaluate(preexisting, probe_expression(call, False),
+                                                     timeout))  # fmt: skip
+        os.kill(pid, signal.SIGUSR1)
+        listener = _wait_new_listener(pid, before, want, min(timeout, 5.0))
+        if listener is None:
+            port = want or DEFAULT_PORT
+            holder = holder_of(pid, port)
+            if holder:
+                raise AttachError(
+                    EXIT_FAIL,
+                    f"pid {pid}: node could not open its inspector: port {port} is already "
+                    f"in use by {holder}",
+                )
+            raise AttachError(
+                EXIT_FAIL, f"pid {pid}: no inspector came up after SIGUSR1 (port {port})"
+            )
+        failure: BaseException | None = None
+        value = None
+        try:
+            value = in_netns_of(pid, lambda: evaluate(listener, probe_expression(call, True),
+                                                      timeout))  # fmt: skip
+        except BaseException as e:
+            failure = e
+        if not wait_closed(pid, listener):
+            # our expression's close did not run (it never reached the target): try again
+            # with a bare close, then say loudly if it still stays open
+            with contextlib.suppress(Exception):
+                in_netns_of(pid, lambda: evaluate(listener, _CLOSE_ONLY, timeout))
+            if not wait_closed(pid, listener):
+                raise AttachError(
+                    EXIT_FAIL,
+                    f"pid {pid}: THE INSPECTOR STAYS OPEN on {listener.host}:{listener.port} "
+                    "(anyone reaching it can run code in the process); restart the process"
+                    + (f"; attach failed: {failure}" if failure else ""),
+                )
+        if failure is not None:
+            if isinstance(failure, AttachError):
+                raise failure
+            raise AttachError(EXIT_FAIL, f"pid {pid}: inspector: {failure}") from failure
+        return value
+
+
+ATTACHER = NodeAttacher()
