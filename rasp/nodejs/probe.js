@@ -17,7 +17,7 @@ const PROBE_VERSION = '0.1.0';
 const KEY = Symbol.for('rampart.nodejs.probe');
 const DEFAULT_SOCKET = '/run/rampart/probe.sock';
 const DEFAULT_STACK_DEPTH = 32;
-const PROBE_DIR = `${__dirname}/`;
+const PROBE_DIR = `${__dirname}/lib/`;
 
 // One module per API family (docs/nodejs-probe.md has the table).
 const FAMILIES = [
