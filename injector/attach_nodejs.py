@@ -40,8 +40,9 @@ from injector.detect import Detection
 from injector.process import PROC, ProcessError, read_process
 
 PROBE = Path(__file__).resolve().parents[1] / "rasp" / "nodejs" / "probe.js"
+CLOSER = PROBE.parent / "lib" / "inspector_close.js"
 DEFAULT_PORT = 9229
-CLOSE_WITHIN = 1.0  # seconds the inspector may stay open after our evaluate
+CLOSE_WITHIN = 1.0  # seconds the inspector may stay open after our evaluate's reply
 _CLONE_NEWNET = 0x40000000
 _TCP_LISTEN = "0A"
 
@@ -282,23 +283,26 @@ def evaluate(listener: Listener, expression: str, timeout: float) -> Any:
 
 
 def probe_expression(call: str, close: bool) -> str:
-    """`require` the probe and run `call` on it; schedule inspector.close() in a finally, so
-    the inspector closes even when the probe throws. setTimeout(0): the evaluate's reply goes
-    out first, and close() then waits for our websocket to disconnect."""
+    """`require` the probe and run `call` on it; in a finally, have the target close its
+    inspector once our session has hung up (rasp/nodejs/lib/inspector_close.js says why not
+    at once), so it closes even when the probe throws. Should the closer itself fail to
+    load, fall back to a plain close after 300 ms."""
     closing = (
-        "const inspector = require('inspector'); setTimeout(() => inspector.close(), 0);"
+        "try { require(%s).closeWhenIdle(); } catch (e) {"
+        " const i = require('inspector'); setTimeout(() => i.close(), 300); }" % json.dumps(str(CLOSER))
         if close
         else ""
     )
-    return (
-        "(() => { try { return require(%s).%s; } finally { %s } })()"
-        % (json.dumps(str(PROBE)), call, closing)
+    return "(() => { try { return require(%s).%s; } finally { %s } })()" % (
+        json.dumps(str(PROBE)),
+        call,
+        closing,
     )
 
 
 # ------------------------------------------------------------------ the attacher
 
-_CLOSE_ONLY = "(i => { setTimeout(() => i.close(), 0); })(require('inspector'))"
+_CLOSE_ONLY = "require(%s).closeWhenIdle()" % json.dumps(str(CLOSER))
 
 
 def _wait_new_listener(
