@@ -84,15 +84,17 @@ def _port_of(value: str) -> int | None:
     return int(port) if port.isdigit() else None
 
 
+# --inspect-port=N, --inspect=[host:]N, ...: the port node opens its inspector on
+_PORT_OPTS = ("--inspect-port", "--debug-port", "--inspect", "--inspect-brk", "--inspect-wait")
+
+
 def inspector_options(cmdline: list[str], environ: dict[str, str]) -> InspectorOptions:
     disabled, where, port = False, "", None
     for opt, src in node_options(cmdline, environ):
         name, _, value = opt.partition("=")
         if name == "--disable-sigusr1":
             disabled, where = True, f"--disable-sigusr1 in {src}"
-        elif name in ("--inspect-port", "--debug-port") and value:
-            port = _port_of(value)
-        elif name in ("--inspect", "--inspect-brk", "--inspect-wait") and value:
+        elif name in _PORT_OPTS and value:
             port = _port_of(value)
     return InspectorOptions(disabled, port, where)
 
@@ -206,8 +208,7 @@ def in_netns_of(pid: int, fn: Callable[[], _T]) -> _T:
                         err = ctypes.get_errno()
                         raise AttachError(
                             EXIT_FAIL,
-                            f"cannot enter the network namespace of pid {pid}: "
-                            f"{os.strerror(err)}",
+                            f"cannot enter the network namespace of pid {pid}: {os.strerror(err)}",
                         )
                 finally:
                     os.close(fd)
@@ -287,22 +288,20 @@ def probe_expression(call: str, close: bool) -> str:
     inspector once our session has hung up (rasp/nodejs/lib/inspector_close.js says why not
     at once), so it closes even when the probe throws. Should the closer itself fail to
     load, fall back to a plain close after 300 ms."""
+    closer = json.dumps(str(CLOSER))
     closing = (
-        "try { require(%s).closeWhenIdle(); } catch (e) {"
-        " const i = require('inspector'); setTimeout(() => i.close(), 300); }" % json.dumps(str(CLOSER))
+        f"try {{ require({closer}).closeWhenIdle(); }} catch (e) {{"
+        " const i = require('inspector'); setTimeout(() => i.close(), 300); }"
         if close
         else ""
     )
-    return "(() => { try { return require(%s).%s; } finally { %s } })()" % (
-        json.dumps(str(PROBE)),
-        call,
-        closing,
-    )
+    probe = json.dumps(str(PROBE))
+    return f"(() => {{ try {{ return require({probe}).{call}; }} finally {{ {closing} }} }})()"
 
 
 # ------------------------------------------------------------------ the attacher
 
-_CLOSE_ONLY = "require(%s).closeWhenIdle()" % json.dumps(str(CLOSER))
+_CLOSE_ONLY = f"require({json.dumps(str(CLOSER))}).closeWhenIdle()"
 
 
 def _wait_new_listener(
@@ -336,7 +335,7 @@ class NodeAttacher:
     runtime = "nodejs"
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        call = "start(%s)" % json.dumps({"socket": str(socket), "mode": "attached"})
+        call = f"start({json.dumps({'socket': str(socket), 'mode': 'attached'})})"
         self.run(target, call, timeout)
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:

@@ -62,12 +62,13 @@ def test_detect_only_and_runtime_mismatch(spawn) -> None:
 
 
 def test_runtime_without_an_attacher_fails_clearly(spawn, agent: AgentProc, monkeypatch) -> None:
-    p = spawn(["node", "-e", "setInterval(() => {}, 1000)"])
-    wait_for(lambda: Path(f"/proc/{p.pid}/exe").resolve().name == "node")
+    # php: a runtime whose attacher is not there yet (nodejs has one since issue 5)
+    p = spawn(["php", "-r", "sleep(100);"])
+    wait_for(lambda: Path(f"/proc/{p.pid}/exe").resolve().name.startswith("php"))
     res = rasp_attach("--pid", str(p.pid), "--socket", str(agent.socket))
     assert res.returncode == EXIT_UNSUPPORTED
-    assert "runs nodejs 20." in res.stderr
-    assert "live attach for nodejs is not available in this version" in res.stderr
+    assert "runs php 8." in res.stderr
+    assert "live attach for php is not available in this version" in res.stderr
 
 
 @pytest.mark.slow

@@ -27,7 +27,6 @@ def start_app(spawn, app: str, *node_args: str, env: dict[str, str] | None = Non
     p = spawn(
         [*wrap, "node", *node_args, str(APPS / app)],
         stdout=subprocess.PIPE,
-        stderr=open(f"/tmp/nodejs-victim-{app}.log", "ab"),  # noqa: SIM115
         env={**os.environ, **(env or {})},
     )
     assert p.stdout is not None
@@ -115,16 +114,15 @@ def test_live_attach_sees_every_sink_with_request_context(spawn, agent, app, tmp
     assert ev["args"] == [str(target)]
     (ev,) = events(agent, "fetch", "fetch-marker")
     assert ev["kind"] == "network" and ev["args"][1] == "GET"
-    connects = events(agent, "net.Socket.connect", f"127.0.0.1:{other_port}")
-    assert all(e["kind"] == "network" for e in connects)
-    assert any(e.get("request", {}).get("url", "").find("/connect?") > 0 for e in connects)
+    (ev,) = events(agent, "net.Socket.connect", "/connect?port=")
+    assert ev["kind"] == "network" and ev["args"] == [f"127.0.0.1:{other_port}"]
     (ev,) = events(agent, "dns.lookup", '"localhost"')
     assert ev["kind"] == "dns" and ev["args"] == ["localhost"]
     (ev,) = events(agent, "vm.runInNewContext", "vm-")
     assert ev["kind"] == "code" and ev["args"] == ["'vm-' + 'marker'"]
 
     # the runtime loading its own code is not a file event: no read of the app's .js files
-    assert not agent.rows("event LIKE ?", ("%sinks.js\"]%",))
+    assert not agent.rows("event LIKE ?", ('%sinks.js"]%',))
 
 
 def test_attach_twice_is_a_no_op(spawn, agent) -> None:
@@ -215,8 +213,9 @@ def test_inspector_port_held_by_another_process_is_reported(spawn, agent) -> Non
     assert p.stdout is not None and p.stdout.readline().startswith(b"ready")
     holder = spawn(
         ["nsenter", "-t", str(p.pid), "-n", "python3", "-c",
-         "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1', %d)); s.listen();"
-         "print('ok', flush=True); time.sleep(300)" % DEFAULT_PORT],
+         "import socket,sys,time; s=socket.socket(); "
+         f"s.bind(('127.0.0.1', {DEFAULT_PORT})); s.listen();"
+         "print('ok', flush=True); time.sleep(300)"],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline().strip() == b"ok"
@@ -260,9 +259,7 @@ def test_agent_away_drops_and_counts_then_reconnects(spawn, agent_factory) -> No
     )
     # the next heartbeat (every 10 s) carries the drop counts
     row = wait_for(
-        lambda: next(
-            (r for r in a.control("ps") if r["pid"] == p.pid and r["drops"] >= 5), None
-        ),
+        lambda: next((r for r in a.control("ps") if r["pid"] == p.pid and r["drops"] >= 5), None),
         25,
         "a heartbeat with the drops",
     )

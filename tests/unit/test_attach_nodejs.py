@@ -8,7 +8,9 @@ from injector.attach_nodejs import _hex_addr, inspector_options, node_options
 def test_disable_sigusr1_on_the_command_line_or_in_node_options() -> None:
     o = inspector_options(["node", "--disable-sigusr1", "app.js"], {})
     assert o.disable_sigusr1 and o.where == "--disable-sigusr1 in the command line"
-    o = inspector_options(["node", "app.js"], {"NODE_OPTIONS": "--max-old-space-size=64 --disable-sigusr1"})
+    o = inspector_options(
+        ["node", "app.js"], {"NODE_OPTIONS": "--max-old-space-size=64 --disable-sigusr1"}
+    )
     assert o.disable_sigusr1 and "NODE_OPTIONS" in o.where
 
 
