@@ -248,11 +248,50 @@ def _ws_url(listener: Listener, timeout: float) -> str:
     raise AttachError(EXIT_FAIL, f"the inspector on port {listener.port} lists no target")
 
 
-def evaluate(listener: Listener, expression: str, timeout: float) -> Any:
-    """One Runtime.evaluate over the target's websocket; returns the value or raises."""
+@dataclass(frozen=True)
+class Session:
+    """Our DevTools session's socket as the target holds it (its fd number and inode)."""
+
+    fd: int
+    inode: int
+
+
+def session_socket(pid: int, inspector_port: int, client_port: int) -> Session | None:
+    """The target's end of our websocket: the connection from `client_port` to the inspector."""
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"{PROC}/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or int(f[1].rsplit(":", 1)[1], 16) != inspector_port:
+                continue
+            if int(f[2].rsplit(":", 1)[1], 16) != client_port:
+                continue
+            link = f"socket:[{f[9]}]"
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"{PROC}/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"{PROC}/{pid}/fd/{fd}") == link:
+                            return Session(int(fd), int(f[9]))
+    return None
+
+
+Expression = str | Callable[[Session | None], str]
+
+
+def evaluate(pid: int, listener: Listener, expression: Expression, timeout: float) -> Any:
+    """One Runtime.evaluate over the target's websocket; returns the value or raises.
+
+    `expression` may be a function of our session's socket in the target (see
+    rasp/nodejs/lib/inspector_close.js for why the target wants to know it)."""
     url = _ws_url(listener, timeout)
     ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
     try:
+        if callable(expression):
+            session = session_socket(pid, listener.port, ws.sock.getsockname()[1])
+            expression = expression(session)
         ws.send(
             json.dumps(
                 {
@@ -283,14 +322,25 @@ def evaluate(listener: Listener, expression: str, timeout: float) -> Any:
     return result.get("result", {}).get("value")
 
 
-def probe_expression(call: str, close: bool) -> str:
+def close_expression(session: Session | None) -> str:
+    """Have the target close its inspector once our session has hung up (not at once: see
+    rasp/nodejs/lib/inspector_close.js)."""
+    arg = json.dumps({"fd": session.fd, "inode": session.inode}) if session else ""
+    return f"require({json.dumps(str(CLOSER))}).closeWhenIdle({arg})"
+
+
+def probe_expression(call: str, close: bool) -> Expression:
     """`require` the probe and run `call` on it; in a finally, have the target close its
-    inspector once our session has hung up (rasp/nodejs/lib/inspector_close.js says why not
-    at once), so it closes even when the probe throws. Should the closer itself fail to
-    load, fall back to a plain close after 300 ms."""
-    closer = json.dumps(str(CLOSER))
+    inspector once our session has hung up, so it closes even when the probe throws. Should
+    the closer itself fail to load, fall back to a plain close after 300 ms."""
+    if close:
+        return lambda session: _probe_expression(call, close_expression(session))
+    return _probe_expression(call, "")
+
+
+def _probe_expression(call: str, close: str) -> str:
     closing = (
-        f"try {{ require({closer}).closeWhenIdle(); }} catch (e) {{"
+        f"try {{ {close}; }} catch (e) {{"
         " const i = require('inspector'); setTimeout(() => i.close(), 300); }"
         if close
         else ""
@@ -300,8 +350,6 @@ def probe_expression(call: str, close: bool) -> str:
 
 
 # ------------------------------------------------------------------ the attacher
-
-_CLOSE_ONLY = f"require({json.dumps(str(CLOSER))}).closeWhenIdle()"
 
 
 def _wait_new_listener(
@@ -359,8 +407,8 @@ class NodeAttacher:
         # an inspector the app opened itself (--inspect): use it, and leave it open
         preexisting = next((s for s in before if want and s.port == want), None)
         if preexisting is not None:
-            return in_netns_of(pid, lambda: evaluate(preexisting, probe_expression(call, False),
-                                                     timeout))  # fmt: skip
+            expr = probe_expression(call, close=False)
+            return in_netns_of(pid, lambda: evaluate(pid, preexisting, expr, timeout))
         os.kill(pid, signal.SIGUSR1)
         listener = _wait_new_listener(pid, before, want, min(timeout, 5.0))
         if listener is None:
@@ -378,15 +426,15 @@ class NodeAttacher:
         failure: BaseException | None = None
         value = None
         try:
-            value = in_netns_of(pid, lambda: evaluate(listener, probe_expression(call, True),
-                                                      timeout))  # fmt: skip
+            expr = probe_expression(call, close=True)
+            value = in_netns_of(pid, lambda: evaluate(pid, listener, expr, timeout))
         except BaseException as e:
             failure = e
         if not wait_closed(pid, listener):
             # our expression's close did not run (it never reached the target): try again
             # with a bare close, then say loudly if it still stays open
             with contextlib.suppress(Exception):
-                in_netns_of(pid, lambda: evaluate(listener, _CLOSE_ONLY, timeout))
+                in_netns_of(pid, lambda: evaluate(pid, listener, close_expression, timeout))
             if not wait_closed(pid, listener):
                 raise AttachError(
                     EXIT_FAIL,

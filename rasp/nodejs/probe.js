@@ -201,7 +201,7 @@ class Probe {
         this.uuids.config = d.uuid;
         break;
       case 0:
-        this.stop();
+        this.stop(d.reason || 'agent asked the probe to stop');
         break;
       default: // 99 error: the agent closes the connection; we reconnect with backoff
     }
@@ -216,10 +216,11 @@ class Probe {
     this.client.rehello();
   }
 
-  stop() {
+  stop(reason = 'detached') {
     if (this.stopped) return;
     this.stopped = true;
     this.kit.uninstall();
+    this.client.sendExit(reason);
     this.client.close();
     process.removeListener('exit', this.onExit);
     if (globalThis[KEY] === this) delete globalThis[KEY];

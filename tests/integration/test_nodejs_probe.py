@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from injector.attach import EXIT_UNSUPPORTED
-from injector.attach_nodejs import DEFAULT_PORT, own_listeners, tcp_listeners
+from injector.attach_nodejs import ATTACHER, DEFAULT_PORT, own_listeners, tcp_listeners
+from injector.detect import detect
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
 
 APPS = Path(__file__).resolve().parents[1] / "apps" / "nodejs"
@@ -266,6 +267,22 @@ def test_agent_away_drops_and_counts_then_reconnects(spawn, agent_factory) -> No
     assert row["dropped_by"].get("agent_away", 0) >= 5
     assert get(port, "exec", cmd="echo after-reconnect")[0] == 200
     events(a, "child_process.spawn", "after-reconnect")
+
+
+def test_detach_unhooks_and_closes_the_inspector_again(spawn, agent) -> None:
+    p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
+    attach(agent, p.pid)
+    det = detect(p.pid)
+    ATTACHER.detach(det, agent.socket, 10)
+    assert no_inspector(p.pid, port)
+    wait_for(
+        lambda: any(r["pid"] == p.pid and r["state"] == "exited" for r in agent.control("ps")),
+        10,
+        "the probe's exit",
+    )
+    assert get(port, "exec", cmd="echo after-detach") == (200, "after-detach\n")
+    assert get(port, "ping") == (200, "pong")
+    assert not agent.rows("event LIKE ?", ("%after-detach%",))
 
 
 def test_events_in_the_json_cli(spawn, agent) -> None:
