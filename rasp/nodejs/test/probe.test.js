@@ -59,6 +59,18 @@ test('block rules: each API family fails on its natural error path', async () =>
     });
     await assert.rejects(fs.promises.readFile('/tmp/blocked-marker'), /fs.promises.readFile/);
     await assert.rejects(fetch('http://127.0.0.1:1/blocked-marker'), /by policy no-marker/);
+    const reqErr = await new Promise((resolve) => {
+      require('http').get('http://127.0.0.1:1/blocked-marker').on('error', resolve);
+    });
+    assert.match(reqErr.message, /Rampart blocked http.get by policy no-marker/);
+    const sockErr = await new Promise((resolve) => {
+      require('net').connect({ host: 'blocked-marker.invalid', port: 1 }).on('error', resolve);
+    });
+    assert.match(sockErr.message, /Rampart blocked net.Socket.connect by policy no-marker/);
+    const dnsErr = await new Promise((resolve) => {
+      require('dns').lookup('blocked-marker.invalid', (err) => resolve(err));
+    });
+    assert.match(dnsErr.message, /Rampart blocked dns.lookup/);
     assert.throws(() => require('vm').runInNewContext('"blocked-marker"'), /vm.runInNewContext/);
     const vm = require('vm');
     assert.throws(() => new vm.Script('"blocked-marker"'), /vm.Script/);
