@@ -10,6 +10,11 @@ alike); the ratio is probed/plain of the medians. Endpoints:
 - `read`: one hooked fs.readFile per request (event with stack and request context);
 - `dns`: one hooked dns.lookup of localhost per request.
 
+Per-call cost: a node process times fs.readFileSync of a small file (one hooked call, the
+whole path: args, stack, policy checks, queue, batched write, agent ingest) in chunks that
+yield to the event loop, before and after starting the probe (quota raised so nothing is
+cut); the difference is the probe's cost per event, in µs.
+
 Attach latency is timed on fresh processes: SIGUSR1 -> probe's hello stored at the agent
 (`injector.attach.attach`, what `rasp-attach` runs after its Python start-up).
 
@@ -60,6 +65,55 @@ def wrk(port: int, path: str, seconds: int) -> float:
     return float(m.group(1))
 
 
+HOOK_COST_JS = r"""
+const fs = require('fs');
+const [probePath, socket, n] = process.argv.slice(1);
+const N = Number(n);
+const tick = () => new Promise((r) => setImmediate(r));
+async function loop() {
+  let spent = 0n;
+  for (let done = 0; done < N; done += 200) {
+    const t = process.hrtime.bigint();
+    for (let i = 0; i < 200; i++) fs.readFileSync('/etc/hostname');
+    spent += process.hrtime.bigint() - t;
+    await tick(); // let the probe flush, as a server's event loop would
+  }
+  return Number(spent) / N / 1000;
+}
+(async () => {
+  await loop();
+  const base = Math.min(await loop(), await loop(), await loop());
+  const probe = require(probePath);
+  probe.start({ socket, mode: 'sdk' });
+  const p = globalThis[Symbol.for('rampart.nodejs.probe')];
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  while (p.client.state !== 'connected' || !p.uuids.quota) await sleep(10);
+  await loop();
+  const hooked = Math.min(await loop(), await loop(), await loop());
+  const c = p.counters;
+  console.log(JSON.stringify({ base, hooked, sent: c.sent, dropped: c.dropped }));
+})();
+"""
+
+
+def hook_cost(socket: Path, n: int = 20000) -> dict[str, float]:
+    probe = REPO / "rasp" / "nodejs" / "probe.js"
+    out = subprocess.run(
+        ["node", "-e", HOOK_COST_JS, str(probe), str(socket), str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    r = json.loads(out)
+    return {
+        "plain_us": round(r["base"], 2),
+        "probed_us": round(r["hooked"], 2),
+        "cost_us": round(r["hooked"] - r["base"], 2),
+        "dropped": r["dropped"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=4)
@@ -79,7 +133,10 @@ def main() -> None:
         policy=d / "policy.yaml",
         log=d / "agent.log",
         env={k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")},
-    ).start()
+    )
+    # nothing cut by quota: the benchmark wants every event's full path
+    agent.policy.write_text('policies: []\nquotas:\n  - {hook: "*", per_minute: 100000000}\n')
+    agent.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         plain, plain_port = start_app()
@@ -100,6 +157,8 @@ def main() -> None:
                 "probed_rps": round(statistics.median(b)),
                 "ratio": round(statistics.median(b) / statistics.median(a), 3),
             }
+
+        cost = hook_cost(agent.socket)
 
         latencies = []
         for _ in range(args.attaches):
@@ -126,6 +185,7 @@ def main() -> None:
             "min": round(min(latencies), 1),
             "max": round(max(latencies), 1),
         },
+        "hook_cost": cost,
         "agent_received": stats.get("received"),
     }
     if args.json:
@@ -134,6 +194,10 @@ def main() -> None:
     print("endpoint  plain req/s  probed req/s  ratio")
     for name, r in results.items():
         print(f"{name:8} {r['plain_rps']:12} {r['probed_rps']:13}  {r['ratio']:.3f}")
+    print(
+        f"per hooked call (fs.readFileSync, full path to the agent): {cost['plain_us']} µs -> "
+        f"{cost['probed_us']} µs, +{cost['cost_us']} µs/event ({cost['dropped']} dropped)"
+    )
     am = report["attach_ms"]
     print(f"attach (SIGUSR1 -> hello at the agent): median {am['median']} ms, "
           f"min {am['min']}, max {am['max']}")  # fmt: skip
