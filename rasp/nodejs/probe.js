@@ -7,6 +7,7 @@
 //                                                mode: 'attached'})
 
 const fs = require('fs');
+const Module = require('module');
 const { Kit, capArgs, blockedError } = require('./lib/kit');
 const { Client } = require('./lib/client');
 const { compileTable, firstMatch, Quota } = require('./lib/policy');
@@ -57,6 +58,17 @@ function captureStack(skip, depth) {
   }
 }
 
+/**
+ * ES modules see node's builtins through live bindings that only follow the CommonJS
+ * exports object when asked: after this, `import {readFile} from 'fs/promises'` (even one
+ * done before the attach) calls our wrapper; after stop(), the original again.
+ */
+function syncESM() {
+  try {
+    if (typeof Module.syncBuiltinESMExports === 'function') Module.syncBuiltinESMExports();
+  } catch (e) { /* never fatal */ }
+}
+
 class Probe {
   constructor(opts) {
     this.socket = opts.socket || process.env.RAMPART_SOCKET || DEFAULT_SOCKET;
@@ -87,6 +99,7 @@ class Probe {
         this.missing.push(family.family); // left out, never fatal (docs/probe-contract.md)
       }
     }
+    syncESM();
     this.client = new Client({
       socket: this.socket,
       envelope: { runtime_version: process.versions.node, probe_version: PROBE_VERSION },
@@ -220,6 +233,7 @@ class Probe {
     if (this.stopped) return;
     this.stopped = true;
     this.kit.uninstall();
+    syncESM();
     this.client.sendExit(reason);
     this.client.close();
     process.removeListener('exit', this.onExit);

@@ -126,6 +126,16 @@ def test_live_attach_sees_every_sink_with_request_context(spawn, agent, app, tmp
     assert not agent.rows("event LIKE ?", ('%sinks.js"]%',))
 
 
+def test_es_module_named_imports_made_before_the_attach_are_seen(spawn, agent) -> None:
+    # `import {readFile} from 'node:fs/promises'` is a live binding that follows the CommonJS
+    # exports once the probe calls module.syncBuiltinESMExports()
+    p, port = start_app(spawn, "esm_app.mjs", "--inspect-port=0")
+    attach(agent, p.pid)
+    assert get(port, "read", path="/etc/hostname")[0] == 200
+    (ev,) = events(agent, "fs.promises.readFile", "/etc/hostname")
+    assert ev["request"]["params"] == {"path": ["/etc/hostname"]}
+
+
 def test_attach_twice_is_a_no_op(spawn, agent) -> None:
     p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
     attach(agent, p.pid)
