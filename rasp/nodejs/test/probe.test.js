@@ -84,6 +84,31 @@ test('block rules: each API family fails on its natural error path', async () =>
   }
 });
 
+test('filter rules drop and count; quota cuts reporting but never blocking', () => {
+  const dropped = () => ({ ...probe.counters.dropped_by });
+  probe.onMessage({ message_type: 6, data: { uuid: 'f1', filters: [
+    { policy_id: 'quiet', hook: 'fs.readFileSync', match: { args: 'probe\\.test' } }] } });
+  const before = dropped();
+  fs.readFileSync(__filename);
+  assert.strictEqual(probe.counters.dropped_by.filter, (before.filter || 0) + 1);
+  probe.onMessage({ message_type: 6, data: { uuid: '', filters: [] } });
+
+  probe.onMessage({ message_type: 8, data: { uuid: 'q1', quotas: [
+    { hook: '*', per_minute: 12000 }, { hook: 'vm.runInNewContext', per_minute: 0 }] } });
+  probe.onMessage({ message_type: 7, data: { uuid: 'b2', blocks: [
+    { policy_id: 'no-vm-marker', hook: 'vm.runInNewContext', match: { args: 'marker' } }] } });
+  try {
+    const q = probe.counters.dropped_by.quota || 0;
+    assert.strictEqual(require('vm').runInNewContext('1 + 1'), 2);
+    assert.strictEqual(probe.counters.dropped_by.quota, q + 1);
+    assert.throws(() => require('vm').runInNewContext('"marker"'), /no-vm-marker/);
+    assert.deepStrictEqual(probe.uuids, { ...probe.uuids, filter: '', quota: 'q1', block: 'b2' });
+  } finally {
+    probe.onMessage({ message_type: 7, data: { uuid: '', blocks: [] } });
+    probe.onMessage({ message_type: 8, data: { uuid: '', quotas: [] } });
+  }
+});
+
 test('a hook that throws internally disables itself and the call proceeds', () => {
   const target = { f: (x) => x * 2 };
   probe.kit.wrap(target, 'f', 'test.f', 'code', () => { throw new Error('boom'); }, 'sync');
