@@ -4,7 +4,10 @@
 Two copies of tests/apps/nodejs/http_app.js run side by side on loopback; one gets the probe
 live (`rasp-attach` route, in-process) while an agent stores its events. `wrk` drives each
 endpoint against both copies in alternating rounds (so drift on the shared machine hits both
-alike); the ratio is probed/plain of the medians. Endpoints:
+alike); the ratio is probed/plain of the medians. On a shared 2-core machine the agent
+(storing every event) competes with the app for CPU, so the benchmark also reports the CPU
+the *app process* spent per request (utime+stime from /proc): plain/probed of that is the
+probe's own cost, free of the agent's share. Endpoints:
 
 - `ping`: no sink, only the request-context hook (AsyncLocalStorage around every request);
 - `read`: one hooked fs.readFile per request (event with stack and request context);
@@ -39,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from injector.attach import attach  # noqa: E402
-from tests.agentproc import AgentProc  # noqa: E402
+from injector.attach_nodejs import ATTACHER  # noqa: E402
+from tests.agentproc import AgentProc, wait_for  # noqa: E402
 
 APP = REPO / "tests" / "apps" / "nodejs" / "http_app.js"
 ENDPOINTS = {"ping": "/ping", "read": "/read?path=/etc/hostname", "dns": "/dns?host=localhost"}
@@ -53,7 +57,18 @@ def start_app() -> tuple[subprocess.Popen[bytes], int]:
     return p, int(p.stdout.readline().split()[1])
 
 
-def wrk(port: int, path: str, seconds: int) -> float:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wrk(port: int, path: str, seconds: int, pid: int | None = None) -> tuple[float, float]:
+    """(requests/s, CPU µs the server process spent per request)."""
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         ["wrk", "-t1", "-c16", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
         capture_output=True,
@@ -61,8 +76,10 @@ def wrk(port: int, path: str, seconds: int) -> float:
         check=True,
     ).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert m, out
-    return float(m.group(1))
+    n = re.search(r"(\d+) requests in", out)
+    assert m and n, out
+    cpu = (cpu_seconds(pid) - cpu0) * 1e6 / int(n.group(1)) if pid else 0.0
+    return float(m.group(1)), cpu
 
 
 HOOK_COST_JS = r"""
@@ -148,25 +165,36 @@ def main() -> None:
         for name, path in ENDPOINTS.items():
             wrk(plain_port, path, 1)  # warm both (JIT)
             wrk(probed_port, path, 1)
-            a, b = [], []
+            a, b, ca, cb = [], [], [], []
             for _ in range(args.rounds):
-                a.append(wrk(plain_port, path, args.seconds))
-                b.append(wrk(probed_port, path, args.seconds))
+                rps, cpu = wrk(plain_port, path, args.seconds, plain.pid)
+                a.append(rps)
+                ca.append(cpu)
+                rps, cpu = wrk(probed_port, path, args.seconds, probed.pid)
+                b.append(rps)
+                cb.append(cpu)
             results[name] = {
                 "plain_rps": round(statistics.median(a)),
                 "probed_rps": round(statistics.median(b)),
                 "ratio": round(statistics.median(b) / statistics.median(a), 3),
+                "plain_cpu_us_per_req": round(statistics.median(ca), 1),
+                "probed_cpu_us_per_req": round(statistics.median(cb), 1),
+                "cpu_ratio": round(statistics.median(ca) / statistics.median(cb), 3),
             }
 
         cost = hook_cost(agent.socket)
 
+        # let the agent drain what the load runs produced: attach latency is not ingest
+        wait_for(lambda: agent.control("stats").get("backlog", 0) == 0, 120, "agent backlog")
         latencies = []
+        inject = []
         for _ in range(args.attaches):
             p, _port = start_app()
             procs.append(p)
             t0 = time.perf_counter()
             attach(p.pid, "nodejs", agent.socket, 10)
             latencies.append((time.perf_counter() - t0) * 1000)
+            inject.append(ATTACHER.last_ms)
             p.kill()
             p.wait()
         stats = agent.control("stats")
@@ -184,6 +212,7 @@ def main() -> None:
             "median": round(statistics.median(latencies), 1),
             "min": round(min(latencies), 1),
             "max": round(max(latencies), 1),
+            "inject_median": round(statistics.median(inject), 1),
         },
         "hook_cost": cost,
         "agent_received": stats.get("received"),
@@ -191,16 +220,21 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print("endpoint  plain req/s  probed req/s  ratio")
+    print("endpoint  plain req/s  probed req/s  ratio   app CPU µs/req plain -> probed  ratio")
     for name, r in results.items():
-        print(f"{name:8} {r['plain_rps']:12} {r['probed_rps']:13}  {r['ratio']:.3f}")
+        print(
+            f"{name:8} {r['plain_rps']:12} {r['probed_rps']:13}  {r['ratio']:.3f}"
+            f"   {r['plain_cpu_us_per_req']:>14} -> {r['probed_cpu_us_per_req']:<8}  "
+            f"{r['cpu_ratio']:.3f}"
+        )
     print(
         f"per hooked call (fs.readFileSync, full path to the agent): {cost['plain_us']} µs -> "
         f"{cost['probed_us']} µs, +{cost['cost_us']} µs/event ({cost['dropped']} dropped)"
     )
     am = report["attach_ms"]
     print(f"attach (SIGUSR1 -> hello at the agent): median {am['median']} ms, "
-          f"min {am['min']}, max {am['max']}")  # fmt: skip
+          f"min {am['min']}, max {am['max']}; of which SIGUSR1 -> inspector closed: "
+          f"median {am['inject_median']} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
