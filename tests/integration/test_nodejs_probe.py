@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from injector.attach import EXIT_UNSUPPORTED
+from injector import attach_nodejs
+from injector.attach import EXIT_UNSUPPORTED, AttachError
 from injector.attach_nodejs import ATTACHER, DEFAULT_PORT, own_listeners, tcp_listeners
 from injector.detect import detect
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
@@ -134,6 +135,16 @@ def test_es_module_named_imports_made_before_the_attach_are_seen(spawn, agent) -
     assert get(port, "read", path="/etc/hostname")[0] == 200
     (ev,) = events(agent, "fs.promises.readFile", "/etc/hostname")
     assert ev["request"]["params"] == {"path": ["/etc/hostname"]}
+
+
+def test_inspector_is_closed_after_a_failed_attach_too(spawn, agent, monkeypatch) -> None:
+    p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
+    monkeypatch.setattr(attach_nodejs, "PROBE", Path("/nonexistent/rampart/probe.js"))
+    with pytest.raises(AttachError) as err:
+        ATTACHER.attach(detect(p.pid), agent.socket, 10)
+    assert "the probe failed in the target: Error: Cannot find module" in err.value.reason
+    assert no_inspector(p.pid, port)
+    assert get(port, "ping") == (200, "pong")
 
 
 def test_attach_twice_is_a_no_op(spawn, agent) -> None:
