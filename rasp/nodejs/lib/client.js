@@ -1,6 +1,6 @@
 'use strict';
 // The probe's connection to the agent: one Unix socket, hello first, a bounded queue written
-// in batches from the event loop, heartbeats, reconnect with backoff. Nothing here ever keeps
+// in batches from the event loop (every 5 ms at most), heartbeats, reconnect with backoff. Nothing here ever keeps
 // the app alive (socket and timers are unref'd) or waits on the agent: when the agent is away
 // or slow, events are dropped and counted (docs/probe-contract.md).
 
@@ -10,6 +10,10 @@ const { FrameReader, ProtocolError, encode, decodeFromAgent } = require('./frami
 const QUEUE_MAX = 10000; // events waiting for the socket
 const HIGH_WATER = 1 << 20; // bytes the socket may hold unsent before we stop writing
 const BATCH_MAX = 512; // frames per write
+// Events are written at most every FLUSH_MS (or at once when FLUSH_AT are waiting): one
+// event per request would otherwise cost one write syscall per event.
+const FLUSH_MS = 5;
+const FLUSH_AT = 256;
 const HEARTBEAT_MS = 10000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30000;
@@ -33,6 +37,7 @@ class Client {
     this.backoff = BACKOFF_MIN_MS;
     this.helloSent = 0; // hellos sent so far: every hello after the first says already_running
     this.flushScheduled = false;
+    this.flushTimer = null;
     this.retryTimer = null;
     this.hbTimer = null;
   }
@@ -130,14 +135,25 @@ class Client {
     if (this.state === 'away' || this.state === 'closed') return this.drop('agent_away');
     if (this.queue.length >= QUEUE_MAX) return this.drop('queue_full');
     this.queue.push(this.frame(2, data));
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => {
-        this.flushScheduled = false;
-        this.flush();
-      }).unref();
+    if (this.queue.length >= FLUSH_AT) {
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flushNow()).unref();
+      }
+    } else if (!this.flushTimer) {
+      this.flushTimer = setTimeout(() => this.flushNow(), FLUSH_MS);
+      this.flushTimer.unref();
     }
     return undefined;
+  }
+
+  flushNow() {
+    this.flushScheduled = false;
+    if (this.flushTimer) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = null;
+    }
+    this.flush();
   }
 
   flush() {
@@ -179,6 +195,7 @@ class Client {
     this.state = 'closed';
     clearInterval(this.hbTimer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.flushTimer);
     if (this.sock) this.guard(() => this.sock.end());
     this.queue = [];
   }
