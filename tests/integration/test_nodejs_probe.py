@@ -293,8 +293,8 @@ def test_agent_away_drops_and_counts_then_reconnects(spawn, agent_factory) -> No
 def test_detach_unhooks_and_closes_the_inspector_again(spawn, agent) -> None:
     p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
     attach(agent, p.pid)
-    det = detect(p.pid)
-    ATTACHER.detach(det, agent.socket, 10)
+    res = rasp_attach(agent, p.pid, "--detach")
+    assert res.returncode == 0 and res.stdout.strip() == f"detached: pid {p.pid} nodejs", res
     assert no_inspector(p.pid, port)
     wait_for(
         lambda: any(r["pid"] == p.pid and r["state"] == "exited" for r in agent.control("ps")),
