@@ -102,6 +102,18 @@ def inspector_options(cmdline: list[str], environ: dict[str, str]) -> InspectorO
     return InspectorOptions(disabled, port, where)
 
 
+def catches_sigusr1(pid: int) -> bool:
+    """Has the process installed a SIGUSR1 handler? Node does so early in its start-up; until
+    then (or with --disable-sigusr1) the signal's default action would kill the process."""
+    try:
+        for line in Path(f"{PROC}/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def _environ(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"{PROC}/{pid}/environ").read_bytes()
@@ -458,6 +470,12 @@ class NodeAttacher:
                 EXIT_UNSUPPORTED,
                 f"pid {pid} (nodejs) runs with {opts.where}: its inspector cannot be opened "
                 f"from outside; start it with the SDK (node -r {PROBE.parent}/register.js)",
+            )
+        if not catches_sigusr1(pid):
+            raise AttachError(
+                EXIT_FAIL,
+                f"pid {pid} (nodejs) does not handle SIGUSR1 (yet?): the signal would kill it; "
+                "retry once it has started",
             )
         before = own_listeners(pid)
         want = opts.port if opts.port else (None if opts.port == 0 else DEFAULT_PORT)

@@ -224,6 +224,22 @@ def test_disable_sigusr1_is_refused_without_a_signal(spawn, agent, tmp_path) -> 
     assert p.poll() is None
 
 
+def test_a_node_without_a_sigusr1_handler_is_not_signalled(spawn, agent, tmp_path) -> None:
+    # a process detected as node that has not installed its SIGUSR1 handler (a node still
+    # starting up looks like this): the default action of the signal would kill it
+    fake = tmp_path / "node"
+    shutil.copy("/usr/bin/python3.11", fake)
+    p = spawn(
+        [str(fake), "-c", "import time; print('ready', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE,
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+    res = rasp_attach(agent, p.pid)
+    assert res.returncode == 1, res
+    assert "does not handle SIGUSR1 (yet?)" in res.stderr
+    assert p.poll() is None
+
+
 def test_inspector_port_held_by_another_process_is_reported(spawn, agent) -> None:
     # run the victim in a network namespace of its own, where we hold 9229 first: this also
     # drives the attacher's setns path (its inspector listens on *that* loopback)
