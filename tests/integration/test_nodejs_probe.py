@@ -93,6 +93,8 @@ def test_live_attach_sees_every_sink_with_request_context(spawn, agent, app, tmp
     assert get(port, "connect", port=str(other_port)) == (200, "connected")
     assert get(port, "dns", host="localhost")[0] == 200
     assert get(port, "vm", code="'vm-' + 'marker'") == (200, "vm-marker")
+    libz = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+    assert get(port, "addon", path=libz)[1].startswith("not an addon")
 
     (ev,) = events(agent, "child_process.spawn", "exec-marker")
     assert ev["kind"] == "process" and ev["pid"] == p.pid and ev["runtime"] == "nodejs"
@@ -122,6 +124,8 @@ def test_live_attach_sees_every_sink_with_request_context(spawn, agent, app, tmp
     assert ev["kind"] == "dns" and ev["args"] == ["localhost"]
     (ev,) = events(agent, "vm.runInNewContext", "vm-")
     assert ev["kind"] == "code" and ev["args"] == ["'vm-' + 'marker'"]
+    (ev,) = events(agent, "process.dlopen", "libz.so")
+    assert ev["kind"] == "library" and ev["args"] == [libz]
 
     # the runtime loading its own code is not a file event: no read of the app's .js files
     assert not agent.rows("event LIKE ?", ('%sinks.js"]%',))

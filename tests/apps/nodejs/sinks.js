@@ -41,6 +41,16 @@ const SINKS = {
     dns.lookup(q.host, (err, address) => (err ? reject(err) : resolve(address)));
   }),
   vm: async (q) => String(vm.runInNewContext(q.code, {})),
+  // a native addon load (what require('x.node') does); a plain .so is refused by node after
+  // dlopen ("did not self-register"), which is enough to reach the hook
+  addon: async (q) => {
+    try {
+      process.dlopen({ exports: {} }, q.path);
+      return 'loaded';
+    } catch (err) {
+      return `not an addon: ${err.message.split('\n')[0]}`;
+    }
+  },
 };
 
 module.exports = { SINKS };
