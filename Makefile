@@ -28,6 +28,8 @@ test-fast: $(STAMP) ## quick loop: unit tests and the fast integration tests
 
 bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/agent_ingest.py
+	$(PY) bench/python_overhead.py
+	$(PY) bench/jvm_overhead.py
 	$(PY) bench/node_overhead.py
 
 lint: $(STAMP) ## ruff check + format check

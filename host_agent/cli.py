@@ -103,6 +103,9 @@ def _sub_config(f: Any) -> Any:
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), help="SQLite store path")
 @click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy file")
 @click.option(
+    "--rules", type=click.Path(dir_okay=False, path_type=Path), help="detection rules file"
+)
+@click.option(
     "--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="also write JSON lines here"
 )
 @click.option("--stdout/--no-stdout", default=None, help="also print events on stdout")
@@ -126,11 +129,6 @@ def run(ctx: click.Context, no_auto_attach: bool, auto_attach: str | None, **opt
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if s.auto_attach:
-        logging.getLogger("rampart.agent").warning(
-            "auto-attach (%s) is not available in this version; attach with rasp-attach",
-            ",".join(s.auto_attach),
-        )
     sys.exit(daemon.run(s))
 
 
@@ -205,6 +203,43 @@ def events(ctx: click.Context, store: Path | None, as_json: bool, follow: bool, 
             return
 
 
+# ---------------------------------------------------------------------------- alerts
+
+
+@cli.command()
+@_sub_config
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), help="SQLite store path")
+@click.option("--json", "as_json", is_flag=True, help="one alert per line, with its first event")
+@click.option("--rule", help="only this rule id")
+@click.option("--pid", type=int)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.pass_context
+def alerts(
+    ctx: click.Context, store: Path | None, as_json: bool, rule: str | None, pid: int | None,
+    limit: int,
+) -> None:  # fmt: skip
+    """Detections, aggregated per rule, process and request signature (latest first)."""
+    from host_agent.store import StoreMissing, latest_alerts
+
+    s = settings_from(ctx, store=store)
+    try:
+        rows = latest_alerts(s.store, rule=rule, pid=pid, limit=limit)
+    except StoreMissing as e:
+        fail(str(e))
+    if as_json:
+        jsonl(rows)
+        return
+    table = Table(
+        "last", "count", "severity", "rule", "pid", "runtime", "where", "message", box=None
+    )
+    for a in rows:
+        table.add_row(
+            _when(a["last_ts"]), str(a["count"]), a["severity"], a["rule"], str(a["pid"]),
+            a["runtime"], a["signature"], a["message"],
+        )  # fmt: skip
+    out.print(table)
+
+
 # ---------------------------------------------------------------------------- ps
 
 
@@ -250,8 +285,8 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
         jsonl(rows)
         return
     table = Table(
-        "pid", "runtime", "version", "mode", "container", "state", "since", "events", "drops",
-        "exe", box=None,
+        "pid", "runtime", "version", "mode", "container", "state", "attach", "since", "events",
+        "drops", "exe", box=None,
     )  # fmt: skip
     for r in rows:
         table.add_row(
@@ -261,6 +296,7 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
             r.get("mode", ""),
             (r.get("container_id") or "")[:12],
             r["state"],
+            r.get("attach_state", ""),
             _ago(r["since"]) if "since" in r else "",
             str(r.get("events", "")),
             str(r.get("drops", "")),
@@ -282,7 +318,7 @@ def policy() -> None:
 @socket_option
 @click.pass_context
 def policy_reload(ctx: click.Context, socket: Path | None) -> None:
-    """Reload the agent's policy file and push it to every probe (like SIGHUP)."""
+    """Reload the policy (pushed to every probe) and the rules file, like SIGHUP."""
     s = settings_from(ctx, socket=socket)
     res = call(s, "policy.reload")
     click.echo(res["message"])

@@ -66,7 +66,12 @@ class Control:
         }
 
     async def ps(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [r.row() for r in self.agent.registry.probes.values()]
+        rows = {pid: r.row() for pid, r in self.agent.registry.probes.items()}
+        aa = self.agent.autoattach
+        for t in aa.rows() if aa is not None else []:
+            # auto-attach state joins the probe's row, or stands alone before any hello
+            rows.setdefault(t["pid"], {"state": "not connected"}).update(t)
+        return list(rows.values())
 
     async def stats(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.agent.stats_snapshot()
@@ -81,7 +86,7 @@ class Control:
         }
 
     async def policy_reload(self, args: dict[str, Any]) -> dict[str, Any]:
-        ok, message = self.agent.reload_policy()
+        ok, message = self.agent.reload()
         if not ok:
             raise ControlFailure(message)
         return {"uuid": self.agent.policy.uuid, "message": message}

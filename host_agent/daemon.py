@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host_agent import __version__
 from host_agent.attachments import Attachments
@@ -25,10 +25,14 @@ from host_agent.control import Control
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
 from host_agent.registry import ProbeRecord, Registry
+from host_agent.rules import RuleSet, load_rules
 from host_agent.server import PeerConnection, SocketInUse, bind_socket
 from host_agent.settings import Settings
 from host_agent.sinks import SinkRunner, build
 from host_agent.yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from host_agent.autoattach import AutoAttacher
 
 log = logging.getLogger("rampart.agent")
 
@@ -36,9 +40,10 @@ BACKLOG_CHECK_S = 0.05
 
 
 class Agent:
-    def __init__(self, settings: Settings, policy: PolicySet) -> None:
+    def __init__(self, settings: Settings, policy: PolicySet, rules: RuleSet | None = None) -> None:
         self.settings = settings
         self.policy = policy
+        self.rules = rules or RuleSet()
         self.registry = Registry()
         self.control = Control(self)
         self.connections: set[PeerConnection] = set()
@@ -51,6 +56,7 @@ class Agent:
         self.pipeline: Pipeline
         self.attachments: Attachments
         self._server: asyncio.AbstractServer | None = None
+        self.autoattach: AutoAttacher | None = None
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ start / stop
@@ -70,10 +76,15 @@ class Agent:
             for r in self.runners:
                 r.close()
             raise
-        self.pipeline = Pipeline(s, self.runners, self.policy)
+        self.pipeline = Pipeline(s, self.runners, self.policy, self.rules)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
+        if s.auto_attach:
+            from host_agent.autoattach import AutoAttacher
+
+            self.autoattach = AutoAttacher(self)
+            self.autoattach.start()
         log.info(
             "rasp-agent %s listening on %s (store %s, policy %s %s)",
             __version__,
@@ -92,6 +103,8 @@ class Agent:
 
     async def stop(self) -> None:
         log.info("stopping")
+        if self.autoattach is not None:
+            await self.autoattach.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -134,6 +147,37 @@ class Agent:
         for frame in self.policy.frames_for(rec.runtime):
             rec.conn.send(frame)
         rec.pushed_policy = self.policy.uuid
+
+    def reload(self) -> tuple[bool, str]:
+        """SIGHUP: reload the policy and the detection rules; each keeps its old version
+        when its file is bad."""
+        results = []
+        if self.settings.policy is not None:
+            results.append(self.reload_policy())
+        if self.settings.rules is not None:
+            results.append(self.reload_rules())
+        if not results:
+            return False, "no policy or rules file configured (--policy, --rules)"
+        return all(ok for ok, _ in results), "; ".join(m for _, m in results)
+
+    def reload_rules(self) -> tuple[bool, str]:
+        path = self.settings.rules
+        if path is None:
+            return False, "no rules file configured (--rules / RAMPART_RULES)"
+        try:
+            new = load_rules(path)
+        except ConfigError as e:
+            log.error("rules reload refused, keeping the rules in force: %s", e)
+            return False, f"{e} (the rules in force stay)"
+        new.whitelisted = self.rules.whitelisted
+        self.rules = new
+        self.pipeline.rules = new
+        msg = (
+            f"rules loaded from {path}: {len(new.overrides)} overrides, "
+            f"{len(new.whitelist)} whitelist entries"
+        )
+        log.info(msg)
+        return True, msg
 
     def reload_policy(self) -> tuple[bool, str]:
         path = self.settings.policy
@@ -183,14 +227,14 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _main(settings: Settings, policy: PolicySet) -> None:
+async def _main(settings: Settings, policy: PolicySet, rules: RuleSet) -> None:
     _raise_fd_limit()
-    agent = Agent(settings, policy)
+    agent = Agent(settings, policy, rules)
     await agent.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, agent.request_stop)
     loop.add_signal_handler(signal.SIGINT, agent.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, agent.reload_policy)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload)
     await agent.serve()
 
 
@@ -198,11 +242,12 @@ def run(settings: Settings) -> int:
     """Run the agent until SIGTERM/SIGINT. Returns the process exit code."""
     try:
         policy = load_initial_policy(settings)
+        rules = load_rules(settings.rules) if settings.rules is not None else RuleSet()
     except ConfigError as e:
         log.error("%s", e)
         return 2
     try:
-        asyncio.run(_main(settings, policy))
+        asyncio.run(_main(settings, policy, rules))
     except (OSError, sqlite3.Error, SocketInUse) as e:
         log.error("cannot start: %s", e)
         return 1

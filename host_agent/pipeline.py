@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
+from host_agent.detectors import Detectors
 from host_agent.policy import PolicySet
 from host_agent.registry import ProbeRecord, now_ms
+from host_agent.rules import RuleSet
 from host_agent.settings import Settings
 from host_agent.sinks import SinkRunner, StoredEvent
-from rasp.protocol.schema import Trace
+from rasp.protocol.schema import Request, Trace
 
 log = logging.getLogger("rampart.pipeline")
 
@@ -31,11 +34,27 @@ def _cap(values: list[str], count: int, length: int) -> list[str]:
     return values
 
 
+def _signature(hook: str, request: Request | None, param: str) -> str:
+    """What makes two alerts "the same attack" for aggregation: where it came in (method,
+    URL path, parameter) and which sink it reached."""
+    if request is None:
+        return hook
+    return f"{request.method} {urlsplit(request.url).path} {param} -> {hook}"
+
+
 class Pipeline:
-    def __init__(self, settings: Settings, runners: list[SinkRunner], policy: PolicySet) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runners: list[SinkRunner],
+        policy: PolicySet,
+        rules: RuleSet | None = None,
+    ) -> None:
         self.settings = settings
         self.runners = runners
         self.policy = policy
+        self.rules = rules or RuleSet()
+        self.detectors = Detectors() if settings.detectors else None
         self._batch: list[StoredEvent] = []
         self._encode = msgspec.json.Encoder().encode
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -84,6 +103,17 @@ class Pipeline:
         if d.class_id is not None:
             event["class_id"] = d.class_id
             event["method_id"] = d.method_id
+        detections: tuple[dict[str, Any], ...] = ()
+        signature = ""
+        if self.detectors is not None:
+            findings = self.detectors.check(d.kind, d.hook, args, d.request, stack)
+            if findings:
+                findings = self.rules.apply(findings, probe.process.get("exe", ""), args, d.request)
+            if findings:
+                detections = tuple(f.to_json() for f in findings)
+                event["detections"] = list(detections)
+                alerts = alerts + [f.rule for f in findings]
+                signature = _signature(d.hook, d.request, findings[0].param)
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
@@ -98,6 +128,8 @@ class Pipeline:
                 policy_id=d.policy_id,
                 alerted=bool(alerts),
                 json=self._encode(event),
+                detections=detections,
+                signature=signature,
             )
         )
         if len(self._batch) >= s.store_batch:
@@ -122,6 +154,8 @@ class Pipeline:
             "ignored": self.ignored,
             "alerted": self.alerted,
             "backlog": self.backlog,
+            "detections": dict(self.detectors.counts) if self.detectors else {},
+            "whitelisted": dict(self.rules.whitelisted),
             "sinks": {
                 r.sink.name: {"written": r.written, "failed": r.failed, "errors": r.errors}
                 for r in self.runners

@@ -31,6 +31,8 @@ class ProbeRecord:
     mode: str
     hooks: list[str]
     nspid: int
+    #: the probe's hello said it was already running (a reconnect, or a repeated attach)
+    already_running: bool = False
     connected_at: int = field(default_factory=now_ms)
     last_seen: int = field(default_factory=now_ms)
     state: str = "connected"  # connected | disconnected | exited
@@ -66,6 +68,7 @@ class ProbeRecord:
             "runtime_version": self.runtime_version,
             "probe_version": self.probe_version,
             "mode": self.mode,
+            "already_running": self.already_running,
             "state": self.state,
             "reason": self.reason,
             "since": self.connected_at,

@@ -14,6 +14,7 @@ agent goes on serving everyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -312,6 +313,13 @@ class PeerConnection(asyncio.Protocol):
             return
         mode = msg.data.mode
         if mode == "attached":
+            if not agent.attachments.is_attached(self.peer_pid) and agent.attachments.is_attached(
+                info.ppid
+            ):
+                # a fork of an attached process (a gunicorn worker, a multiprocessing child)
+                # inherits its probe, which re-connects under the child's own pid
+                with contextlib.suppress(ProcessError):  # gone already: refused below
+                    agent.attachments.expect(self.peer_pid, msg.runtime)
             if not agent.attachments.is_attached(self.peer_pid):
                 self.refuse(
                     "unauthorized",
@@ -333,6 +341,7 @@ class PeerConnection(asyncio.Protocol):
             mode=mode,
             hooks=list(msg.data.hooks),
             nspid=info.nspid,
+            already_running=msg.data.already_running,
             conn=self,
         )
         rec.refresh_process(force=True)

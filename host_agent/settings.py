@@ -8,12 +8,20 @@ docs/configuration.md lists them (a test keeps it in step).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from host_agent.yamlfile import ConfigError, load, pydantic_error
 from rasp.protocol import DEFAULT_MAX_FRAME, RUNTIMES
@@ -75,12 +83,54 @@ class Settings(BaseModel):
     sdk_uids: list[int] = Field(
         default_factory=list, description="if not empty, only these uids may connect as SDK probes"
     )
+    detectors: bool = Field(
+        True, description="run the attack detectors (SQLi, command injection, traversal, SSRF)"
+    )
+    rules: Path | None = Field(
+        None, description="detection rules file (overrides, whitelist), reloaded with the policy"
+    )
+    alert_window_s: int = Field(
+        60,
+        ge=1,
+        description="alerts of one rule, process and request signature within this "
+        "many seconds are counted in one alert row",
+    )
     arg_cap: int = Field(4096, ge=16, description="characters kept per argument")
     args_max: int = Field(64, ge=1, description="arguments kept per event")
     stack_max: int = Field(32, ge=0, description="stack frames kept per event")
     auto_attach: list[str] = Field(
         default_factory=list,
-        description="runtimes to attach automatically (off when empty; see issue 8)",
+        description="runtimes to attach automatically (off when empty; needs attach_include)",
+    )
+    attach_include: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="auto-attach only processes matching one of these rules: {exe: glob, "
+        "cmdline: regex, user: name|uid, container: glob, cgroup: glob, pid: int}; all fields "
+        "of a rule must match. Required with auto_attach",
+    )
+    attach_exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="never auto-attach processes matching one of these"
+    )
+    attach_settle_s: dict[str, float] = Field(
+        default_factory=lambda: {
+            "jvm": 2.0,
+            "python": 0.5,
+            "nodejs": 0.5,
+            "php": 0.5,
+            "golang": 0.5,
+        },
+        description="seconds after exec before a runtime is attached (a JVM still starting "
+        "must not get SIGQUIT)",
+    )
+    attach_retries: int = Field(3, ge=0, le=20, description="attach attempts before giving up")
+    attach_timeout_s: float = Field(30.0, gt=0, description="an attach helper is killed after this")
+    attach_rescan_s: float = Field(10.0, gt=0, description="period of the /proc rescan")
+    attach_memory_mb: int = Field(256, ge=16, description="memory cap of an attach helper")
+    attach_cpu_percent: int = Field(50, ge=1, le=100, description="CPU cap of an attach helper")
+    attach_command: list[str] = Field(
+        default_factory=list,
+        description="attach helper command (default: this installation's rasp-attach); "
+        "it gets --pid, --socket, --timeout and --json",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="agent log level (stderr)"
@@ -93,6 +143,27 @@ class Settings(BaseModel):
         if isinstance(v, str) and v.strip().isdigit():
             return int(v.strip(), 8)
         return v
+
+    @field_validator("attach_include", "attach_exclude")
+    @classmethod
+    def _attach_rules(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from host_agent.autoattach import check_rule  # the matcher owns its own schema
+
+        for i, rule in enumerate(v):
+            problem = check_rule(rule)
+            if problem:
+                raise ValueError(f"rule {i}: {problem}")
+        return v
+
+    @model_validator(mode="after")
+    def _auto_attach_is_scoped(self) -> Settings:
+        # opt-in twice over, as in Elkeid: runtimes *and* include rules, never "everything"
+        if self.auto_attach and not self.attach_include:
+            raise ValueError(
+                "auto_attach names runtimes but attach_include has no rules: "
+                "say which processes to attach (exe, cmdline, user, container, cgroup, pid)"
+            )
+        return self
 
     @field_validator("auto_attach")
     @classmethod
@@ -117,7 +188,13 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
         if var in environ:
             raw = environ[var]
             value: Any = raw
-            if name in LIST_FIELDS:
+            if raw.lstrip().startswith(("[", "{")):
+                # structured settings (attach rules, settle delays) are given as JSON
+                try:
+                    value = json.loads(raw)
+                except ValueError as e:
+                    raise ConfigError(var, f"invalid JSON: {e}") from None
+            elif name in LIST_FIELDS:
                 value = [x.strip() for x in raw.split(",") if x.strip()]
             out[name] = (var, value)
     return out
@@ -156,7 +233,12 @@ def load_settings(
         return Settings(**values)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
+        if not first["loc"]:
+            # a rule across settings (auto_attach needs attach_include): name every source
+            sources = sorted({origin.get(n, "") for n in ("auto_attach", "attach_include")} - {""})
+            where = ", ".join(s if s != "file" else source for s in sources) or "settings"
+            raise ConfigError(where, first["msg"].removeprefix("Value error, ")) from None
+        field = str(first["loc"][0])
         where = origin.get(field, "file")
         if where == "file":
             raise pydantic_error(source, lines, err, noun="setting") from None
@@ -172,3 +254,18 @@ def describe() -> list[tuple[str, str, str, str]]:
             default = oct(default).replace("0o", "0")
         rows.append((name, env_name(name), str(default), f.description or ""))
     return rows
+
+
+def markdown_table() -> str:
+    rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{n}` | `{e}` | `{d}` | {desc} |" for n, e, d, desc in describe()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    # python -m host_agent.settings: rewrite the settings table in docs/configuration.md
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    text = doc.read_text()
+    start = text.index("| setting | env var |")
+    end = text.index("\n\n", start)
+    doc.write_text(text[:start] + markdown_table() + text[end:])

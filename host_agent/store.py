@@ -15,6 +15,54 @@ class StoreMissing(Exception):
     pass
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise StoreMissing(f"no event store at {path} (start the agent, or pass --store)")
+    try:
+        conn = connect(path, readonly=True)
+        conn.execute("SELECT 1 FROM events LIMIT 1")
+    except sqlite3.Error as e:
+        raise StoreMissing(f"{path} is not a Rampart store: {e}") from None
+    return conn
+
+
+ALERT_COLUMNS = (
+    "id, first_ts, last_ts, count, rule, severity, technique, message, pid, runtime, "
+    "signature, event_id"
+)
+
+
+def latest_alerts(
+    path: Path, rule: str | None = None, pid: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Alert rows, latest first, each with the event that first raised it."""
+    conn = _open(path)
+    try:
+        clauses, params = [], []
+        if rule is not None:
+            clauses.append("a.rule = ?")
+            params.append(rule)
+        if pid is not None:
+            clauses.append("a.pid = ?")
+            params.append(pid)
+        where = " AND ".join(clauses) or "1"
+        cols = ", ".join(f"a.{c.strip()}" for c in ALERT_COLUMNS.split(","))
+        rows = conn.execute(
+            f"SELECT {cols}, e.event FROM alerts a LEFT JOIN events e ON e.id = a.event_id "
+            f"WHERE {where} ORDER BY a.last_ts DESC, a.id DESC LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+    finally:
+        conn.close()
+    names = [c.strip() for c in ALERT_COLUMNS.split(",")]
+    out = []
+    for r in rows:
+        a = dict(zip(names, r[:-1], strict=True))
+        a["event"] = json.loads(r[-1]) if r[-1] else None
+        out.append(a)
+    return out
+
+
 @dataclass(frozen=True)
 class EventQuery:
     pid: int | None = None
@@ -32,14 +80,7 @@ class EventQuery:
         return (" AND ".join(clauses) or "1"), params
 
     def open(self, path: Path) -> StoreReader:
-        if not path.exists():
-            raise StoreMissing(f"no event store at {path} (start the agent, or pass --store)")
-        try:
-            conn = connect(path, readonly=True)
-            conn.execute("SELECT 1 FROM events LIMIT 1")
-        except sqlite3.Error as e:
-            raise StoreMissing(f"{path} is not a Rampart store: {e}") from None
-        return StoreReader(conn, self)
+        return StoreReader(_open(path), self)
 
 
 class StoreReader:

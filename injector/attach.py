@@ -46,6 +46,8 @@ class Attacher(Protocol):
 
 #: runtime -> module providing `ATTACHER`; a runtime issue adds its line here
 ATTACHER_MODULES: dict[str, str] = {
+    "python": "injector.attach_python",
+    "jvm": "injector.attach_jvm",
     "nodejs": "injector.attach_nodejs",
 }
 
@@ -117,3 +119,16 @@ def attach(pid: int, runtime: str, socket: Path, timeout: float) -> Outcome:
         code = EXIT_TIMEOUT if "no hello" in str(e) else EXIT_FAIL
         raise AttachError(code, f"pid {pid}: {e}") from None
     return Outcome(det, already=bool(probe.get("already_running")), probe=probe)
+
+
+def detach(pid: int, runtime: str, socket: Path, timeout: float) -> Detection:
+    """Unloads the probe where the runtime allows it (the JVM: original bytecode restored)."""
+    det = identify(pid, runtime)
+    attacher = attacher_for(det.runtime)
+    if attacher is None:
+        raise AttachError(
+            EXIT_UNSUPPORTED,
+            f"pid {pid}: detach for {det.runtime} is not available in this version",
+        )
+    attacher.detach(det, socket, timeout)
+    return det

@@ -15,7 +15,8 @@ import click
 
 from host_agent.settings import load_settings
 from host_agent.yamlfile import ConfigError
-from injector.attach import EXIT_FAIL, EXIT_UNSUPPORTED, AttachError, attach, attacher_for, identify
+from injector.attach import EXIT_FAIL, AttachError, attach, identify
+from injector.attach import detach as detach_probe
 
 RUNTIME_CHOICES = ["auto", "python", "jvm", "golang", "nodejs", "php"]
 
@@ -57,16 +58,9 @@ def cli(
             }
             message = f"pid {pid} runs {det.runtime} {det.version} ({det.evidence})"
         elif detach:
-            det = identify(pid, runtime)
-            attacher = attacher_for(det.runtime)
-            if attacher is None:
-                raise AttachError(
-                    EXIT_UNSUPPORTED,
-                    f"pid {pid}: detach for {det.runtime} is not available in this version",
-                )
-            attacher.detach(det, settings.socket, timeout)
+            det = detach_probe(pid, runtime, settings.socket, timeout)
             result = {"pid": pid, "runtime": det.runtime, "detached": True}
-            message = f"detached: pid {pid} {det.runtime}"
+            message = f"detached: pid {pid} {det.runtime} {det.version}"
         else:
             outcome = attach(pid, runtime, settings.socket, timeout)
             det, probe = outcome.detection, outcome.probe

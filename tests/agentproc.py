@@ -42,6 +42,11 @@ class AgentProc:
     policy: Path
     log: Path
     env: dict[str, str]
+
+    @property
+    def stdout(self) -> Path:
+        return self.dir / "agent.stdout"
+
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
 
@@ -60,9 +65,8 @@ class AgentProc:
         if self.policy.exists():
             args += ["--policy", str(self.policy)]
         self._log = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env
-        )
+        self._out = open(self.stdout, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._log, env=self.env)
         if wait:
             wait_for(self._ready, 20, "the agent socket")
         return self
@@ -87,6 +91,7 @@ class AgentProc:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        self._out.close()
         return self.proc.returncode
 
     def alive(self) -> bool:

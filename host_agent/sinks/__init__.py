@@ -10,7 +10,7 @@ from host_agent.sinks.stream import JsonLinesSink, StdoutSink
 
 def build(settings: Settings) -> list[Sink]:
     """The sinks the settings ask for; the SQLite store is always there."""
-    sinks: list[Sink] = [SqliteSink(settings.store)]
+    sinks: list[Sink] = [SqliteSink(settings.store, settings.alert_window_s * 1000)]
     if settings.jsonl is not None:
         sinks.append(JsonLinesSink(settings.jsonl))
     if settings.stdout:

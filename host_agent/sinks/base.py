@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("rampart.sink")
 
@@ -29,6 +30,10 @@ class StoredEvent:
     policy_id: str | None
     alerted: bool
     json: bytes
+    #: what the detectors found (design: alerts stored next to their events), and the
+    #: request signature alerts are aggregated by
+    detections: tuple[dict[str, Any], ...] = ()
+    signature: str = ""
 
 
 class Sink(ABC):

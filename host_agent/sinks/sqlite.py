@@ -32,6 +32,23 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_pid ON events (pid, ts);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    technique TEXT NOT NULL,
+    message TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    runtime TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,
+    UNIQUE (rule, pid, signature, bucket)
+);
+CREATE INDEX IF NOT EXISTS alerts_last ON alerts (last_ts);
 CREATE TABLE IF NOT EXISTS attachments (
     pid INTEGER NOT NULL,
     start_time INTEGER NOT NULL,
@@ -68,11 +85,34 @@ def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+ALERT_UPSERT = (
+    "INSERT INTO alerts (first_ts, last_ts, count, rule, severity, technique, message, pid, "
+    "runtime, signature, bucket, event_id) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (rule, pid, signature, bucket) DO UPDATE SET "
+    "count = count + 1, last_ts = max(last_ts, excluded.last_ts)"
+)
+
+
+def _row(e: StoredEvent) -> tuple[object, ...]:
+    return (
+        e.ts,
+        e.pid,
+        e.runtime,
+        e.kind,
+        e.hook,
+        e.blocked,
+        e.policy_id,
+        e.alerted,
+        e.json.decode(),
+    )
+
+
 class SqliteSink(Sink):
     name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, alert_window_ms: int = 60_000) -> None:
         self.path = path
+        self.alert_window_ms = alert_window_ms
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
@@ -80,24 +120,31 @@ class SqliteSink(Sink):
 
     def write(self, batch: list[StoredEvent]) -> None:
         assert self._conn is not None
-        rows = [
-            (
-                e.ts,
-                e.pid,
-                e.runtime,
-                e.kind,
-                e.hook,
-                e.blocked,
-                e.policy_id,
-                e.alerted,
-                e.json.decode(),
-            )
-            for e in batch
-        ]
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            conn.executemany(INSERT, rows)
+            run: list[tuple[object, ...]] = []
+            for e in batch:
+                if not e.detections:
+                    run.append(_row(e))
+                    continue
+                # an event with detections is inserted on its own, in order, so its alert
+                # rows can point at it; they are rare, the rest goes through executemany
+                if run:
+                    conn.executemany(INSERT, run)
+                    run = []
+                event_id = conn.execute(INSERT, _row(e)).lastrowid
+                bucket = e.ts // self.alert_window_ms
+                conn.executemany(
+                    ALERT_UPSERT,
+                    [
+                        (e.ts, e.ts, d["rule"], d["severity"], d["technique"], d["message"],
+                         e.pid, e.runtime, e.signature, bucket, event_id)
+                        for d in e.detections
+                    ],
+                )  # fmt: skip
+            if run:
+                conn.executemany(INSERT, run)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -158,3 +158,16 @@ def test_ps_lists_unattached_runtimes_but_not_the_agent(agent: AgentProc, spawn)
     assert agent.proc.pid not in rows
     table = agent.cli("ps", "--socket", str(agent.socket))
     assert str(victim.pid) in table.stdout and "not attached" in table.stdout
+
+
+def test_stdout_sink_prints_one_event_per_line(agent_factory) -> None:
+    a = agent_factory(args=["--stdout"]).start()
+    with a.probe(runtime="php") as p:
+        p.hello()
+        p.trace("system", "process", ["id"])
+        p.trace("file_get_contents", "file", ["/etc/hosts"])
+        a.wait_rows(2)
+    lines = wait_for(lambda: (t := a.stdout.read_text().splitlines()) and len(t) == 2 and t)
+    events = [json.loads(x) for x in lines]
+    assert [e["hook"] for e in events] == ["system", "file_get_contents"]
+    assert all(set(e) >= DESIGN_FIELDS for e in events)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from host_agent.settings import Settings, describe, load_settings
+from host_agent.settings import Settings, describe, load_settings, markdown_table
 from host_agent.yamlfile import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -49,7 +49,8 @@ def test_env_parsing() -> None:
         }
     )
     assert s.sdk_uids == [0, 33] and s.socket_mode == 0o660 and s.stdout is True
-    assert load_settings(environ={"RAMPART_AUTO_ATTACH": "python,jvm"}).auto_attach == [
+    env = {"RAMPART_AUTO_ATTACH": "python,jvm", "RAMPART_ATTACH_INCLUDE": '[{"cmdline": "app"}]'}
+    assert load_settings(environ=env).auto_attach == [
         "python",
         "jvm",
     ]
@@ -98,7 +99,21 @@ def test_bad_file_names_file_and_line(tmp_path: Path) -> None:
 
 def test_every_setting_is_documented() -> None:
     text = DOCS.read_text()
+    assert markdown_table() in text, "run: .venv/bin/python -m host_agent.settings"
     for name, env, _default, _desc in describe():
         assert f"`{name}`" in text, f"docs/configuration.md misses {name}"
         assert f"`{env}`" in text
     assert set(Settings.model_fields) == {r[0] for r in describe()}
+
+
+def test_auto_attach_needs_include_rules(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides={"auto_attach": ["python"]}, environ={})
+    assert str(err.value).startswith("--auto-attach: auto_attach names runtimes but attach_include")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("auto_attach: [python]\nattach_include:\n  - {cmdline: x, colour: red}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    assert str(err.value).startswith(f"{cfg}:2: attach_include: Value error, rule 0: unknown field")
+    with pytest.raises(ConfigError, match="RAMPART_ATTACH_INCLUDE: invalid JSON"):
+        load_settings(environ={"RAMPART_ATTACH_INCLUDE": "[{oops"})

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A target that "gets attached" when it receives SIGUSR2: it then connects to the agent as
-an attached probe (stdlib only) and stays connected until killed.
+an attached probe (stdlib only), and like a real probe reconnects whenever the agent goes
+away, until killed.
 
-It stands in for the runtime injectors in tests of the rasp-attach orchestration (record the
-attach, inject, wait for the hello), which is the same for every runtime.
+It stands in for the runtime injectors in tests of the attach orchestration (record the
+attach, inject, wait for the hello) and of auto-attach, which are the same for every runtime.
 Usage: cooperative_target.py SOCKET [--ignore]   (--ignore: never connect, to test timeouts)
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -14,11 +16,12 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 attached = threading.Event()
 
 
-def connect(path: str) -> None:
+def session(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     hello = {
@@ -35,7 +38,7 @@ def connect(path: str) -> None:
         pass
 
 
-def main() -> None:
+def main():
     path = sys.argv[1]
     if "--ignore" not in sys.argv:
         signal.signal(signal.SIGUSR2, lambda *_: attached.set())
@@ -43,7 +46,10 @@ def main() -> None:
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     print("ready", flush=True)
     attached.wait()
-    connect(path)
+    while True:
+        with contextlib.suppress(OSError):  # the agent is away: retry, as a probe does
+            session(path)
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""JVM probe overhead: the JDK HttpServer test app with and without the probe, same run.
+
+Two JVMs run tests/apps/jvm/VulnApp.java side by side; one is attached live. wrk drives each
+in turn (alternating rounds, so drift hits both) on:
+
+- `/ok`: a request that reaches no sink (the request-context bracket only),
+- `/read`: a request that opens a file (one `file` event per request, with request context).
+
+Also reported: attach latency split into its parts (attach listener start by SIGQUIT, the
+`load` command = agentmain incl. retransforming the hooked JDK classes, first hello at the
+agent), a second attach's `load` (listener already up), and the in-JVM cost of one hooked
+call (`/repeat`: n FileInputStream opens in a loop, ns per open): once the default quota
+(12,000/min) is spent; with the quota lifted and an `ignore` rule, so every call builds its
+event (args, 32-frame stack) and drops it; and with every event shipped to the agent.
+Throughput runs with the default policy (no rules, default quota).
+Goals (issue 4): throughput ratio >= 0.99, attach <= 100 ms plus retransform time.
+
+    .venv/bin/python bench/jvm_overhead.py [--duration 5] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from injector.attach_jvm import AGENT_JAR, _check_reply, _ids, _request, start_listener  # noqa: E402
+from rasp.protocol.client import control  # noqa: E402
+from tests.agentproc import AgentProc, wait_for  # noqa: E402
+
+#: pushed before the per-call measurement, so every call builds and queues a full event
+NO_QUOTA = {
+    "message_type": 8,
+    "data": {"uuid": "bench-no-quota", "quotas": [{"hook": "*", "per_minute": 100_000_000}]},
+}
+
+#: an `ignore` rule for the measured hook: the event is built (args, stack) then dropped in
+#: the probe, so the figure is the app thread's cost without the sender and the agent
+#: competing for the same two cores
+FILTER_OPENS = {
+    "message_type": 6,
+    "data": {
+        "uuid": "bench-filter",
+        "filters": [{"policy_id": "bench", "hook": "java.io.FileInputStream.<init>"}],
+    },
+}
+NO_FILTER = {"message_type": 6, "data": {"uuid": "", "filters": []}}
+
+
+def start_jvm(classes: Path, stderr: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with open(stderr, "wb") as err:
+        p = subprocess.Popen(
+            ["java", "-Dsun.net.httpserver.nodelay=true", "-cp", str(classes), "VulnApp"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+    assert p.stdout is not None
+    return p, int(p.stdout.readline().split()[1])
+
+
+def wrk(port: int, path: str, duration: float, connections: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not m or errors:
+        raise SystemExit(f"wrk failed or saw errors:\n{out}")
+    return float(m.group(1))
+
+
+def get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return r.read().decode()
+
+
+def attach_timed(agent: AgentProc, pid: int, timeout: float = 10.0) -> dict[str, float]:
+    """The attacher's steps one by one, timed (same code path as rasp-attach)."""
+    control(agent.socket, "attach.expect", {"pid": pid, "runtime": "jvm"})
+    ids = _ids(pid)
+    t0 = time.perf_counter()
+    sock = start_listener(pid, ids.nspid, timeout)
+    t1 = time.perf_counter()
+    options = f"action=attach;socket={agent.socket}"
+    _check_reply(pid, _request(sock, ["load", "instrument", "false", f"{AGENT_JAR}={options}"], 10))
+    t2 = time.perf_counter()
+    control(agent.socket, "attach.wait", {"pid": pid, "timeout": timeout}, timeout=timeout + 5)
+    t3 = time.perf_counter()
+    return {
+        "listener_ms": (t1 - t0) * 1e3,
+        "load_ms": (t2 - t1) * 1e3,
+        "hello_ms": (t3 - t2) * 1e3,
+        "total_ms": (t3 - t0) * 1e3,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: run `make setup`")
+    if not AGENT_JAR.is_file():
+        raise SystemExit(f"{AGENT_JAR} missing: run `make setup`")
+
+    work = Path(tempfile.mkdtemp(prefix="rampart-bench-jvm-"))
+    classes = work / "classes"
+    subprocess.run(
+        ["javac", "-d", str(classes), str(REPO / "tests/apps/jvm/VulnApp.java")], check=True
+    )
+    data = work / "data.txt"
+    data.write_text("hello\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    agent = AgentProc(
+        dir=work,
+        socket=work / "probe.sock",
+        store=work / "events.db",
+        jsonl=work / "events.jsonl",
+        policy=work / "policy.yaml",
+        log=work / "agent.log",
+        env=env,
+    )
+    agent.start()
+    jvms: list[subprocess.Popen[bytes]] = []
+    try:
+        plain, plain_port = start_jvm(classes, work / "plain.err")
+        probed, probed_port = start_jvm(classes, work / "probed.err")
+        jvms += [plain, probed]
+        time.sleep(1.0)  # let both finish start-up work before the first attach
+        first = attach_timed(agent, probed.pid)
+        # the probe logs its own start-up time and the retransform part of it
+        m = re.search(
+            r"started \(attached\) in (\d+) ms, retransform (\d+) ms",
+            (work / "probed.err").read_text(),
+        )
+        if m:
+            first["agentmain_ms"], first["retransform_ms"] = float(m[1]), float(m[2])
+        # a second attach: the listener is up and the probe answers "already running"
+        ids = _ids(probed.pid)
+        t0 = time.perf_counter()
+        sock = start_listener(probed.pid, ids.nspid, 10)
+        _request(sock, ["load", "instrument", "false", f"{AGENT_JAR}=action=attach"], 10)
+        second_load_ms = (time.perf_counter() - t0) * 1e3
+
+        read = f"/read?path={data}"
+        for port in (plain_port, probed_port):  # JIT warm-up
+            wrk(port, "/ok", 2, args.connections)
+            wrk(port, read, 2, args.connections)
+
+        results: dict[str, dict[str, object]] = {}
+        for name, path in (("/ok", "/ok"), ("/read", read)):
+            base, with_probe = [], []
+            for _ in range(args.rounds):
+                base.append(wrk(plain_port, path, args.duration, args.connections))
+                with_probe.append(wrk(probed_port, path, args.duration, args.connections))
+            b, w = statistics.median(base), statistics.median(with_probe)
+            results[name] = {"without": base, "with": with_probe, "ratio": w / b}
+
+        repeat = f"/repeat?n=20000&path={data}"
+        for port in (plain_port, probed_port):
+            get(port, repeat)  # warm-up; spends the probe's default quota (12,000/min)
+        ns_plain = statistics.median(int(get(plain_port, repeat)) for _ in range(5))
+        ns_over_quota = statistics.median(int(get(probed_port, repeat)) for _ in range(5))
+        control(agent.socket, "push", {"frame": NO_QUOTA, "pid": probed.pid})
+        control(agent.socket, "push", {"frame": FILTER_OPENS, "pid": probed.pid})
+        time.sleep(0.5)
+        ns_built = statistics.median(int(get(probed_port, repeat)) for _ in range(5))
+        control(agent.socket, "push", {"frame": NO_FILTER, "pid": probed.pid})
+        time.sleep(0.5)
+        ns_probe = statistics.median(int(get(probed_port, repeat)) for _ in range(5))
+        wait_for(lambda: agent.rows("id < 2"), 10, "events stored")
+        ps = next(r for r in control(agent.socket, "ps") if r["pid"] == probed.pid)
+    finally:
+        for p in jvms:
+            p.kill()
+            p.wait()
+            Path(f"/tmp/.java_pid{p.pid}").unlink(missing_ok=True)
+        agent.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report = {
+        "attach": first,
+        "second_load_ms": second_load_ms,
+        "throughput": results,
+        "hooked_open_ns": {
+            "without": ns_plain,
+            "event_built_then_filtered": ns_built,
+            "with_event_shipped": ns_probe,
+            "over_quota": ns_over_quota,
+        },
+        "probe_counters": {k: ps.get(k) for k in ("events", "sent", "drops", "dropped_by")},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    a = first
+    print(
+        f"attach: listener {a['listener_ms']:.1f} ms + load (agentmain, retransform) "
+        f"{a['load_ms']:.1f} ms + hello {a['hello_ms']:.1f} ms = {a['total_ms']:.1f} ms; "
+        f"second load {second_load_ms:.1f} ms"
+    )
+    if "retransform_ms" in a:
+        print(
+            f"  inside the JVM: probe start {a['agentmain_ms']:.0f} ms, "
+            f"of which retransforming loaded classes {a['retransform_ms']:.0f} ms"
+        )
+    for name, r in results.items():
+        base, with_probe = r["without"], r["with"]
+        print(
+            f"{name:6} req/s without {statistics.median(base):9.0f}  with "  # type: ignore[arg-type]
+            f"{statistics.median(with_probe):9.0f}  ratio {r['ratio']:.3f}"  # type: ignore[arg-type]
+        )
+    print(f"hooked FileInputStream open, ns per call: {ns_plain:.0f} without probe;")
+    print(f"  over quota      {ns_over_quota:8.0f} (+{ns_over_quota - ns_plain:.0f})")
+    print(f"  event built     {ns_built:8.0f} (+{ns_built - ns_plain:.0f}; args, stack, filtered)")
+    print(f"  event shipped   {ns_probe:8.0f} (+{ns_probe - ns_plain:.0f}; sender and agent busy)")
+    print(f"probe counters: {report['probe_counters']}")
+
+
+if __name__ == "__main__":
+    main()
