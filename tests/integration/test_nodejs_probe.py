@@ -333,3 +333,34 @@ def test_events_in_the_json_cli(spawn, agent) -> None:
     events(agent, "child_process.spawn", "cli-marker")
     out = agent.cli("events", "--store", str(agent.store), "--json", "--runtime", "nodejs")
     assert any("cli-marker" in json.dumps(json.loads(line)) for line in out.stdout.splitlines())
+
+
+def test_auto_attach_attaches_a_new_node_process(spawn, agent_factory) -> None:
+    # the agent's auto-attach engine runs the real rasp-attach for nodejs
+    a = agent_factory()
+    a.env.update(
+        {
+            "RAMPART_AUTO_ATTACH": "nodejs",
+            "RAMPART_ATTACH_INCLUDE": json.dumps([{"cmdline": f"http_app.js 0 {a.socket}"}]),
+            "RAMPART_ATTACH_SETTLE_S": '{"nodejs": 0.2}',
+            "RAMPART_ATTACH_RESCAN_S": "1",
+        }
+    )
+    a.start()
+    p = spawn(
+        ["node", "--inspect-port=0", str(APPS / "http_app.js"), "0", str(a.socket)],
+        stdout=subprocess.PIPE,
+    )
+    assert p.stdout is not None
+    port = int(p.stdout.readline().split()[1])
+    wait_for(
+        lambda: any(
+            r["pid"] == p.pid and r.get("attach_state") == "attached" and r["state"] == "connected"
+            for r in a.control("ps")
+        ),
+        30,
+        "auto-attach",
+    )
+    assert no_inspector(p.pid, port)
+    assert get(port, "exec", cmd="echo auto-marker") == (200, "auto-marker\n")
+    events(a, "child_process.spawn", "auto-marker")
