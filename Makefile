@@ -13,7 +13,8 @@ setup: ## install everything (apt packages, .venv, builds); idempotent
 	@bash scripts/setup.sh
 	@touch $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh scripts/apt-packages.txt $(wildcard scripts/build.d/*.sh)
+$(STAMP): pyproject.toml scripts/setup.sh scripts/apt-packages.txt $(wildcard scripts/build.d/*.sh) \
+          $(wildcard driver/bpf/*)
 	@bash scripts/setup.sh
 	@touch $(STAMP)
 
@@ -30,6 +31,8 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/agent_ingest.py
 	$(PY) bench/python_overhead.py
 	$(PY) bench/jvm_overhead.py
+	$(PY) bench/php_overhead.py
+	$(PY) bench/driver.py
 	$(PY) bench/node_overhead.py
 
 lint: $(STAMP) ## ruff check + format check

@@ -5,10 +5,11 @@ names, and keep a visible state per process (docs/auto-attach.md).
          ▲                    │                    │
          └──backoff── failed ◄┘ (gives up after attach_retries)        any ──exit──> gone
 
-Discovery: the proc connector's exec events (within milliseconds), plus a /proc rescan every
-`attach_rescan_s`. Each attach runs as a separate helper process (`rasp-attach`), with a time
-limit and in a cgroup with memory and CPU caps, so a helper that hangs or crashes costs the
-agent nothing: it is killed and the state says why.
+Discovery: exec events from the driver (eBPF, or its proc-connector fallback: within
+milliseconds), plus a /proc rescan every `attach_rescan_s`. Each attach runs as a separate
+helper process (`rasp-attach`), with a time limit and in a cgroup with memory and CPU caps,
+so a helper that hangs or crashes costs the agent nothing: it is killed and the state says
+why.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from driver import events as ev
 from host_agent.cgroup import HelperCgroup
-from host_agent.discovery import ProcConnector
 from injector.detect import Detection, NotSupported, detect
 from injector.process import PROC, ProcessError, read_process, start_time
 
@@ -144,7 +145,6 @@ class AutoAttacher:
         self.agent = agent
         self.settings = agent.settings
         self.tracked: dict[int, Tracked] = {}
-        self.connector = ProcConnector(self._on_exec, self._on_exit)
         self.cgroup = HelperCgroup(self.settings.attach_memory_mb, self.settings.attach_cpu_percent)
         self.discovery = "rescan"
         self._task: asyncio.Task[None] | None = None
@@ -156,11 +156,12 @@ class AutoAttacher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            self.connector.start(loop)
-            self.discovery = "proc connector + rescan"
-        except OSError as e:
-            log.warning("proc connector unavailable (%s): discovering by /proc rescan only", e)
+        driver = self.agent.driver
+        if driver.mode != "proc":
+            driver.process_listeners.append(self._on_process_event)
+            self.discovery = f"{driver.mode} exec events + rescan"
+        else:
+            log.warning("no exec events (%s): discovering by /proc rescan only", driver.reason)
         cg = self.cgroup.setup()
         log.info(
             "auto-attach on for %s (discovery: %s, helper cgroup: %s)",
@@ -171,7 +172,8 @@ class AutoAttacher:
         self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
-        self.connector.stop(asyncio.get_running_loop())
+        with contextlib.suppress(ValueError):
+            self.agent.driver.process_listeners.remove(self._on_process_event)
         if self._task is not None:
             self._task.cancel()
         for h in list(self._helpers):
@@ -181,6 +183,12 @@ class AutoAttacher:
         self.cgroup.teardown()
 
     # ------------------------------------------------------------------ discovery
+
+    def _on_process_event(self, e: ev.DriverEvent) -> None:
+        if e.data_type == ev.DT_EXECVE:
+            self._on_exec(e.pid)
+        else:
+            self._on_exit(e.pid)
 
     def _on_exec(self, pid: int) -> None:
         # an exec replaces the image: judge the process afresh

@@ -113,12 +113,22 @@ def _sub_config(f: Any) -> Any:
     "--auto-attach", "auto_attach", help="runtimes to attach automatically, e.g. python,jvm"
 )
 @click.option("--no-auto-attach", is_flag=True, help="never attach automatically")
+@click.option(
+    "--driver",
+    type=click.Choice(["auto", "on", "off"]),
+    help="eBPF driver (default auto: on when root with BTF)",
+)
+@click.option("--no-driver", is_flag=True, help="same as --driver off")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
-def run(ctx: click.Context, no_auto_attach: bool, auto_attach: str | None, **opts: Any) -> None:
+def run(
+    ctx: click.Context, no_auto_attach: bool, no_driver: bool, auto_attach: str | None, **opts: Any
+) -> None:
     """Run the agent in the foreground (logs on stderr)."""
     from host_agent import daemon
 
+    if no_driver:
+        opts["driver"] = "off"
     if no_auto_attach:
         opts["auto_attach"] = []
     elif auto_attach is not None:
@@ -165,7 +175,11 @@ def _event_row(e: dict[str, Any]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="one JSON event per line")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events")
 @click.option("--pid", type=int)
-@click.option("--runtime", type=click.Choice(["python", "jvm", "golang", "nodejs", "php"]))
+@click.option(
+    "--runtime",
+    type=click.Choice(["python", "jvm", "golang", "nodejs", "php", "kernel"]),
+    help="kernel = events of the eBPF driver",
+)
 @click.option("--kind")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.pass_context
@@ -303,6 +317,45 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
             r.get("exe", ""),
         )
     out.print(table)
+    try:
+        status = control(s.socket, "stats")
+    except (AgentUnavailable, ControlError):
+        return
+    click.echo(_driver_line(status.get("driver", {})))
+
+
+def _driver_line(d: dict[str, Any]) -> str:
+    cache = d.get("cache", {})
+    if d.get("mode") == "proc-connector":
+        return (
+            f"driver: proc-connector ({d.get('reason', '')}): exec/fork/exit only, "
+            f"{d.get('kernel_drops', 0)} overruns; process cache {cache.get('entries', 0)} entries"
+        )
+    if d.get("mode") != "ebpf":
+        return f"driver: {d.get('mode', '?')} ({d.get('reason', '')}): process facts from /proc"
+    return (
+        f"driver: ebpf, {d.get('programs', 0)} programs, {d.get('received', 0)} records, "
+        f"{d.get('kernel_drops', 0)} dropped in the kernel; process cache "
+        f"{cache.get('entries', 0)} entries"
+    )
+
+
+@cli.command()
+@_sub_config
+@socket_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
+@click.pass_context
+def status(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
+    """The running agent's counters: probes, pipeline, sinks, driver mode and drops."""
+    s = settings_from(ctx, socket=socket)
+    res = call(s, "stats")
+    if as_json:
+        jsonl([res])
+        return
+    driver = res.pop("driver", {})
+    for k, v in res.items():
+        click.echo(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
+    click.echo(_driver_line(driver))
 
 
 # ---------------------------------------------------------------------------- policy

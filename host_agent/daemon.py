@@ -19,9 +19,11 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
+from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
 from host_agent.registry import ProbeRecord, Registry
@@ -54,6 +56,7 @@ class Agent:
         self.started = time.time()
         self.runners: list[SinkRunner] = []
         self.pipeline: Pipeline
+        self.driver: HostDriver
         self.attachments: Attachments
         self._server: asyncio.AbstractServer | None = None
         self.autoattach: AutoAttacher | None = None
@@ -78,6 +81,17 @@ class Agent:
             raise
         self.pipeline = Pipeline(s, self.runners, self.policy, self.rules)
         loop = asyncio.get_running_loop()
+        self.driver = HostDriver(s, self.pipeline)
+        try:
+            self.driver.start(loop)  # `driver: on` and it cannot load: refuse to start
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(s.socket)
+            for r in self.runners:
+                r.close()
+            self.attachments.close()
+            raise
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
         if s.auto_attach:
@@ -86,12 +100,13 @@ class Agent:
             self.autoattach = AutoAttacher(self)
             self.autoattach.start()
         log.info(
-            "rasp-agent %s listening on %s (store %s, policy %s %s)",
+            "rasp-agent %s listening on %s (store %s, policy %s %s, driver %s)",
             __version__,
             s.socket,
             s.store,
             self.policy.source,
             self.policy.uuid,
+            self.driver.mode,
         )
 
     def request_stop(self) -> None:
@@ -113,6 +128,7 @@ class Agent:
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()
+        self.driver.stop()  # detaches every program; its last events join the final flush
         self.pipeline.flush()
         for r in self.runners:
             r.close()
@@ -213,6 +229,7 @@ class Agent:
             "refused": dict(self.refusals),
             **dict(self.stats),
             **self.pipeline.stats(),
+            "driver": self.driver.stats(),
         }
 
 
@@ -248,7 +265,7 @@ def run(settings: Settings) -> int:
         return 2
     try:
         asyncio.run(_main(settings, policy, rules))
-    except (OSError, sqlite3.Error, SocketInUse) as e:
+    except (OSError, sqlite3.Error, SocketInUse, DriverError) as e:
         log.error("cannot start: %s", e)
         return 1
     return 0

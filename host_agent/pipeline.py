@@ -114,18 +114,39 @@ class Pipeline:
                 event["detections"] = list(detections)
                 alerts = alerts + [f.rule for f in findings]
                 signature = _signature(d.hook, d.request, findings[0].param)
+        self._append(event, alerts, detections, signature)
+
+    def submit_host(self, event: dict[str, Any]) -> None:
+        """A host event from the driver (runtime "kernel"): same policies, same sinks."""
+        self.received += 1
+        ignored, alerts = self.policy.evaluate(
+            event["runtime"], event["kind"], event["hook"], event["args"], event["stack"]
+        )
+        if ignored:
+            self.ignored += 1
+            return
+        self._append(event, alerts)
+
+    def _append(
+        self,
+        event: dict[str, Any],
+        alerts: list[str],
+        detections: tuple[dict[str, Any], ...] = (),
+        signature: str = "",
+    ) -> None:
+        s = self.settings
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
         self._batch.append(
             StoredEvent(
                 ts=event["ts"],
-                pid=probe.pid,
-                runtime=runtime,
-                kind=d.kind,
-                hook=d.hook,
-                blocked=d.blocked,
-                policy_id=d.policy_id,
+                pid=event["pid"],
+                runtime=event["runtime"],
+                kind=event["kind"],
+                hook=event["hook"],
+                blocked=event["blocked"],
+                policy_id=event["policy_id"],
                 alerted=bool(alerts),
                 json=self._encode(event),
                 detections=detections,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +46,22 @@ class ProbeRecord:
     process: dict[str, Any] = field(default_factory=dict)  # enrichment, see `refresh_process`
     process_read_at: float = 0.0
     conn: PeerConnection | None = None
+    #: the driver's process cache (host_agent/hostdriver.py) when it runs: pid -> facts or None
+    facts: Callable[[int], dict[str, Any] | None] | None = None
 
     def refresh_process(self, force: bool = False) -> None:
-        """Re-read /proc at most every PROCESS_REFRESH_S; keep the last facts once it is gone."""
+        """Refresh the facts at most every PROCESS_REFRESH_S: from the driver's process cache
+        when it runs (it knows processes that are already gone), else from /proc; keep the
+        last facts once the process is gone."""
         mono = time.monotonic()
         if not force and mono - self.process_read_at < PROCESS_REFRESH_S:
             return
         self.process_read_at = mono
+        if self.facts is not None:
+            cached = self.facts(self.pid)
+            if cached is not None:
+                self.process = cached
+                return
         try:
             info = read_process(self.pid)
         except ProcessError:

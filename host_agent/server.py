@@ -305,16 +305,23 @@ class PeerConnection(asyncio.Protocol):
         s = agent.settings
         try:
             info = read_process(self.peer_pid)
+            nspid, ppid = info.nspid, info.ppid
         except ProcessError as e:
-            self.refuse("unauthorized", f"cannot read the peer process: {e.reason}")
-            return
-        if msg.pid not in (self.peer_pid, info.nspid):
+            # gone already (a short-lived process that said hello and exited): the driver's
+            # process cache may still know it; SO_PEERCRED pinned the pid at connect time
+            cached = agent.driver.process_facts(self.peer_pid)
+            if cached is None:
+                self.refuse("unauthorized", f"cannot read the peer process: {e.reason}")
+                return
+            nspid = cached.get("nspid", self.peer_pid)
+            ppid = cached.get("ppid", 0)
+        if msg.pid not in (self.peer_pid, nspid):
             self.refuse("unauthorized", f"hello for pid {msg.pid} from pid {self.peer_pid}")
             return
         mode = msg.data.mode
         if mode == "attached":
             if not agent.attachments.is_attached(self.peer_pid) and agent.attachments.is_attached(
-                info.ppid
+                ppid
             ):
                 # a fork of an attached process (a gunicorn worker, a multiprocessing child)
                 # inherits its probe, which re-connects under the child's own pid
@@ -340,9 +347,10 @@ class PeerConnection(asyncio.Protocol):
             probe_version=msg.probe_version,
             mode=mode,
             hooks=list(msg.data.hooks),
-            nspid=info.nspid,
+            nspid=nspid,
             already_running=msg.data.already_running,
             conn=self,
+            facts=agent.driver.process_facts,
         )
         rec.refresh_process(force=True)
         self.role = "probe"

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from driver.programs import DEFAULT_STORED, EVENT_NAMES
 from host_agent.yamlfile import ConfigError, load, pydantic_error
 from rasp.protocol import DEFAULT_MAX_FRAME, RUNTIMES
 
@@ -132,6 +133,40 @@ class Settings(BaseModel):
         description="attach helper command (default: this installation's rasp-attach); "
         "it gets --pid, --socket, --timeout and --json",
     )
+    driver: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="eBPF driver: auto = on when root with BTF, else /proc (one log line says "
+        "why); on = refuse to start without it; off = /proc only",
+    )
+    driver_events: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STORED),
+        description="driver events stored (docs/driver.md); execve, fork, exit and prctl are "
+        "always collected for the process cache",
+    )
+    driver_open_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/etc/shadow",
+            "/etc/gshadow",
+            "/etc/sudoers",
+            "/etc/ld.so.preload",
+            "/root/.ssh/",
+            "/etc/ssh/ssh_host_",
+        ],
+        description="with the `open` event on: opens of paths under these prefixes are stored "
+        "whatever their flags (at most 8, absolute, < 64 bytes); writes are stored anywhere",
+    )
+    driver_ringbuf_kb: int = Field(
+        8192, ge=4, le=1 << 20, description="driver ring buffer size (rounded up to a power of 2)"
+    )
+    driver_object: Path | None = Field(
+        None, description="BPF object to load (default: build/bpf/rampart.bpf.o of this checkout)"
+    )
+    proc_cache_size: int = Field(
+        32768, ge=64, description="processes the cache keeps (exited ones are evicted first)"
+    )
+    proc_cache_keep_s: float = Field(
+        60.0, ge=0, description="seconds an exited process stays in the cache"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="agent log level (stderr)"
     )
@@ -164,6 +199,20 @@ class Settings(BaseModel):
                 "say which processes to attach (exe, cmdline, user, container, cgroup, pid)"
             )
         return self
+
+    @field_validator("driver_events")
+    def _driver_events(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if e not in EVENT_NAMES]
+        if bad:
+            f"unknown driver event {bad[0]!r}; choose from {', '.join(EVENT_NAMES)}"
+
+    @field_validator("driver_open_paths")
+    def _open_paths(cls, v: list[str]) -> list[str]:
+        if len(v) > 8:
+            raise ValueError("at most 8 prefixes")
+        for p in v:
+            if not p.startswith("/") or len(p.encode()) >= 64:
+                raise ValueError(f"{p!r}: an absolute path prefix of less than 64 bytes")
 
     @field_validator("auto_attach")
     @classmethod

@@ -48,6 +48,7 @@ class Attacher(Protocol):
 ATTACHER_MODULES: dict[str, str] = {
     "python": "injector.attach_python",
     "jvm": "injector.attach_jvm",
+    "php": "injector.attach_php",
     "nodejs": "injector.attach_nodejs",
 }
 

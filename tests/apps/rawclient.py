@@ -27,7 +27,10 @@ def main() -> None:
         if f.get("pid") == "self":
             f["pid"] = os.getpid()
         body = json.dumps(f).encode()
-        s.sendall(struct.pack(">I", len(body)) + body)
+        try:
+            s.sendall(struct.pack(">I", len(body)) + body)
+        except (BrokenPipeError, ConnectionResetError):
+            break  # the agent refused an earlier frame and closed: read what it said
     s.settimeout(wait)
     buf = b""
     while True:

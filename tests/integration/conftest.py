@@ -15,6 +15,7 @@ from tests.agentproc import AgentProc
 @pytest.fixture
 def agent_factory() -> Iterator[Callable[..., AgentProc]]:
     """Build (not start) agents in a fresh directory each; all are stopped at teardown.
+    The eBPF driver is off unless the test passes `--driver on|auto`.
 
     The directory is world-traversable (0755), because some tests connect as another uid.
     """
@@ -27,6 +28,9 @@ def agent_factory() -> Iterator[Callable[..., AgentProc]]:
         d = Path(td.name)
         d.chmod(0o755)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+        # without the driver unless a test asks (`--driver on`): the store then holds only
+        # what the test sent, not every exec on the host
+        full_env["RAMPART_DRIVER"] = "off"
         full_env.update(env or {})
         a = AgentProc(
             dir=d,

@@ -62,13 +62,17 @@ def test_detect_only_and_runtime_mismatch(spawn) -> None:
 
 
 def test_runtime_without_an_attacher_fails_clearly(spawn, agent: AgentProc, monkeypatch) -> None:
-    # php: a runtime whose attacher is not there yet (nodejs has one since issue 5)
+    # Every runtime gets its attacher as its issue lands, so take one away: a detected
+    # runtime with no attacher must fail with a clear reason and inject nothing.
     p = spawn(["php", "-r", "sleep(100);"])
     wait_for(lambda: Path(f"/proc/{p.pid}/exe").resolve().name.startswith("php"))
-    res = rasp_attach("--pid", str(p.pid), "--socket", str(agent.socket))
-    assert res.returncode == EXIT_UNSUPPORTED
-    assert "runs php 8." in res.stderr
-    assert "live attach for php is not available in this version" in res.stderr
+    monkeypatch.delitem(attach_mod.ATTACHER_MODULES, "php", raising=False)
+    with pytest.raises(AttachError) as err:
+        attach_mod.attach(p.pid, "auto", agent.socket, timeout=5)
+    assert err.value.code == EXIT_UNSUPPORTED
+    assert f"pid {p.pid} runs php 8." in err.value.reason
+    assert "live attach for php is not available in this version" in err.value.reason
+    assert agent.control("ps") == [], "nothing was attached"
 
 
 @pytest.mark.slow

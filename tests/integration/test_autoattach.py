@@ -52,7 +52,13 @@ def row(agent: AgentProc, pid: int) -> dict:
 
 
 def test_new_process_is_attached_and_excluded_ones_are_not(agent_factory, spawn) -> None:
-    a = auto_agent(agent_factory, RAMPART_ATTACH_EXCLUDE=json.dumps([{"cmdline": "--not-me"}]))
+    # with the driver: discovery from its exec events (the other tests use the rescan)
+    a = auto_agent(
+        agent_factory,
+        RAMPART_ATTACH_EXCLUDE=json.dumps([{"cmdline": "--not-me"}]),
+        RAMPART_DRIVER="auto",
+        RAMPART_ATTACH_RESCAN_S="600",
+    )
     target = start_target(spawn, a)
     opted_out = start_target(spawn, a, env={"RAMPART_DISABLE": "1"})
     excluded = start_target(spawn, a, "--not-me")
@@ -67,6 +73,7 @@ def test_new_process_is_attached_and_excluded_ones_are_not(agent_factory, spawn)
     mine = [json.loads(x) for x in res.stdout.splitlines() if json.loads(x)["pid"] == target.pid]
     assert mine[0]["attach_state"] == "attached"
     assert "attached" in a.cli("ps", "--socket", str(a.socket)).stdout
+    assert "exec events + rescan" in a.log_text()
 
 
 def test_failures_retry_with_backoff_then_give_up(agent_factory, spawn) -> None:

@@ -18,6 +18,7 @@ def test_defaults_match_the_design() -> None:
     assert s.store == Path("/var/lib/rampart/events.db")
     assert s.max_frame == 1 << 20
     assert s.auto_attach == []  # opt-in, as in Elkeid
+    assert s.driver == "auto" and "fork" not in s.driver_events and "open" not in s.driver_events
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -69,6 +70,11 @@ def test_env_parsing() -> None:
             "RAMPART_AUTO_ATTACH: Value error, unknown runtime 'ruby'",
         ),
         ({"RAMPART_LOG_LEVEL": "loud"}, "RAMPART_LOG_LEVEL: Input should be"),
+        ({"RAMPART_DRIVER": "maybe"}, "RAMPART_DRIVER: Input should be 'auto', 'on' or 'off'"),
+        (
+            {"RAMPART_DRIVER_EVENTS": "execve,kexec"},
+            "RAMPART_DRIVER_EVENTS: Value error, unknown driver event 'kexec'; choose from",
+        ),
     ],
 )
 def test_bad_env_names_the_variable(env: dict[str, str], message: str) -> None:

@@ -1,0 +1,238 @@
+"""The driver inside the agent: start it (or say why not), feed the process cache, store events.
+
+The ring-buffer reader thread only copies records; decoding, the cache and the pipeline all
+run on the event loop thread, in ring-buffer order, so an exec is always applied before the
+exit of the same process and before any RASP event of it is enriched. When the agent needs a
+pid the cache does not know yet (a hello from a process that exec'd a moment ago), `flush()`
+reads what the kernel already wrote, synchronously, before falling back to /proc.
+
+Modes (`stats()["mode"]`): `ebpf` (driver running); `proc-connector` (no eBPF, but the
+kernel's proc connector feeds exec/fork/exit to the cache, with facts read from /proc as
+events arrive; no other host events); `proc` (neither: process facts read from /proc at hello,
+as before the driver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from driver import events as ev
+from driver.loader import DEFAULT_OBJECT, Driver, DriverConfig, DriverError
+from driver.proc_connector import ProcConnector, ProcConnectorError
+from driver.programs import EVENT_BY_TYPE
+from host_agent.proccache import ProcessCache
+
+if TYPE_CHECKING:
+    from host_agent.pipeline import Pipeline
+    from host_agent.settings import Settings
+
+log = logging.getLogger("rampart.driver")
+
+SWEEP_S = 5.0
+BACKLOG_RETRY_S = 0.05
+
+
+def boot_to_epoch_offset_ns() -> int:
+    """Add to a CLOCK_BOOTTIME timestamp (bpf_ktime_get_boot_ns) to get epoch ns."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class HostDriver:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.cache = ProcessCache(settings.proc_cache_size, settings.proc_cache_keep_s)
+        self.driver: Driver | ProcConnector | None = None
+        self.mode = "proc"
+        self.reason = ""
+        self.stored_types = {
+            e.data_type for e in EVENT_BY_TYPE.values() if e.name in settings.driver_events
+        }
+        self.decode_errors = 0
+        self.stored = 0
+        self.deferred = 0  # drains put off because the sinks were behind
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._offset_ns = boot_to_epoch_offset_ns()
+        self._last_sweep = time.monotonic()
+        #: called with each decoded exec and exit event (auto-attach discovers through this)
+        self.process_listeners: list[Callable[[ev.DriverEvent], None]] = []
+
+    # ------------------------------------------------------------------ start / stop
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the driver per the `driver` setting. Raises DriverError only for `on`."""
+        self._loop = loop
+        s = self.settings
+        if s.driver == "off":
+            self.reason = "driver: off"
+            log.info("driver off (setting): process facts from /proc")
+            return
+        config = DriverConfig(
+            events=set(s.driver_events),
+            object_path=s.driver_object or DEFAULT_OBJECT,
+            ringbuf_kb=s.driver_ringbuf_kb,
+            open_paths=list(s.driver_open_paths),
+        )
+        driver = Driver(config, notify=self._notify)
+        try:
+            driver.start()
+        except DriverError as e:
+            self.reason = str(e)
+            if s.driver == "on":
+                raise
+            self._fallback(e)
+            return
+        self.driver = driver
+        self.mode = "ebpf"
+        # after attach, so nothing that starts in between is missed; events replay on top
+        n = self.cache.scan()
+        log.info(
+            "driver: %d programs attached in %.0f ms (%s); process cache: %d processes",
+            len(driver.attached),
+            driver.load_ms,
+            ", ".join(sorted(driver.events)),
+            n,
+        )
+        self._drain()
+
+    def _fallback(self, why: DriverError) -> None:
+        """No eBPF: exec/fork/exit from the proc connector if we may, else /proc alone."""
+        pc = ProcConnector(notify=self._notify)
+        try:
+            pc.start()
+        except ProcConnectorError as e:
+            log.warning("driver not started: %s; %s; process facts from /proc", why, e)
+            return
+        self.driver = pc
+        self.mode = "proc-connector"
+        n = self.cache.scan()
+        log.warning(
+            "driver not started: %s; exec/fork/exit from the proc connector "
+            "(process cache: %d processes, no other host events)",
+            why,
+            n,
+        )
+
+    def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.flush()
+            self._drain(force=True)
+            self.driver.stop()
+            log.info("driver stopped: %s", self.stats())
+            self.driver = None
+            self.mode = "proc"
+
+    # ------------------------------------------------------------------ records
+
+    def _notify(self) -> None:
+        """Reader thread: records are waiting. Schedule one drain on the loop."""
+        if self._scheduled or self._loop is None:
+            return
+        self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: the agent is stopping
+            self._scheduled = False
+
+    def _drain(self, force: bool = False) -> None:
+        self._scheduled = False
+        if self.driver is None:
+            return
+        if (
+            not force
+            and self.pipeline.backlog >= self.settings.queue_limit
+            and self._loop is not None
+        ):
+            # the sinks are behind: leave the records where they are. The driver's queue is
+            # bounded (its reader then stops), the ring buffer fills, the kernel side counts.
+            self.deferred += 1
+            self._scheduled = True
+            self._loop.call_later(BACKLOG_RETRY_S, self._drain)
+            return
+        for raw in self.driver.take():
+            if isinstance(raw, ev.DriverEvent):  # the proc connector's, already decoded
+                e = raw
+            else:
+                try:
+                    e = ev.decode(raw)
+                except ValueError as err:
+                    self.decode_errors += 1
+                    log.debug("driver record not decoded: %s", err)
+                    continue
+            entry = self.cache.apply(e)
+            if e.data_type in (ev.DT_EXECVE, ev.DT_EXIT):
+                for listener in self.process_listeners:
+                    listener(e)
+            if e.data_type in self.stored_types:
+                self._store(e, entry)
+        now = time.monotonic()
+        if now - self._last_sweep > SWEEP_S:
+            self._last_sweep = now
+            self.cache.sweep(now)
+            self._offset_ns = boot_to_epoch_offset_ns()  # follows wall-clock steps
+
+    def flush(self) -> None:
+        """Apply everything the kernel has written so far (loop thread), even when the sinks
+        are behind: a pid about to be enriched needs its exec in the cache."""
+        if self.driver is not None:
+            self.driver.flush()
+            self._drain(force=True)
+
+    def _store(self, e: ev.DriverEvent, entry: Any) -> None:
+        meta = EVENT_BY_TYPE[e.data_type]
+        process = self.cache.process_fields(e.pid) or {}
+        fields = e.common()
+        fields["exe"] = process.get("exe", "")
+        fields["start_time"] = entry.start_time if entry is not None else 0
+        fields.update(e.fields)
+        if e.data_type == ev.DT_EXECVE and entry is not None:
+            fields["cwd"] = entry.cwd  # "" when the process was gone before we looked
+        event = {
+            "ts": (e.ts_ns + self._offset_ns) // 1_000_000,
+            "pid": e.pid,
+            "runtime": "kernel",
+            "runtime_version": "",
+            "hook": e.hook,
+            "kind": meta.kind,
+            "args": e.args,
+            "stack": [],
+            "blocked": False,
+            "policy_id": None,
+            "request": None,
+            "process": process,
+            "source": "driver",
+            "data_type": e.data_type,
+            "event": meta.name,
+            "driver": fields,
+        }
+        self.stored += 1
+        self.pipeline.submit_host(event)
+
+    # ------------------------------------------------------------------ enrichment
+
+    def process_facts(self, pid: int) -> dict[str, Any] | None:
+        """The `process` object for a RASP event of `pid` from the cache; None → use /proc."""
+        if self.driver is None:
+            return None
+        facts = self.cache.process_fields(pid)
+        if facts is None:
+            self.flush()  # its exec may still be in the ring buffer
+            entry = self.cache.lookup(pid)
+            facts = self.cache.process_fields(pid) if entry is not None else None
+        return facts
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "stored": self.stored, "deferred": self.deferred}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.driver is not None:
+            out.update(self.driver.stats())
+            out["mode"] = self.mode
+            out["decode_errors"] = self.decode_errors
+            out["cache"] = self.cache.stats()
+        return out

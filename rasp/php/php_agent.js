@@ -1,0 +1,1092 @@
+'use strict';
+/*
+ * Rampart PHP probe: a Frida agent script for the Zend engine (PHP 8.x, 64-bit, NTS).
+ *
+ * Loaded by rasp/php/php_agent.py, which prepends `const RAMPART = {...};` (socket path,
+ * versions, role) and eternalizes the script, so it keeps running after the attacher exits.
+ *
+ * How sinks are found: by name in the engine's own tables, not by symbol. PHP binaries export
+ * almost no `zif_*` handlers (12 in Debian's 8.2), but `compiler_globals` is exported and
+ * CG(function_table) maps every internal function name to its zend_internal_function, whose
+ * `handler` is the C implementation. Class methods come from CG(class_table) ->
+ * zend_class_entry.function_table. Offsets that differ between builds (where those tables
+ * sit in compiler_globals, the handler field, a class's method table) are discovered at start
+ * by checking candidates against entries we know ("strlen", "stdclass", "exception").
+ *
+ * How sinks are hooked: the `handler` pointer of each zend_internal_function is swapped for a
+ * NativeCallback that decides and then calls the original handler. No code is patched, an
+ * alias (mysqli::query vs mysqli_query) is hooked under its own name, and uninstall writes
+ * the old pointer back. `include`/`eval` go through the engine's function pointers
+ * `zend_compile_file` / `zend_compile_string` (opcache wraps them too), swapped the same way.
+ *
+ * Delivery: the script opens its own Unix-socket connection to the agent from inside the
+ * target, so the agent's SO_PEERCRED check sees the PHP process itself. Hooks run on PHP's
+ * thread and only enqueue (bounded, drop-and-count); a timer on Frida's thread writes frames.
+ */
+
+const CFG = (typeof RAMPART !== 'undefined') ? RAMPART : {};
+const SOCKET_PATH = CFG.socket || '/run/rampart/probe.sock';
+const PROBE_VERSION = CFG.probe_version || '0.1.0';
+let RUNTIME_VERSION = CFG.runtime_version || '';
+const ROLE = CFG.role || 'worker'; // 'worker' hooks sinks; 'master' (php-fpm) only reports
+
+const QUEUE_MAX = 1024;
+const ARG_CAP = 4096;
+const ARGS_MAX = 64;
+const STACK_MAX = 32; // default depth; the agent's config frame may lower or raise it (<= 256)
+const DEFAULT_QUOTA = 12000;
+const HEARTBEAT_MS = 10000;
+const MAX_FRAME = 1 << 20;
+
+// ------------------------------------------------------------------------- engine layout
+// PHP 8.x, LP64. zval: value (8) + u1.type_info (4) + u2 (4).
+const ZVAL = 16;
+const IS_UNDEF = 0, IS_NULL = 1, IS_FALSE = 2, IS_TRUE = 3, IS_LONG = 4, IS_DOUBLE = 5,
+  IS_STRING = 6, IS_ARRAY = 7, IS_OBJECT = 8, IS_REFERENCE = 10, IS_INDIRECT = 12, IS_PTR = 13;
+// zend_string: gc (8), h (8), len (8), val[]
+const ZSTR_LEN = 16, ZSTR_VAL = 24;
+// zend_array: gc (8), flags (4), nTableMask (4), arData (8) @16, nNumUsed (4) @24,
+// nNumOfElements @28, nTableSize @32. Bucket: zval (16), h (8), key (8). Packed: zvals.
+const HT_DATA = 16, HT_USED = 24, HT_SIZE = 32, HT_FLAGS = 8, HASH_FLAG_PACKED = 4;
+const BUCKET = 32;
+// zend_execute_data: opline @0, call @8, return_value @16, func @24, This (zval) @32,
+// prev_execute_data @48, ... sizeof 80 = 5 zvals (ZEND_CALL_FRAME_SLOT); num_args = This.u2.
+const ED_OPLINE = 0, ED_FUNC = 24, ED_THIS = 32, ED_NUM_ARGS = 44, ED_PREV = 48, ED_ARGS = 80;
+// zend_function common: type (1) @0, fn_flags @4, function_name @8, scope @16.
+const FN_NAME = 8, FN_SCOPE = 16, ZEND_USER_FUNCTION = 2;
+const CE_NAME = 8; // zend_class_entry: type (1), name @8
+const OPLINE_LINENO = 24; // zend_op: handler, op1, op2, result, extended_value, lineno
+// sapi_globals: server_context (8), request_info: request_method @8, query_string @16,
+// cookie_data @24, content_length @32, path_translated @40, request_uri @48.
+const SG_METHOD = 8, SG_QUERY = 16, SG_URI = 48;
+
+// ------------------------------------------------------------------------- hook table
+// [name, kind, class or null]. Names are PHP's own (lower case, as in the engine's tables).
+const SINKS = [
+  ['system', 'process'], ['exec', 'process'], ['passthru', 'process'],
+  ['shell_exec', 'process'], ['popen', 'process'], ['proc_open', 'process'],
+  ['pcntl_exec', 'process'],
+  ['fopen', 'file'], ['file_get_contents', 'file'], ['file_put_contents', 'file'],
+  ['readfile', 'file'], ['file', 'file'], ['unlink', 'file'], ['rename', 'file'],
+  ['copy', 'file'], ['opendir', 'file'], ['scandir', 'file'], ['dir', 'file'],
+  ['move_uploaded_file', 'file'],
+  ['curl_exec', 'network'], ['fsockopen', 'network'], ['pfsockopen', 'network'],
+  ['stream_socket_client', 'network'],
+  ['gethostbyname', 'dns'], ['dns_get_record', 'dns'],
+  ['mysqli_query', 'sql'], ['mysqli_real_query', 'sql'], ['mysqli_prepare', 'sql'],
+  ['query', 'sql', 'mysqli'], ['real_query', 'sql', 'mysqli'], ['prepare', 'sql', 'mysqli'],
+  ['query', 'sql', 'pdo'], ['exec', 'sql', 'pdo'], ['prepare', 'sql', 'pdo'],
+  ['query', 'sql', 'sqlite3'], ['exec', 'sql', 'sqlite3'], ['prepare', 'sql', 'sqlite3'],
+  ['unserialize', 'deserialization'],
+  ['putenv', 'process'], ['assert', 'code'],
+];
+const CLASS_NAMES = { mysqli: 'mysqli', pdo: 'PDO', sqlite3: 'SQLite3' };
+
+// ------------------------------------------------------------------------- state
+const state = {
+  pid: Process.id,
+  installed: [], // hook names
+  missing: [], // hook names not found in this build
+  swaps: [], // {slot, orig} pointers to write back on uninstall
+  listeners: [], // Interceptor listeners
+  keep: [], // NativeCallbacks / NativeFunctions that must stay alive
+  queue: [],
+  conn: null,
+  connecting: false,
+  backoff: 500,
+  stopped: false,
+  alreadyRunning: false,
+  listener: null,
+  counters: { sent: 0, dropped: 0, blocked: 0 },
+  droppedBy: {},
+  policies: {},
+  filters: [],
+  blocks: [],
+  quotas: new Quotas(DEFAULT_QUOTA),
+  disabled: {}, // hook -> true after an internal error or a config frame
+  errorsReported: {},
+  stackDepth: STACK_MAX,
+};
+
+function drop(reason) {
+  state.counters.dropped++;
+  state.droppedBy[reason] = (state.droppedBy[reason] || 0) + 1;
+}
+
+function log(msg) {
+  // Visible to the attacher while it is connected; silent once the script is eternalized.
+  try { console.log('rampart-php[' + state.pid + ']: ' + msg); } catch (e) { /* detached */ }
+}
+
+// ------------------------------------------------------------------------- symbols
+const mainModule = Process.mainModule;
+const exportsByName = {};
+// Module.getExportByName misses symbols that enumerateExports lists (seen on Debian's
+// php-fpm8.2: "unable to find export 'php_exec'"), so build the map once ourselves.
+for (const e of mainModule.enumerateExports()) exportsByName[e.name] = e.address;
+
+function sym(name) {
+  const a = exportsByName[name];
+  if (a) return a;
+  const g = Module.findGlobalExportByName(name);
+  return g;
+}
+
+try {
+  // the "standard" extension's version is PHP_VERSION ("8.2.36")
+  const v = new NativeFunction(sym('zend_get_module_version'), 'pointer', ['pointer'])(
+    Memory.allocUtf8String('standard'));
+  if (!v.isNull()) RUNTIME_VERSION = v.readCString();
+} catch (e) { /* keep the attacher's guess */ }
+
+// libc's socket calls: the probe connects with these rather than Frida's Socket.connect, whose
+// GSocketClient prints "[GLib-GIO DEBUG] g_socket_client_connect_async ..." on the target's
+// *stdout* (seen with Frida 17.25 in PHP CLI targets: it would corrupt the app's output).
+const AF_UNIX = 1, SOCK_STREAM_CLOEXEC = 1 | 0x80000, SOL_SOCKET = 1, SO_SNDTIMEO = 21;
+const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800;
+const libcFn = (name, ret, args) => new NativeFunction(Module.getGlobalExportByName(name), ret, args);
+const net = {
+  socket: libcFn('socket', 'int', ['int', 'int', 'int']),
+  connect: libcFn('connect', 'int', ['int', 'pointer', 'uint32']),
+  setsockopt: libcFn('setsockopt', 'int', ['int', 'int', 'int', 'pointer', 'uint32']),
+  fcntl: libcFn('fcntl', 'int', ['int', 'int', 'int']),
+  write: libcFn('write', 'ssize_t', ['int', 'pointer', 'size_t']),
+  close: libcFn('close', 'int', ['int']),
+};
+
+function sockaddrUn(path) {
+  const addr = Memory.alloc(110); // struct sockaddr_un: family, then the path (108 bytes)
+  addr.writeU16(AF_UNIX);
+  addr.add(2).writeUtf8String(path.slice(0, 107));
+  return addr;
+}
+
+/* A connection to the agent: libc connect (a Unix socket connects at once or fails), then
+ * Frida's Unix streams over the non-blocking fd, serviced by Frida's own thread. */
+function openConnection() {
+  const fd = net.socket(AF_UNIX, SOCK_STREAM_CLOEXEC, 0);
+  if (fd < 0) throw new Error('socket() failed');
+  if (net.connect(fd, sockaddrUn(SOCKET_PATH), 110) !== 0) {
+    net.close(fd);
+    throw new Error('connect() to ' + SOCKET_PATH + ' failed');
+  }
+  net.fcntl(fd, F_SETFL, net.fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+  const input = new UnixInputStream(fd, { autoClose: false });
+  const output = new UnixOutputStream(fd, { autoClose: false });
+  let closed = false;
+  return {
+    input,
+    output,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await input.close().catch(() => {});
+      await output.close().catch(() => {});
+      net.close(fd);
+    },
+  };
+}
+
+const libc = {
+  getpid: new NativeFunction(Module.getGlobalExportByName('getpid'), 'int', []),
+  strlen: new NativeFunction(Module.getGlobalExportByName('strlen'), 'size_t', ['pointer']),
+};
+
+// ------------------------------------------------------------------------- strings
+function readBytes(p, len) {
+  if (len <= 0) return '';
+  try {
+    return p.readUtf8String(len); // native, fast; throws on invalid UTF-8
+  } catch (e) {
+    return utf8Decode(new Uint8Array(p.readByteArray(len)), false); // bytes: lenient, in JS
+  }
+}
+
+function zstr(p, cap) {
+  // a zend_string* as a JS string, capped
+  if (p.isNull()) return '';
+  const len = p.add(ZSTR_LEN).readU64().toNumber();
+  return readBytes(p.add(ZSTR_VAL), Math.min(len, cap || ARG_CAP));
+}
+
+function cstr(p, cap) {
+  if (p.isNull()) return '';
+  // readCString(n) reads n bytes whatever they hold: read up to the NUL, then cap
+  const s = p.readCString();
+  return s === null ? '' : s.slice(0, cap || ARG_CAP);
+}
+
+function zvalString(z, depth) {
+  let type = z.add(8).readU8();
+  if (type === IS_REFERENCE) { z = z.readPointer().add(8); type = z.add(8).readU8(); }
+  if (type === IS_INDIRECT) { z = z.readPointer(); type = z.add(8).readU8(); }
+  switch (type) {
+    case IS_STRING: return zstr(z.readPointer());
+    case IS_LONG: return z.readS64().toString();
+    case IS_DOUBLE: return String(z.readDouble());
+    case IS_TRUE: return 'true';
+    case IS_FALSE: return 'false';
+    case IS_NULL: case IS_UNDEF: return '';
+    case IS_ARRAY: return (depth || 0) > 1 ? '[array]' : arrayString(z.readPointer(), (depth || 0) + 1);
+    case IS_OBJECT: return '[object]';
+    default: return '[type ' + type + ']';
+  }
+}
+
+function arrayString(ht, depth) {
+  // values joined by a space: proc_open(['sh', '-c', ...]) reads as a command line
+  const parts = [];
+  htForEach(ht, (key, z) => { if (parts.length < ARGS_MAX) parts.push(zvalString(z, depth)); });
+  return parts.join(' ').slice(0, ARG_CAP);
+}
+
+function htForEach(ht, fn) {
+  const used = ht.add(HT_USED).readU32();
+  const data = ht.add(HT_DATA).readPointer();
+  const packed = (ht.add(HT_FLAGS).readU32() & HASH_FLAG_PACKED) !== 0;
+  for (let i = 0; i < used; i++) {
+    const z = packed ? data.add(i * ZVAL) : data.add(i * BUCKET);
+    const type = z.add(8).readU8();
+    if (type === IS_UNDEF) continue;
+    const key = packed ? null : z.add(24).readPointer();
+    if (fn(key, z) === false) return;
+  }
+}
+
+function htFind(ht, name) {
+  // lookup by walking (used at start only, so no need for the engine's hash function)
+  let found = null;
+  htForEach(ht, (key, z) => {
+    if (key !== null && !key.isNull() && key.add(ZSTR_LEN).readU64().toNumber() === name.length &&
+        key.add(ZSTR_VAL).readUtf8String(name.length) === name) {
+      found = z;
+      return false;
+    }
+    return true;
+  });
+  return found;
+}
+
+// The engine's own lookup, for tables we already know are tables: one native call instead of
+// walking hundreds of buckets from JS (3 us a read). htFind stays for probing candidates.
+const zendHashStrFind = sym('zend_hash_str_find')
+  ? new NativeFunction(sym('zend_hash_str_find'), 'pointer', ['pointer', 'pointer', 'size_t']) : null;
+const KEY_CACHE = {};
+function hashFind(ht, name) {
+  if (zendHashStrFind === null) return htFind(ht, name);
+  if (!KEY_CACHE[name]) KEY_CACHE[name] = Memory.allocUtf8String(name);
+  const z = zendHashStrFind(ht, KEY_CACHE[name], name.length);
+  return z.isNull() ? null : z;
+}
+
+function plausibleTable(p) {
+  try {
+    if (p.isNull()) return false;
+    const used = p.add(HT_USED).readU32(), size = p.add(HT_SIZE).readU32();
+    return size >= 8 && size <= (1 << 24) && (size & (size - 1)) === 0 && used <= size;
+  } catch (e) { return false; }
+}
+
+// ------------------------------------------------------------------------- engine tables
+function findTables() {
+  const cg = sym('compiler_globals');
+  if (cg === null) throw new Error('compiler_globals not exported (a ZTS build?)');
+  let functions = null, classes = null;
+  for (let off = 0; off < 512 && (functions === null || classes === null); off += 8) {
+    const p = cg.add(off).readPointer();
+    if (!plausibleTable(p)) continue;
+    try {
+      if (functions === null && htFind(p, 'strlen') !== null) functions = p;
+      else if (classes === null && htFind(p, 'stdclass') !== null) classes = p;
+    } catch (e) { /* not a table */ }
+  }
+  if (functions === null) throw new Error('CG(function_table) not found');
+  return { functions, classes };
+}
+
+function isCode(p) {
+  const r = Process.findRangeByAddress(p);
+  return r !== null && r.protection.indexOf('x') >= 0;
+}
+
+function handlerOffset(functions) {
+  // The handler is the first pointer into executable memory after the common fields:
+  // checked on several functions so a coincidence cannot pick the wrong slot.
+  const probes = ['strlen', 'system', 'str_replace', 'count'].map((n) => hashFind(functions, n))
+    .filter((z) => z !== null).map((z) => z.readPointer());
+  for (let off = 40; off <= 128; off += 8) {
+    if (probes.every((fn) => { try { return isCode(fn.add(off).readPointer()); } catch (e) { return false; } }))
+      return off;
+  }
+  throw new Error('zend_internal_function.handler offset not found');
+}
+
+function classMethodTableOffset(classes) {
+  // zend_class_entry embeds its function_table (a HashTable, not a pointer): find the offset
+  // where Exception's methods ("getmessage") sit.
+  const ce = hashFind(classes, 'exception').readPointer();
+  for (let off = 16; off < 512; off += 8) {
+    const ht = ce.add(off);
+    if (!plausibleTable(ht)) continue;
+    try { if (htFind(ht, 'getmessage') !== null) return off; } catch (e) { /* next */ }
+  }
+  throw new Error('zend_class_entry.function_table offset not found');
+}
+
+// ------------------------------------------------------------------------- request context
+const sapiGlobals = sym('sapi_globals');
+const sapiGetenvAddr = sym('sapi_getenv');
+const sapiGetenv = sapiGetenvAddr ? new NativeFunction(sapiGetenvAddr, 'pointer', ['pointer', 'size_t']) : null;
+const ENV_NAMES = {};
+function envName(name) {
+  if (!ENV_NAMES[name]) ENV_NAMES[name] = Memory.allocUtf8String(name);
+  return ENV_NAMES[name];
+}
+function getenv(name) {
+  // sapi_getenv asks the SAPI (FastCGI params for php-fpm); the copy it returns is emalloc'ed
+  // and freed with the request's memory.
+  if (sapiGetenv === null) return '';
+  const p = sapiGetenv(envName(name), name.length);
+  return p.isNull() ? '' : cstr(p, 1024);
+}
+const HEADERS = [['user-agent', 'HTTP_USER_AGENT'], ['content-type', 'CONTENT_TYPE'],
+  ['host', 'HTTP_HOST'], ['referer', 'HTTP_REFERER'], ['x-forwarded-for', 'HTTP_X_FORWARDED_FOR']];
+
+// EG(symbol_table): embedded in executor_globals; found by the "_GET" key every request has.
+// Searched lazily, inside a request (php -S rebuilds it per request).
+let symtabOff = -1, symtabTries = 0;
+function superGlobal(name) {
+  const eg = sym('executor_globals');
+  if (eg === null) return null;
+  if (symtabOff < 0) {
+    if (symtabTries++ > 8) return null;
+    for (let off = 0; off < 2048; off += 8) {
+      const ht = eg.add(off);
+      if (!plausibleTable(ht)) continue;
+      try { if (htFind(ht, '_GET') !== null) { symtabOff = off; break; } } catch (e) { /* next */ }
+    }
+    if (symtabOff < 0) return null;
+  }
+  let z = hashFind(eg.add(symtabOff), name);
+  if (z === null) return null;
+  if (z.add(8).readU8() === IS_INDIRECT) z = z.readPointer();
+  if (z.add(8).readU8() === IS_REFERENCE) z = z.readPointer().add(8);
+  return z.add(8).readU8() === IS_ARRAY ? z.readPointer() : null;
+}
+
+function arrayParams(ht, params) {
+  if (ht === null) return;
+  htForEach(ht, (key, z) => {
+    if (key === null || key.isNull()) return true;
+    const k = zstr(key, 256);
+    (params[k] = params[k] || []).push(zvalString(z, 0));
+    return Object.keys(params).length < ARGS_MAX;
+  });
+}
+
+const SERVER_VARS = ['REMOTE_ADDR'].concat(HEADERS.map((h) => h[1]));
+/* The $_SERVER entries we report. */
+function serverVars() {
+  const out = {};
+  let ht = null;
+  try { ht = superGlobal('_SERVER'); } catch (e) { ht = null; }
+  if (ht === null) return out;
+  for (const name of SERVER_VARS) {
+    const z = hashFind(ht, name);
+    if (z !== null) out[name] = zvalString(z, 0).slice(0, 1024);
+  }
+  return out;
+}
+
+function requestContext() {
+  if (sapiGlobals === null) return null;
+  const method = cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
+  if (!method) return null; // CLI, or outside a request
+  const uri = cstr(sapiGlobals.add(SG_URI).readPointer(), ARG_CAP);
+  const qs = cstr(sapiGlobals.add(SG_QUERY).readPointer(), ARG_CAP);
+  const params = {};
+  parseQuery(qs, params);
+  if (method === 'POST') {
+    try { arrayParams(superGlobal('_POST'), params); } catch (e) { /* no form */ }
+  }
+  // sapi_getenv answers for php-fpm (FastCGI params); the built-in server has no getenv, so
+  // fall back to $_SERVER (present when the script mentions it: it is a JIT auto-global)
+  // php-fpm answers sapi_getenv (FastCGI params) and then has everything we want; the
+  // built-in server has no getenv: read $_SERVER instead (one pass)
+  const sapiEnv = getenv('REMOTE_ADDR') !== '';
+  let server = null;
+  const env = (name) => {
+    if (sapiEnv) return getenv(name);
+    if (server === null) server = serverVars();
+    return server[name] || '';
+  };
+  const headers = {};
+  for (const [h, name] of HEADERS) {
+    const v = env(name);
+    if (v) headers[h] = v;
+  }
+  const req = { method, url: uri || '', params, headers };
+  const addr = env('REMOTE_ADDR');
+  if (addr) req.remote_addr = addr;
+  if (uri && qs && uri.indexOf('?') < 0) req.url = uri + '?' + qs;
+  return req;
+}
+
+// ------------------------------------------------------------------------- stack
+let filenameOffset = -1; // zend_op_array.filename, found on first use
+const getExecutedFilenameEx = sym('zend_get_executed_filename_ex')
+  ? new NativeFunction(sym('zend_get_executed_filename_ex'), 'pointer', []) : null;
+
+function findFilenameOffset(ed) {
+  // the innermost user frame's op_array holds the zend_string the engine reports as the file
+  if (getExecutedFilenameEx === null) return;
+  const fname = getExecutedFilenameEx();
+  if (fname.isNull()) return;
+  for (let f = ed; !f.isNull(); f = f.add(ED_PREV).readPointer()) {
+    const func = f.add(ED_FUNC).readPointer();
+    if (func.isNull() || func.readU8() !== ZEND_USER_FUNCTION) continue;
+    for (let off = 72; off < 320; off += 8) {
+      if (func.add(off).readPointer().equals(fname)) { filenameOffset = off; return; }
+    }
+    return;
+  }
+}
+
+function frameName(func) {
+  const name = func.add(FN_NAME).readPointer();
+  let s = name.isNull() ? '{main}' : zstr(name, 256);
+  const scope = func.add(FN_SCOPE).readPointer();
+  if (!scope.isNull()) s = zstr(scope.add(CE_NAME).readPointer(), 256) + '::' + s;
+  return s;
+}
+
+// zend_function address -> "name" or "name (file" for user code. Cleared at every request
+// start: without opcache a request's op_arrays are freed and their addresses reused.
+let funcCache = new Map();
+
+function funcLabel(addr) {
+  // -> [label, true when user code (the caller appends ":line)")]
+  let entry = funcCache.get(addr);
+  if (entry === undefined) {
+    const func = ptr(addr);
+    const user = func.readU8() === ZEND_USER_FUNCTION && filenameOffset > 0;
+    let label = frameName(func);
+    if (user) label += ' (' + zstr(func.add(filenameOffset).readPointer(), 1024);
+    entry = [label, user];
+    if (funcCache.size > 4096) funcCache = new Map();
+    funcCache.set(addr, entry);
+  }
+  return entry;
+}
+
+function stackOf(ed) {
+  // ed: the innermost PHP frame to report (the caller of a hooked internal function)
+  const frames = [];
+  if (filenameOffset < 0) findFilenameOffset(ed);
+  let f = ed;
+  while (!f.isNull() && frames.length < state.stackDepth) {
+    const dv = new DataView(f.readByteArray(ED_PREV + 8)); // opline, ..., func, This, prev
+    const func = u64(dv, ED_FUNC);
+    if (func !== 0) {
+      const [label, user] = funcLabel(func);
+      if (!user) frames.push(label);
+      else {
+        const opline = u64(dv, ED_OPLINE);
+        const line = opline === 0 ? 0 : ptr(opline).add(OPLINE_LINENO).readU32();
+        frames.push(label + ':' + line + ')');
+      }
+    }
+    f = ptr(u64(dv, ED_PREV));
+  }
+  return frames;
+}
+
+// ------------------------------------------------------------------------- policy
+// ------------------------------------------------------------------------- events
+// the request context is read once per request (php_request_startup bumps the counter)
+const requestCache = { gen: -1, req: null };
+
+function envelope(type, data) {
+  return {
+    message_type: type, pid: state.pid, runtime: 'php', runtime_version: RUNTIME_VERSION,
+    probe_version: PROBE_VERSION, time: Date.now(), data,
+  };
+}
+
+function enqueue(msg) {
+  if (state.conn === null) { drop('agent_away'); return; }
+  if (state.queue.length >= QUEUE_MAX) { drop('queue_full'); return; }
+  state.queue.push(msg);
+}
+
+/*
+ * One hooked call, on PHP's thread. Returns the blocking rule, or null to let the call run.
+ * Order (probe contract): quota -> build the event -> block rules -> filter rules -> enqueue.
+ */
+function onCall(hook, kind, args, ed) {
+  if (!state.quotas.allow(hook, Date.now())) {
+    drop('quota');
+    return null;
+  }
+  const ev = { hook, kind, args, stack: ed === null || ed.isNull() ? [] : stackOf(ed), blocked: false };
+  const gen = requestGen();
+  if (gen < 0 || requestCache.gen !== gen) {
+    if (requestCache.gen !== gen) funcCache = new Map(); // a new request: op_arrays may differ
+    requestCache.gen = gen;
+    requestCache.req = requestContext();
+  }
+  if (requestCache.req !== null) ev.request = requestCache.req;
+  let blockRule = null;
+  for (const r of state.blocks) {
+    if (ruleMatches(r, ev)) { blockRule = r; break; }
+  }
+  if (blockRule !== null) {
+    ev.blocked = true;
+    ev.policy_id = blockRule.policy_id;
+    state.counters.blocked++;
+  } else {
+    for (const r of state.filters) {
+      if (ruleMatches(r, ev)) { drop('filter'); return null; }
+    }
+  }
+  enqueue(envelope(2, ev));
+  return blockRule;
+}
+
+function hookFailed(hook, e) {
+  // a hook that raises disables itself; the app's call proceeds
+  state.disabled[hook] = true;
+  drop('error');
+  if (!state.errorsReported[hook]) {
+    state.errorsReported[hook] = true;
+    log('hook ' + hook + ' disabled after an internal error: ' + e.message);
+  }
+}
+
+// ------------------------------------------------------------------------- blocking
+const zendThrowException = sym('zend_throw_exception')
+  ? new NativeFunction(sym('zend_throw_exception'), 'pointer', ['pointer', 'pointer', 'int64']) : null;
+const zendCeException = sym('zend_ce_exception');
+
+function throwBlocked(hook, rule) {
+  // PHP's Exception (catchable by `catch (Exception $e)`), as a failing call would throw
+  const msg = Memory.allocUtf8String('Rampart blocked ' + hook + ' by policy ' + rule.policy_id);
+  zendThrowException(zendCeException.readPointer(), msg, 0);
+}
+
+const canBlock = zendThrowException !== null && zendCeException !== null;
+
+// ------------------------------------------------------------------------- install
+/* Each Frida memory read costs 1-6 us under QuickJS, so the hot path reads blocks and parses
+ * them with a DataView. Addresses fit in a double (user space is below 2^47). */
+function u64(dv, off) {
+  return dv.getUint32(off, true) + dv.getUint32(off + 4, true) * 4294967296;
+}
+
+function argsOf(ed) {
+  const n = Math.min(ed.add(ED_NUM_ARGS).readU32(), ARGS_MAX);
+  if (n === 0) return [];
+  const dv = new DataView(ed.add(ED_ARGS).readByteArray(n * ZVAL));
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const type = dv.getUint8(i * ZVAL + 8);
+    if (type === IS_STRING) out.push(zstr(ptr(u64(dv, i * ZVAL))));
+    else if (type === IS_LONG) out.push(String(u64(dv, i * ZVAL)));
+    else out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
+  }
+  return out;
+}
+
+function swapHandler(hookName, kind, fn, handlerOff) {
+  const slot = fn.add(handlerOff);
+  const orig = slot.readPointer();
+  const callOrig = new NativeFunction(orig, 'void', ['pointer', 'pointer']);
+  const replacement = new NativeCallback(function (ed, rv) {
+    let rule = null;
+    // no fork check here: in a forked child (pcntl_fork) these hooks still run and block, but
+    // nothing sends (no Frida thread there): events stay in the bounded queue and are lost
+    if (!state.stopped && !state.disabled[hookName]) {
+      try {
+        if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
+        rule = onCall(hookName, kind, argsOf(ed), ed.add(ED_PREV).readPointer());
+      } catch (e) {
+        hookFailed(hookName, e);
+        rule = null;
+      }
+    }
+    if (rule !== null && canBlock) {
+      rv.add(8).writeU32(IS_FALSE); // return false, as a failing call does
+      throwBlocked(hookName, rule);
+      return;
+    }
+    callOrig(ed, rv);
+  }, 'void', ['pointer', 'pointer']);
+  state.keep.push(callOrig, replacement);
+  slot.writePointer(replacement);
+  state.swaps.push({ slot, orig });
+}
+
+/* php-fpm compiles (or fetches from opcache) the primary script of every request through
+ * zend_compile_file: entering JS for it cost ~25 us a request. This C gate sends only real
+ * includes (a PHP frame is running) to the JS callback. */
+function compileFileGate(orig, jsCallback, getExecutedFilename) {
+  try {
+    const gate = Memory.alloc(Process.pointerSize * 3);
+    gate.writePointer(orig);
+    gate.add(Process.pointerSize).writePointer(jsCallback);
+    gate.add(2 * Process.pointerSize).writePointer(getExecutedFilename);
+    const cm = new CModule(`
+      typedef void * (*compile_fn) (void * handle, int type);
+      typedef void * (*filename_fn) (void);
+      extern void * rampart_gate[3];
+      void * rampart_compile_file (void * handle, int type)
+      {
+        if (((filename_fn) rampart_gate[2]) () == 0)
+          return ((compile_fn) rampart_gate[0]) (handle, type);
+        return ((compile_fn) rampart_gate[1]) (handle, type);
+      }
+    `, { rampart_gate: gate });
+    state.keep.push(cm, gate);
+    return cm.rampart_compile_file;
+  } catch (e) {
+    log('include gate in C failed (' + e.message + '): every compile enters JS');
+    return null;
+  }
+}
+
+function installCompileHooks() {
+  // include/require (zend_compile_file) and eval (zend_compile_string): function pointers the
+  // engine calls for every compile, opcache's cached includes too.
+  const getExecutedFilename = getExecutedFilenameEx;
+  const fileSlot = sym('zend_compile_file');
+  if (fileSlot !== null && getExecutedFilename !== null) {
+    const orig = fileSlot.readPointer();
+    const callOrig = new NativeFunction(orig, 'pointer', ['pointer', 'int']);
+    const cb = new NativeCallback(function (handle, type) {
+      let rule = null;
+      // no running PHP frame = the request's primary script (auto_prepend too): not an event
+      if (!state.stopped && !state.disabled.include && !getExecutedFilename().isNull()) {
+        try {
+          // zend_file_handle (8.1+): handle union (40 bytes), then zend_string *filename
+          const name = zstr(handle.add(40).readPointer());
+          rule = onCall('include', 'code', [name], currentExecuteData());
+        } catch (e) { hookFailed('include', e); rule = null; }
+      }
+      if (rule !== null && canBlock) { throwBlocked('include', rule); return ptr(0); }
+      return callOrig(handle, type);
+    }, 'pointer', ['pointer', 'int']);
+    state.keep.push(callOrig, cb);
+    fileSlot.writePointer(compileFileGate(orig, cb, getExecutedFilename) || cb);
+    state.swaps.push({ slot: fileSlot, orig });
+    state.installed.push('include');
+  } else state.missing.push('include');
+
+  const strSlot = sym('zend_compile_string');
+  if (strSlot !== null) {
+    const orig = strSlot.readPointer();
+    // 8.2: (zend_string *source, const char *filename, zend_compile_position position)
+    const callOrig = new NativeFunction(orig, 'pointer', ['pointer', 'pointer', 'int']);
+    const cb = new NativeCallback(function (source, filename, position) {
+      let rule = null;
+      if (!state.stopped && !state.disabled.eval) {
+        try {
+          rule = onCall('eval', 'code', [zstr(source)], currentExecuteData());
+        } catch (e) { hookFailed('eval', e); rule = null; }
+      }
+      if (rule !== null && canBlock) { throwBlocked('eval', rule); return ptr(0); }
+      return callOrig(source, filename, position);
+    }, 'pointer', ['pointer', 'pointer', 'int']);
+    state.keep.push(callOrig, cb);
+    strSlot.writePointer(cb);
+    state.swaps.push({ slot: strSlot, orig });
+    state.installed.push('eval');
+  } else state.missing.push('eval');
+}
+
+let edOffset = -1; // EG(current_execute_data), found at install
+function currentExecuteData() {
+  if (edOffset < 0) locateEdFromFilename();
+  if (edOffset < 0) return null;
+  const ed = sym('executor_globals').add(edOffset).readPointer();
+  return ed.isNull() ? null : ed;
+}
+
+/* Before any hooked internal call has shown us EG(current_execute_data), find it from inside
+ * an include/eval: it is the pointer in executor_globals to a frame whose user function's
+ * op_array holds the file zend_get_executed_filename_ex() reports (this also finds
+ * zend_op_array.filename). Tried a few times, then left to locateEd. */
+let edSearches = 0;
+function locateEdFromFilename() {
+  const eg = sym('executor_globals');
+  if (eg === null || getExecutedFilenameEx === null || edSearches++ > 4) return;
+  const fname = getExecutedFilenameEx();
+  if (fname.isNull()) return;
+  for (let off = 0; off < 1024; off += 8) {
+    try {
+      const ed = eg.add(off).readPointer();
+      if (ed.isNull()) continue;
+      const func = ed.add(ED_FUNC).readPointer();
+      if (func.isNull() || func.readU8() !== ZEND_USER_FUNCTION) continue;
+      for (let f = 72; f < 320; f += 8) {
+        if (func.add(f).readPointer().equals(fname)) {
+          edOffset = off;
+          if (filenameOffset < 0) filenameOffset = f;
+          return;
+        }
+      }
+    } catch (e) { /* not a pointer to a frame */ }
+  }
+}
+
+function locateEd(ed) {
+  // the executor's current_execute_data is the frame of the internal call being made
+  const eg = sym('executor_globals');
+  if (eg === null) return;
+  for (let off = 0; off < 1024; off += 8) {
+    if (eg.add(off).readPointer().equals(ed)) { edOffset = off; return; }
+  }
+}
+
+// Bumped by php_request_startup, which runs once per request in every SAPI. A CModule
+// (~0.2 us a call) rather than a JS onEnter (~25 us measured on php-fpm): it runs on every
+// request, events or not. The counter lives in a Memory.alloc buffer passed to the CModule
+// (reading a CModule-defined variable from JS crashed targets: platform notes).
+let requestGenPtr = null;
+
+function installRequestHook() {
+  const addr = sym('php_request_startup');
+  if (addr === null) return; // requestGen() stays -1: the context is read on every event
+  requestGenPtr = Memory.alloc(8);
+  try {
+    const cm = new CModule(`
+      #include <gum/guminterceptor.h>
+      extern volatile unsigned int request_gen;
+      void onEnter (GumInvocationContext * ic) { request_gen++; }
+    `, { request_gen: requestGenPtr });
+    state.keep.push(cm);
+    state.listeners.push(Interceptor.attach(addr, cm));
+  } catch (e) {
+    log('request hook in C failed (' + e.message + '), using JS');
+    state.listeners.push(Interceptor.attach(addr, {
+      onEnter() { requestGenPtr.writeU32(requestGenPtr.readU32() + 1); },
+    }));
+  }
+}
+
+function requestGen() {
+  return requestGenPtr === null ? -1 : requestGenPtr.readU32();
+}
+
+/*
+ * The process is shutting down (php-fpm after pm.max_requests, the end of a CLI script):
+ * Frida's thread may never run again, so what is queued would be lost. Send it from PHP's
+ * thread, synchronously, on a fresh connection (the agent replaces the old one with it):
+ * hello, the queued events, a heartbeat, exit. Bounded by a 200 ms send timeout; the only
+ * socket I/O this probe does on PHP's thread, and only at exit.
+ */
+function exitFlush() {
+  if (state.stopped || libc.getpid() !== state.pid) return; // a forked child: not ours to say
+  const c = net;
+  const queued = state.queue.filter((m) => m.message_type === 2);
+  state.queue = [];
+  state.alreadyRunning = true;
+  const msgs = [hello()].concat(queued, [heartbeat(), envelope(0, { reason: 'php shutdown' })]);
+  const fd = c.socket(AF_UNIX, SOCK_STREAM_CLOEXEC, 0);
+  if (fd < 0) return;
+  try {
+    const tv = Memory.alloc(16);
+    tv.writeU64(0);
+    tv.add(8).writeU64(200000);
+    c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16);
+    if (c.connect(fd, sockaddrUn(SOCKET_PATH), 110) !== 0) return;
+    const bytes = encodeFrames(msgs);
+    const buf = Memory.alloc(bytes.byteLength);
+    buf.writeByteArray(bytes);
+    let off = 0;
+    while (off < bytes.byteLength) {
+      const n = c.write(fd, buf.add(off), bytes.byteLength - off).toNumber();
+      if (n <= 0) break;
+      off += n;
+    }
+    state.counters.sent += queued.length;
+  } finally {
+    c.close(fd);
+    state.stopped = true; // nothing more to say; the process is going away
+  }
+}
+
+function installExitHook() {
+  const addr = sym('php_module_shutdown');
+  if (addr === null) return;
+  state.listeners.push(Interceptor.attach(addr, {
+    onEnter() {
+      try { exitFlush(); } catch (e) { /* exiting anyway */ }
+    },
+  }));
+}
+
+function install() {
+  installRequestHook();
+  const { functions, classes } = findTables();
+  const hoff = handlerOffset(functions);
+  let moff = -1;
+  try { if (classes !== null) moff = classMethodTableOffset(classes); } catch (e) { log(e.message); }
+  for (const [name, kind, cls] of SINKS) {
+    const hook = cls ? CLASS_NAMES[cls] + '::' + name : name;
+    let z = null;
+    try {
+      if (!cls) z = hashFind(functions, name);
+      else if (moff >= 0) {
+        const cz = hashFind(classes, cls);
+        if (cz !== null) z = hashFind(cz.readPointer().add(moff), name);
+      }
+    } catch (e) { z = null; }
+    const fn = z === null ? null : z.readPointer();
+    if (fn === null || fn.readU8() !== 1) { state.missing.push(hook); continue; }
+    try {
+      swapHandler(hook, kind, fn, hoff);
+      state.installed.push(hook);
+    } catch (e) {
+      state.missing.push(hook);
+      log('hook ' + hook + ' not installed: ' + e.message);
+    }
+  }
+  installCompileHooks();
+}
+
+function uninstall() {
+  for (const s of state.swaps.reverse()) {
+    try { s.slot.writePointer(s.orig); } catch (e) { /* keep going */ }
+  }
+  state.swaps = [];
+  for (const l of state.listeners) l.detach();
+  state.listeners = [];
+}
+
+// ------------------------------------------------------------------------- socket
+function hello() {
+  return envelope(100, {
+    mode: 'attached', hooks: state.installed, already_running: state.alreadyRunning,
+    protocol_version: 1, hooks_missing: state.missing, role: ROLE,
+  });
+}
+
+function heartbeat() {
+  return envelope(1, {
+    sent: state.counters.sent, dropped: state.counters.dropped, blocked: state.counters.blocked,
+    dropped_by: state.droppedBy, policies: state.policies, queue: state.queue.length,
+  });
+}
+
+async function connect(replace) {
+  if (state.connecting || state.stopped || (state.conn !== null && !replace)) return;
+  state.connecting = true;
+  try {
+    const conn = openConnection();
+    const old = state.conn;
+    state.conn = conn; // the old connection, if any, is replaced at the agent by this hello
+    state.backoff = 500;
+    await conn.output.writeAll(encodeFrames([hello()]));
+    state.alreadyRunning = true; // any later hello is a reconnect
+    if (old !== null) old.close().catch(() => {});
+    readLoop(conn);
+  } catch (e) {
+    if (state.conn === null) {
+      setTimeout(() => connect(false), state.backoff);
+      state.backoff = Math.min(state.backoff * 2, 30000);
+    }
+  } finally {
+    state.connecting = false;
+  }
+}
+
+/*
+ * "Already running?" A second `rasp-attach` must not inject a second probe (double hooks, two
+ * connections superseding each other). The probe listens on the abstract Unix socket
+ * `rampart-php-<pid>`: the attacher finds it in /proc/<pid>/net/unix, connects instead of
+ * injecting, and the probe answers with a fresh hello (`already_running: true`) on a new
+ * connection, at once, even while it was waiting to reconnect.
+ */
+async function listenForPokes() {
+  try {
+    const l = await Socket.listen({
+      family: 'unix', type: 'abstract', path: 'rampart-php-' + state.pid, backlog: 4,
+    });
+    state.listener = l;
+    for (;;) {
+      const c = await l.accept();
+      c.close().catch(() => {});
+      if (state.stopped) return;
+      state.alreadyRunning = true;
+      state.backoff = 500;
+      connect(true);
+    }
+  } catch (e) {
+    if (!state.stopped) log('poke listener: ' + e.message);
+  }
+}
+
+function lost(conn) {
+  if (state.conn !== conn) return;
+  state.conn = null;
+  for (let i = 0; i < state.queue.length; i++) drop('agent_away');
+  state.queue = [];
+  conn.close().catch(() => {});
+  if (!state.stopped) setTimeout(() => connect(false), state.backoff);
+}
+
+let writing = false;
+/* Frames for `msgs`, encoded natively: Memory.allocUtf8String does the UTF-8 work that a JS
+ * loop does 20x slower in QuickJS (and the JS lock is held meanwhile: PHP's hooks wait). */
+function encodeFrames(msgs) {
+  const bodies = [];
+  let total = 0;
+  for (const m of msgs) {
+    const mem = Memory.allocUtf8String(JSON.stringify(m));
+    const n = libc.strlen(mem).toNumber(); // JSON escapes U+0000, so strlen is the byte length
+    bodies.push([mem, n]);
+    total += 4 + n;
+  }
+  const out = Memory.alloc(total);
+  let off = 0;
+  for (const [mem, n] of bodies) {
+    out.add(off).writeU8((n >>> 24) & 0xff);
+    out.add(off + 1).writeU8((n >>> 16) & 0xff);
+    out.add(off + 2).writeU8((n >>> 8) & 0xff);
+    out.add(off + 3).writeU8(n & 0xff);
+    Memory.copy(out.add(off + 4), mem, n);
+    off += 4 + n;
+  }
+  return out.readByteArray(total);
+}
+
+async function write(msgs) {
+  const conn = state.conn;
+  if (conn === null) return;
+  await conn.output.writeAll(encodeFrames(msgs));
+}
+
+async function flush() {
+  if (writing || state.conn === null || state.queue.length === 0) return;
+  writing = true;
+  const batch = state.queue.splice(0, 64);
+  try {
+    await write(batch);
+    state.counters.sent += batch.filter((m) => m.message_type === 2).length;
+  } catch (e) {
+    for (let i = 0; i < batch.length; i++) drop('agent_away');
+    lost(state.conn);
+  } finally {
+    writing = false;
+  }
+}
+
+async function readLoop(conn) {
+  const splitter = new FrameSplitter(MAX_FRAME);
+  try {
+    for (;;) {
+      const chunk = await conn.input.read(65536);
+      if (chunk.byteLength === 0) break;
+      for (const payload of splitter.feed(new Uint8Array(chunk))) {
+        let msg;
+        try {
+          msg = decodeFromAgent(payload);
+        } catch (e) {
+          if (e.code === 'too_large') throw e;
+          log('ignored a bad frame from the agent: ' + e.message);
+          continue;
+        }
+        onFrame(msg);
+      }
+    }
+  } catch (e) {
+    log('connection: ' + e.message);
+  }
+  lost(conn);
+}
+
+function ruleSkipped(r, e) {
+  log('rule ' + r.policy_id + ' skipped: ' + e.message);
+}
+
+function onFrame(msg) {
+  const d = msg.data || {};
+  switch (msg.message_type) {
+    case 3: // config
+      state.policies.config = d.uuid || '';
+      state.disabled = {};
+      for (const h of d.hooks_disabled || []) state.disabled[h] = true;
+      if (Number.isInteger(d.stack_depth)) state.stackDepth = Math.min(Math.max(d.stack_depth, 0), 256);
+      break;
+    case 6:
+      state.filters = compileRules(d.filters, ruleSkipped);
+      state.policies.filter = d.uuid || '';
+      break;
+    case 7:
+      state.blocks = compileRules(d.blocks, ruleSkipped);
+      state.policies.block = d.uuid || '';
+      break;
+    case 8:
+      state.quotas.set(d.quotas, DEFAULT_QUOTA);
+      state.policies.quota = d.uuid || '';
+      break;
+    case 0: // exit: stop reporting, put the engine back as it was
+      stop('agent asked: ' + (d.reason || 'exit'));
+      break;
+    case 99:
+      log('agent refused: ' + d.code + ': ' + d.reason);
+      break;
+    default:
+      return;
+  }
+  // say at once which tables are in force (the next periodic heartbeat may be 10 s away)
+  if (msg.message_type !== 99 && !heartbeatSoon) {
+    heartbeatSoon = true;
+    setTimeout(() => {
+      heartbeatSoon = false;
+      if (state.conn !== null && !state.stopped) state.queue.push(heartbeat());
+    }, 100);
+  }
+}
+let heartbeatSoon = false;
+
+function stop(reason) {
+  if (state.stopped) return;
+  state.stopped = true;
+  uninstall();
+  if (state.listener) state.listener.close().catch(() => {});
+  const conn = state.conn;
+  state.conn = null;
+  if (conn !== null) {
+    conn.output.writeAll(encodeFrames([envelope(0, { reason })]))
+      .catch(() => {}).then(() => conn.close().catch(() => {}));
+  }
+}
+
+// ------------------------------------------------------------------------- start
+let started = false;
+function start() {
+  if (started) return;
+  started = true;
+  if (ROLE === 'worker') install();
+  installExitHook();
+  setInterval(() => { flush(); }, 50);
+  setInterval(() => {
+    if (state.conn !== null && !state.stopped) {
+      state.queue.push(heartbeat());
+    }
+  }, HEARTBEAT_MS);
+  connect(false);
+  listenForPokes();
+}
+
+rpc.exports = {
+  start() {
+    start();
+    return { installed: state.installed, missing: state.missing, pid: state.pid };
+  },
+  stop() {
+    stop('detach');
+    return true;
+  },
+};
