@@ -201,18 +201,24 @@ class Settings(BaseModel):
         return self
 
     @field_validator("driver_events")
+    @classmethod
     def _driver_events(cls, v: list[str]) -> list[str]:
         bad = [e for e in v if e not in EVENT_NAMES]
         if bad:
-            f"unknown driver event {bad[0]!r}; choose from {', '.join(EVENT_NAMES)}"
+            raise ValueError(
+                f"unknown driver event {bad[0]!r}; choose from {', '.join(EVENT_NAMES)}"
+            )
+        return v
 
     @field_validator("driver_open_paths")
+    @classmethod
     def _open_paths(cls, v: list[str]) -> list[str]:
         if len(v) > 8:
             raise ValueError("at most 8 prefixes")
         for p in v:
             if not p.startswith("/") or len(p.encode()) >= 64:
                 raise ValueError(f"{p!r}: an absolute path prefix of less than 64 bytes")
+        return v
 
     @field_validator("auto_attach")
     @classmethod
