@@ -49,6 +49,7 @@ ATTACHER_MODULES: dict[str, str] = {
     "python": "injector.attach_python",
     "jvm": "injector.attach_jvm",
     "php": "injector.attach_php",
+    "nodejs": "injector.attach_nodejs",
 }
 
 

@@ -1,0 +1,262 @@
+'use strict';
+// Rampart's Node.js probe. Started live by `rasp-attach` (through the inspector, mode
+// "attached") or by the app itself (`node -r rasp/nodejs/register.js`, mode "sdk").
+// No dependencies: node's own modules only. See docs/nodejs-probe.md.
+//
+//   require('/path/rasp/nodejs/probe.js').start({socket: '/run/rampart/probe.sock',
+//                                                mode: 'attached'})
+
+const fs = require('fs');
+const Module = require('module');
+const { Kit, capArgs, blockedError } = require('./lib/kit');
+const { Client } = require('./lib/client');
+const { compileTable, firstMatch, Quota } = require('./lib/policy');
+const context = require('./lib/context');
+const loader = require('./lib/loader');
+
+const PROBE_VERSION = '0.1.0';
+const KEY = Symbol.for('rampart.nodejs.probe');
+const DEFAULT_SOCKET = '/run/rampart/probe.sock';
+const DEFAULT_STACK_DEPTH = 32;
+const PROBE_DIR = `${__dirname}/lib/`;
+
+// One module per API family (docs/nodejs-probe.md has the table).
+const FAMILIES = [
+  require('./lib/hooks/child_process'),
+  require('./lib/hooks/fs'),
+  require('./lib/hooks/net'),
+  require('./lib/hooks/http'),
+  require('./lib/hooks/dns'),
+  require('./lib/hooks/vm'),
+  require('./lib/hooks/native_addon'),
+  context,
+];
+
+function frameOf(f) {
+  const fn = f.getFunctionName() || f.getMethodName() || '<anonymous>';
+  const file = f.getFileName() || f.getEvalOrigin() || '<unknown>';
+  return `${fn} (${file}:${f.getLineNumber()}:${f.getColumnNumber()})`;
+}
+
+/** The JS stack above `skip` (innermost first), without touching the app's stack settings. */
+function captureStack(skip, depth) {
+  if (depth <= 0) return [];
+  const holder = {};
+  const limit = Error.stackTraceLimit;
+  const prepare = Error.prepareStackTrace;
+  Error.stackTraceLimit = depth;
+  Error.prepareStackTrace = (_, frames) => frames;
+  try {
+    Error.captureStackTrace(holder, skip);
+    const frames = holder.stack;
+    if (!Array.isArray(frames)) return [];
+    // the probe's own frames (the request-context wrapper) are not the app's
+    return frames.filter((f) => !(f.getFileName() || '').startsWith(PROBE_DIR)).map(frameOf);
+  } finally {
+    Error.prepareStackTrace = prepare;
+    Error.stackTraceLimit = limit;
+  }
+}
+
+/**
+ * ES modules see node's builtins through live bindings that only follow the CommonJS
+ * exports object when asked: after this, `import {readFile} from 'fs/promises'` (even one
+ * done before the attach) calls our wrapper; after stop(), the original again.
+ */
+function syncESM() {
+  try {
+    if (typeof Module.syncBuiltinESMExports === 'function') Module.syncBuiltinESMExports();
+  } catch (e) { /* never fatal */ }
+}
+
+class Probe {
+  constructor(opts) {
+    this.socket = opts.socket || process.env.RAMPART_SOCKET || DEFAULT_SOCKET;
+    this.mode = opts.mode === 'sdk' ? 'sdk' : 'attached';
+    this.depth = 0; // > 0 while the probe itself runs: its own calls are not events
+    this.stopped = false;
+    this.stackDepth = DEFAULT_STACK_DEPTH;
+    this.blockRules = [];
+    this.filterRules = [];
+    this.quota = new Quota();
+    this.disabled = new Set();
+    this.uuids = {};
+    this.counters = { sent: 0, dropped: 0, blocked: 0, dropped_by: {} };
+    this.kit = new Kit(this);
+    this.missing = [];
+    this.client = null;
+    this.onExit = () => {
+      if (this.client) this.client.sendExit('process exit');
+    };
+  }
+
+  start() {
+    loader.install(this.kit);
+    for (const family of FAMILIES) {
+      try {
+        family.install(this.kit, this);
+      } catch (e) {
+        this.missing.push(family.family); // left out, never fatal (docs/probe-contract.md)
+      }
+    }
+    syncESM();
+    this.client = new Client({
+      socket: this.socket,
+      envelope: { runtime_version: process.versions.node, probe_version: PROBE_VERSION },
+      counters: this.counters,
+      hello: () => ({ mode: this.mode, hooks: this.hookNames(), protocol_version: 1 }),
+      heartbeat: (queue) => ({
+        sent: this.counters.sent, dropped: this.counters.dropped,
+        blocked: this.counters.blocked, dropped_by: { ...this.counters.dropped_by },
+        policies: { ...this.uuids }, queue,
+      }),
+      onMessage: (msg) => this.onMessage(msg),
+      guard: (fn) => this.guard(fn),
+    });
+    this.client.start();
+    process.on('exit', this.onExit);
+  }
+
+  hookNames() {
+    return this.kit.hooks.filter((h) => h.active).map((h) => h.name);
+  }
+
+  summary(already) {
+    return { already_running: already, mode: this.mode, socket: this.socket,
+      hooks: this.hookNames(), missing: this.missing, probe_version: PROBE_VERSION };
+  }
+
+  guard(fn) {
+    this.depth++;
+    try {
+      return fn();
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /**
+   * On the app's thread, before the hooked call runs: build the event, apply block and
+   * filter rules and quota, enqueue. Returns the Error to refuse the call with, or null.
+   */
+  check(hook, argsOf, self, args, skip) {
+    if (!hook.active || this.depth > 0 || this.stopped || this.disabled.has(hook.name)) return null;
+    this.depth++;
+    try {
+      const raw = Reflect.apply(argsOf, self, args);
+      if (raw === null) return null;
+      const withinQuota = this.quota.take(hook.name);
+      if (!withinQuota && !this.blockRules.length) {
+        this.drop('quota');
+        return null;
+      }
+      const ev = { hook: hook.name, kind: hook.kind, args: capArgs(raw),
+        stack: captureStack(skip, this.stackDepth) };
+      const rule = this.blockRules.length ? firstMatch(this.blockRules, ev) : null;
+      if (rule) {
+        ev.blocked = true;
+        ev.policy_id = rule.policyId;
+        this.counters.blocked++;
+      }
+      // quota cuts reporting, never blocking; a blocked call is always reported if it fits
+      if (!withinQuota) this.drop('quota');
+      else if (!rule && this.filterRules.length && firstMatch(this.filterRules, ev)) this.drop('filter');
+      else {
+        const request = context.current();
+        if (request) ev.request = request;
+        this.client.enqueue(ev);
+      }
+      return rule ? blockedError(hook.name, rule.policyId) : null;
+    } catch (e) {
+      hook.fail(e);
+      return null;
+    } finally {
+      this.depth--;
+    }
+  }
+
+  drop(reason) {
+    this.counters.dropped++;
+    this.counters.dropped_by[reason] = (this.counters.dropped_by[reason] || 0) + 1;
+  }
+
+  hookFailed(hook, err) {
+    this.drop('error');
+    // one line per failing hook, on stderr: node has no logger of its own
+    this.guard(() => {
+      try {
+        fs.writeSync(2, `rampart: hook ${hook.name} disabled after an internal error: ${
+          err && err.message}\n`);
+      } catch (e) { /* stderr closed */ }
+    });
+  }
+
+  onMessage(msg) {
+    const d = msg.data;
+    switch (msg.message_type) {
+      case 6: {
+        this.filterRules = compileTable(d.filters).rules;
+        this.uuids.filter = d.uuid;
+        break;
+      }
+      case 7: {
+        this.blockRules = compileTable(d.blocks).rules;
+        this.uuids.block = d.uuid;
+        break;
+      }
+      case 8:
+        this.quota.setTable(d.quotas);
+        this.uuids.quota = d.uuid;
+        break;
+      case 3:
+        this.disabled = new Set(d.hooks_disabled);
+        if (d.stack_depth !== null) this.stackDepth = d.stack_depth;
+        this.uuids.config = d.uuid;
+        break;
+      case 0:
+        this.stop(d.reason || 'agent asked the probe to stop');
+        break;
+      default: // 99 error: the agent closes the connection; we reconnect with backoff
+    }
+  }
+
+  /** A second start: say hello again (already_running: true). */
+  again(opts) {
+    if (opts && opts.socket && opts.socket !== this.socket) {
+      this.socket = opts.socket;
+      this.client.socket = opts.socket;
+    }
+    this.client.rehello();
+  }
+
+  stop(reason = 'detached') {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.kit.uninstall();
+    syncESM();
+    this.client.sendExit(reason);
+    this.client.close();
+    process.removeListener('exit', this.onExit);
+    if (globalThis[KEY] === this) delete globalThis[KEY];
+  }
+}
+
+/** Start the probe once per process; a second start makes it say hello again. */
+function start(opts = {}) {
+  const existing = globalThis[KEY];
+  if (existing && !existing.stopped) {
+    existing.again(opts);
+    return existing.summary(true);
+  }
+  const probe = new Probe(opts);
+  Object.defineProperty(globalThis, KEY, { value: probe, configurable: true, writable: true });
+  probe.start();
+  return probe.summary(false);
+}
+
+function stop() {
+  const p = globalThis[KEY];
+  if (p) p.stop();
+}
+
+module.exports = { start, stop, PROBE_VERSION, captureStack };

@@ -1,0 +1,56 @@
+'use strict';
+// The vulnerable endpoints both victim apps share: each passes request input to one sink.
+// Every handler returns a promise of the response text; a rejected promise is the app's own
+// error path (HTTP 500 with the error message), which is what a blocked call must reach.
+
+const childProcess = require('child_process');
+const fs = require('fs');
+const net = require('net');
+const dns = require('dns');
+const vm = require('vm');
+
+// Captured at module load, before any attach: the JS-level hooks on the module object cannot
+// see calls through this reference; the spawn_sync binding hook does.
+const { execSync } = require('child_process');
+
+const SINKS = {
+  ping: async () => 'pong',
+  exec: (q) => new Promise((resolve, reject) => {
+    childProcess.exec(q.cmd, (err, out) => (err ? reject(err) : resolve(out)));
+  }),
+  execsync: async (q) => execSync(q.cmd).toString(),
+  spawnsync: async (q) => childProcess.spawnSync('/bin/sh', ['-c', q.cmd]).stdout.toString(),
+  read: (q) => new Promise((resolve, reject) => {
+    fs.readFile(q.path, 'utf8', (err, data) => (err ? reject(err) : resolve(data)));
+  }),
+  readsync: async (q) => fs.readFileSync(q.path, 'utf8'),
+  readpromise: (q) => fs.promises.readFile(q.path, 'utf8'),
+  write: async (q) => {
+    fs.writeFileSync(q.path, q.data || '');
+    return 'written';
+  },
+  fetch: async (q) => (await fetch(q.url)).text(),
+  connect: (q) => new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port: Number(q.port) }, () => {
+      s.end();
+      resolve('connected');
+    });
+    s.on('error', reject);
+  }),
+  dns: (q) => new Promise((resolve, reject) => {
+    dns.lookup(q.host, (err, address) => (err ? reject(err) : resolve(address)));
+  }),
+  vm: async (q) => String(vm.runInNewContext(q.code, {})),
+  // a native addon load (what require('x.node') does); a plain .so is refused by node after
+  // dlopen ("did not self-register"), which is enough to reach the hook
+  addon: async (q) => {
+    try {
+      process.dlopen({ exports: {} }, q.path);
+      return 'loaded';
+    } catch (err) {
+      return `not an addon: ${err.message.split('\n')[0]}`;
+    }
+  },
+};
+
+module.exports = { SINKS };
