@@ -61,6 +61,7 @@ class HostDriver:
         self._last_sweep = time.monotonic()
         #: called with each decoded exec and exit event (auto-attach discovers through this)
         self.process_listeners: list[Callable[[ev.DriverEvent], None]] = []
+        pipeline.host_lookup = self.process_facts
 
     # ------------------------------------------------------------------ start / stop
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +56,8 @@ class Pipeline:
         self.runners = runners
         self.policy = policy
         self.rules = rules or RuleSet()
+        #: pid -> process facts (the driver's cache sets it; host rules look up parents)
+        self.host_lookup: Callable[[int], dict[str, Any] | None] = lambda _pid: None
         self.detectors = Detectors() if settings.detectors else None
         self._batch: list[StoredEvent] = []
         self._encode = msgspec.json.Encoder().encode
@@ -117,7 +121,8 @@ class Pipeline:
         self._append(event, alerts, detections, signature)
 
     def submit_host(self, event: dict[str, Any]) -> None:
-        """A host event from the driver (runtime "kernel"): same policies, same sinks."""
+        """A host event from the driver (runtime "kernel"): same policies, same sinks, and
+        the host rules (with the process cache to look up parents)."""
         self.received += 1
         ignored, alerts = self.policy.evaluate(
             event["runtime"], event["kind"], event["hook"], event["args"], event["stack"]
@@ -125,7 +130,19 @@ class Pipeline:
         if ignored:
             self.ignored += 1
             return
-        self._append(event, alerts)
+        detections: tuple[dict[str, Any], ...] = ()
+        signature = ""
+        if self.detectors is not None:
+            findings = self.detectors.check_host(event, self.host_lookup)
+            if findings:
+                exe = event["process"].get("exe", "")
+                findings = self.rules.apply(findings, exe, event["args"], None)
+            if findings:
+                detections = tuple(f.to_json() for f in findings)
+                event["detections"] = list(detections)
+                alerts = alerts + [f.rule for f in findings]
+                signature = f"{event['hook']} {os.path.basename(event['process'].get('exe', ''))}"
+        self._append(event, alerts, detections, signature)
 
     def _append(
         self,

@@ -165,7 +165,12 @@ class ProcessCache:
             # the kernel's resolved path, symlinks followed, as /proc/<pid>/exe everywhere else
             exe = os.readlink(f"/proc/{e.pid}/exe").removesuffix(" (deleted)")
         except OSError:
-            exe = os.path.realpath(path) if path.startswith("/") else path
+            # gone already: the path it exec'd. "/proc/self/…" (an exec through a file
+            # descriptor) is the *target's* self, never resolved in the agent's own /proc
+            if path.startswith(("/proc/self/", "/proc/thread-self/")):
+                exe = f"/proc/{e.pid}/" + path.split("/", 3)[3]
+            else:
+                exe = os.path.realpath(path) if path.startswith("/") else path
         try:
             cwd = os.readlink(f"/proc/{e.pid}/cwd")
         except OSError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from host_agent.detectors import deser, path, shell, sql, ssrf
+from host_agent.detectors import deser, host, path, shell, sql, ssrf
 from host_agent.detectors.base import Finding
 
 __all__ = ["Detectors", "Finding"]
@@ -42,6 +42,13 @@ class Detectors:
             found = ssrf.check(kind, args, request)
         else:
             return []
+        for f in found:
+            self.counts[f.rule] += 1
+        return found
+
+    def check_host(self, event: dict[str, Any], lookup: host.Lookup) -> list[Finding]:
+        """Host rules over a driver event (`runtime: kernel`)."""
+        found = host.check(event, lookup)
         for f in found:
             self.counts[f.rule] += 1
         return found

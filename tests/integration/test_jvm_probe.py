@@ -503,16 +503,20 @@ def test_jvm_in_its_own_pid_and_mount_namespaces(spawn, jvm_classes: Path) -> No
     """A container in miniature: the JVM is pid 1 of a new pid namespace, with its own /tmp
     and without the agent jar's directory. The attacher uses its namespace pid for the
     attach files, copies the jar into the JVM's /tmp, and the probe's hello is accepted."""
-    BUILD.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=BUILD, prefix="ns-agent-") as td:
-        d = Path(td)  # outside /tmp, which the JVM will not share
+    # outside /tmp, which the JVM will not share, and outside the checkout, which may itself
+    # live under /tmp (CI clones anywhere): the agent's socket and the app's classes
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="rampart-ns-") as td:
+        d = Path(td)
         d.chmod(0o755)
+        classes = d / "classes"
+        shutil.copytree(jvm_classes, classes)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
         names = ("probe.sock", "events.db", "events.jsonl", "policy.yaml", "agent.log")
         agent = AgentProc(d, *(d / n for n in names), env=env).start()
+        # the jar's directory first: once /tmp is a fresh tmpfs, a checkout under /tmp is gone
         inside = (
-            f"mount -t tmpfs none /tmp && mount -t tmpfs none {AGENT_JAR.parent} && "
-            f"exec java -cp {jvm_classes} VulnApp"
+            f"mount -t tmpfs none {AGENT_JAR.parent} && mount -t tmpfs none /tmp && "
+            f"exec java -cp {classes} VulnApp"
         )
         shell = spawn(
             [
