@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from host_agent.yamlfile import ConfigError, load, loads, pydantic_error
+from host_agent.yamlfile import load, loads, unique_ids, validate
 from rasp.protocol.schema import (
     Block,
     BlockData,
@@ -193,20 +193,8 @@ def empty() -> PolicySet:
 
 
 def _parse(data: Any, lines: dict, source: str) -> PolicySet:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, "must be a mapping with a `policies:` list", 1)
-    try:
-        spec = PolicyFile(**data)
-    except ValidationError as err:
-        raise pydantic_error(source, lines, err) from None
-    seen: set[str] = set()
-    for i, p in enumerate(spec.policies):
-        if p.id in seen:
-            line = lines.get(("policies", i, "id"))
-            raise ConfigError(source, f"duplicate policy id {p.id!r}", line)
-        seen.add(p.id)
+    spec = validate(PolicyFile, data, lines, source, "a `policies:` list")
+    unique_ids([p.id for p in spec.policies], "policies", lines, source, "policy id")
     return _build(spec, source)
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from host_agent.detectors.base import Finding
 from host_agent.detectors.catalog import RULES
-from host_agent.yamlfile import ConfigError, load, loads, pydantic_error
+from host_agent.yamlfile import load, loads, unique_ids, validate
 
 Severity = Literal["low", "medium", "high", "critical"]
 
@@ -121,19 +121,8 @@ class RuleSet:
 
 
 def _parse(data: Any, lines: dict, source: str) -> RuleSet:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, "must be a mapping with `rules:` and/or `whitelist:`", 1)
-    try:
-        spec = RulesFile(**data)
-    except ValidationError as err:
-        raise pydantic_error(source, lines, err) from None
-    seen: set[str] = set()
-    for i, r in enumerate(spec.rules):
-        if r.id in seen:
-            raise ConfigError(source, f"rule {r.id!r} listed twice", lines.get(("rules", i, "id")))
-        seen.add(r.id)
+    spec = validate(RulesFile, data, lines, source, "`rules:` and/or `whitelist:`")
+    unique_ids([r.id for r in spec.rules], "rules", lines, source, "rule")
     return RuleSet(
         source=source,
         overrides={r.id: r for r in spec.rules},

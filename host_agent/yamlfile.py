@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 Loc = tuple[str | int, ...]
 
@@ -95,3 +98,26 @@ def pydantic_error(
         msg = f"unknown {noun} {yaml_loc[-1]!r}" if yaml_loc else f"unknown {noun}"
         return ConfigError(source, msg, line_of(lines, yaml_loc))
     return ConfigError(source, f"{field}: {msg}", line_of(lines, yaml_loc))
+
+
+def validate(model: type[M], data: Any, lines: dict[Loc, int], source: str, shape: str) -> M:
+    """A YAML document as `model`, or a ConfigError naming file and line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, f"must be a mapping with {shape}", 1)
+    try:
+        return model(**data)
+    except ValidationError as err:
+        raise pydantic_error(source, lines, err) from None
+
+
+def unique_ids(
+    ids: Sequence[str], section: str, lines: dict[Loc, int], source: str, what: str
+) -> None:
+    """Refuse the second use of an id in `section` (a list of mappings with `id:`)."""
+    seen: set[str] = set()
+    for i, ident in enumerate(ids):
+        if ident in seen:
+            raise ConfigError(source, f"duplicate {what} {ident!r}", lines.get((section, i, "id")))
+        seen.add(ident)
