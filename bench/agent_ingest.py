@@ -85,7 +85,15 @@ def run(clients: int, events: int) -> dict:
         sock, db = d / "probe.sock", d / "events.db"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
         agent = subprocess.Popen(
-            [str(REPO / ".venv/bin/rasp-agent"), "run", "--socket", str(sock), "--store", str(db)],
+            [
+                str(REPO / ".venv/bin/rasp-agent"),
+                "run",
+                "--socket",
+                str(sock),
+                "--store",
+                str(db),
+                "--no-driver",
+            ],  # probe frames only: host events would share the store
             stderr=open(d / "agent.log", "wb"),  # noqa: SIM115
             env=env,
         )
