@@ -119,6 +119,7 @@ class Tracked:
     reason: str = ""
     attempts: int = 0
     gave_up: bool = False
+    helper_running: bool = False
     due: float = 0.0  # monotonic time of the next attach attempt
 
     def to(self, state: str, reason: str = "") -> None:
@@ -206,9 +207,12 @@ class AutoAttacher:
             t.to("gone", "process exited")
 
     def rescan(self) -> None:
-        for entry in os.listdir(PROC):
-            if entry.isdigit():
-                self._consider(int(entry))
+        live = {int(e) for e in os.listdir(PROC) if e.isdigit()}
+        # forget judgements of processes that are gone (their exits may have been missed)
+        for pid in [p for p in self._seen if p not in live]:
+            del self._seen[pid]
+        for pid in live:
+            self._consider(pid)
 
     def _excluded_family(self, pid: int) -> bool:
         """The agent, its ancestors' init, and everything the agent started (helpers)."""
@@ -336,7 +340,7 @@ class AutoAttacher:
                 t.gave_up = True  # do not inject again into a process that dropped it
                 continue
             ready = t.state in ("discovered", "failed", "attaching") and not t.gave_up
-            if ready and now >= t.due and not self._busy(t):
+            if ready and now >= t.due and not t.helper_running:
                 self._launch(t)
         self._forget_gone()
 
@@ -345,11 +349,9 @@ class AutoAttacher:
         for pid in gone[: max(0, len(gone) - 500)]:  # keep the latest 500 for `ps`
             del self.tracked[pid]
 
-    def _busy(self, t: Tracked) -> bool:
-        return t.state == "attaching" and t.reason == "helper running"
-
     def _launch(self, t: Tracked) -> None:
         t.attempts += 1
+        t.helper_running = True
         t.to("attaching", "helper running")
         task = asyncio.get_running_loop().create_task(self._attach(t))
         self.agent.tasks.add(task)
@@ -367,6 +369,12 @@ class AutoAttacher:
         ]  # fmt: skip
 
     async def _attach(self, t: Tracked) -> None:
+        try:
+            await self._run_helper(t)
+        finally:
+            t.helper_running = False
+
+    async def _run_helper(self, t: Tracked) -> None:
         s = self.settings
         try:
             proc = await asyncio.create_subprocess_exec(
