@@ -178,7 +178,8 @@ class HostDriver:
         records = self.driver.take()
         if self.fanotify is not None:
             # after the proc connector's: fanotify queued an exec's file open before the
-            # kernel sent that exec to the proc connector, so it is read by now
+            # kernel sent that exec to the proc connector, so it is read by now, and its
+            # path fills in the entry that exec made for a process already gone from /proc
             self.fanotify.flush()
             records += self.fanotify.take()
         for raw in records:
