@@ -87,7 +87,9 @@ def follow_up(fd: int) -> str:
     except OSError:
         return ""
     if head.startswith(b"#!"):
-        line = head[2:].split(b"\n", 1)[0].strip()
+        # as binfmt_script reads it: up to the newline, and a NUL ends it too (a NUL left in
+        # would make every later path call raise ValueError, on the reader thread)
+        line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0].strip()
         return line.split()[0].decode("utf-8", "replace") if line else ""
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
         return ""
@@ -134,6 +136,7 @@ class Fanotify:
         self.dropped = 0  # our queue was full
         self.skipped_self = 0
         self.unreadable = 0  # the path of the fd could not be read
+        self.errors = 0  # events that could not be processed (counted, skipped)
 
     @property
     def mask(self) -> int:
@@ -228,6 +231,9 @@ class Fanotify:
                         continue
                     self._queue.append(e)
                     n += 1
+            except (OSError, ValueError, struct.error):
+                # one odd file must not end the reader thread (and blind the fallback)
+                self.errors += 1
             finally:
                 if fd >= 0:  # FAN_NOFD for overflows
                     os.close(fd)
@@ -307,4 +313,5 @@ class Fanotify:
             "dropped": self.dropped,
             "skipped_self": self.skipped_self,
             "unreadable": self.unreadable,
+            "errors": self.errors,
         }

@@ -69,6 +69,12 @@ def test_fanotify_reports_exec_paths_and_sensitive_writes(
         "driver: proc-connector+fanotify (" in agent.cli("ps", "--socket", str(agent.socket)).stdout
     )
 
+    # a script whose #! line holds a NUL: its exec fails, and the reader thread survives it
+    odd = sensitive / "odd.sh"
+    odd.write_bytes(b"#!/bin/s\0h\n")
+    odd.chmod(0o755)
+    with pytest.raises(OSError):
+        subprocess.run([str(odd)], check=False)
     # an exec of a known program: stored with the file the kernel exec'd (symlinks resolved)
     echo = _run(["/bin/echo", "rampart-fanotify"])
     (e,) = agent.wait_rows(1, "pid = ? AND hook = 'fanotify'", (echo,))

@@ -30,6 +30,9 @@ def test_script_names_its_interpreter(tmp_path: Path) -> None:
     env = tmp_path / "e.py"
     env.write_text("#! /usr/bin/env python3\n")
     assert _follow(env) == "/usr/bin/env"
+    nul = tmp_path / "nul.sh"
+    nul.write_bytes(b"#!/bin/s\0h\n")  # the kernel stops at the NUL; so do we
+    assert _follow(nul) == "/bin/s"
 
 
 def _elf(path: Path, p_type: int, interp: bytes = b"") -> Path:
