@@ -326,6 +326,14 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
 
 def _driver_line(d: dict[str, Any]) -> str:
     cache = d.get("cache", {})
+    if d.get("mode") == "proc-connector+fanotify":
+        fan = d.get("fanotify", {})
+        return (
+            f"driver: proc-connector+fanotify ({d.get('reason', '')}): exec/fork/exit, "
+            f"exec paths and sensitive writes, {d.get('kernel_drops', 0)} overruns, "
+            f"{fan.get('overflows', 0)} fanotify overflows; "
+            f"process cache {cache.get('entries', 0)} entries"
+        )
     if d.get("mode") == "proc-connector":
         return (
             f"driver: proc-connector ({d.get('reason', '')}): exec/fork/exit only, "

@@ -6,10 +6,12 @@ exit of the same process and before any RASP event of it is enriched. When the a
 pid the cache does not know yet (a hello from a process that exec'd a moment ago), `flush()`
 reads what the kernel already wrote, synchronously, before falling back to /proc.
 
-Modes (`stats()["mode"]`): `ebpf` (driver running); `proc-connector` (no eBPF, but the
+Modes (`stats()["mode"]`): `ebpf` (driver running); `proc-connector+fanotify` (no eBPF: the
 kernel's proc connector feeds exec/fork/exit to the cache, with facts read from /proc as
-events arrive; no other host events); `proc` (neither: process facts read from /proc at hello,
-as before the driver).
+events arrive, and fanotify adds the path of every exec'd file and writes under the
+`driver_open_paths` prefixes); `proc-connector` (the same without fanotify, which needs
+CAP_SYS_ADMIN); `proc` (neither: process facts read from /proc at hello, as before the
+driver).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from driver import events as ev
+from driver.fanotify import Fanotify, FanotifyError
 from driver.loader import DEFAULT_OBJECT, Driver, DriverConfig, DriverError
 from driver.proc_connector import ProcConnector, ProcConnectorError
 from driver.programs import EVENT_BY_TYPE
@@ -47,6 +50,7 @@ class HostDriver:
         self.pipeline = pipeline
         self.cache = ProcessCache(settings.proc_cache_size, settings.proc_cache_keep_s)
         self.driver: Driver | ProcConnector | None = None
+        self.fanotify: Fanotify | None = None  # beside the proc connector, without eBPF
         self.mode = "proc"
         self.reason = ""
         self.stored_types = {
@@ -102,7 +106,8 @@ class HostDriver:
         self._drain()
 
     def _fallback(self, why: DriverError) -> None:
-        """No eBPF: exec/fork/exit from the proc connector if we may, else /proc alone."""
+        """No eBPF: exec/fork/exit from the proc connector if we may, plus exec paths and
+        sensitive writes from fanotify if we may; else /proc alone. One log line says which."""
         pc = ProcConnector(notify=self._notify)
         try:
             pc.start()
@@ -111,11 +116,24 @@ class HostDriver:
             return
         self.driver = pc
         self.mode = "proc-connector"
+        # writes are watched only when the `open` event is on, as with the eBPF driver
+        watch = list(self.settings.driver_open_paths) if ev.DT_OPEN in self.stored_types else []
+        fan = Fanotify(open_paths=watch, notify=self._notify)
+        try:
+            fan.start()
+        except FanotifyError as e:
+            extra = f"; {e}: no exec paths, no file writes"
+        else:
+            self.fanotify = fan
+            self.mode = "proc-connector+fanotify"
+            extra = f"; exec paths{' and writes under driver_open_paths' if watch else ''} "
+            extra += f"from fanotify ({', '.join(fan.marked)})"
         n = self.cache.scan()
         log.warning(
-            "driver not started: %s; exec/fork/exit from the proc connector "
+            "driver not started: %s; exec/fork/exit from the proc connector%s "
             "(process cache: %d processes, no other host events)",
             why,
+            extra,
             n,
         )
 
@@ -123,9 +141,12 @@ class HostDriver:
         if self.driver is not None:
             self.driver.flush()
             self._drain(force=True)
-            self.driver.stop()
+            if self.fanotify is not None:
+                self.fanotify.stop()
             log.info("driver stopped: %s", self.stats())
+            self.driver.stop()
             self.driver = None
+            self.fanotify = None
             self.mode = "proc"
 
     # ------------------------------------------------------------------ records
@@ -155,8 +176,15 @@ class HostDriver:
             self._scheduled = True
             self._loop.call_later(BACKLOG_RETRY_S, self._drain)
             return
-        for raw in self.driver.take():
-            if isinstance(raw, ev.DriverEvent):  # the proc connector's, already decoded
+        records = self.driver.take()
+        if self.fanotify is not None:
+            # after the proc connector's: fanotify queued an exec's file open before the
+            # kernel sent that exec to the proc connector, so it is read by now, and its
+            # path fills in the entry that exec made for a process already gone from /proc
+            self.fanotify.flush()
+            records += self.fanotify.take()
+        for raw in records:
+            if isinstance(raw, ev.DriverEvent):  # the fallbacks', already decoded
                 e = raw
             else:
                 try:
@@ -165,6 +193,9 @@ class HostDriver:
                     self.decode_errors += 1
                     log.debug("driver record not decoded: %s", err)
                     continue
+            if e.hook == "fanotify":
+                self._fanotify_event(e)
+                continue
             entry = self.cache.apply(e)
             if e.data_type in (ev.DT_EXECVE, ev.DT_EXIT):
                 for listener in self.process_listeners:
@@ -176,6 +207,18 @@ class HostDriver:
             self._last_sweep = now
             self.cache.sweep(now)
             self._offset_ns = boot_to_epoch_offset_ns()  # follows wall-clock steps
+
+    def _fanotify_event(self, e: ev.DriverEvent) -> None:
+        """An exec'd file or a write seen by fanotify. Not applied to the cache as an exec
+        (the open precedes the exec, and the proc connector reports the exec itself), but
+        its path fills in the exe of a process that was gone before /proc could be read."""
+        entry = self.cache.get(e.pid)
+        if entry is None and e.data_type == ev.DT_OPEN:
+            entry = self.cache.lookup(e.pid)
+        if e.data_type == ev.DT_EXECVE and entry is not None and not entry.exe:
+            entry.exe = e.fields["run_path"]
+        if e.data_type in self.stored_types:
+            self._store(e, entry)
 
     def flush(self) -> None:
         """Apply everything the kernel has written so far (loop thread), even when the sinks
@@ -233,6 +276,8 @@ class HostDriver:
             out["reason"] = self.reason
         if self.driver is not None:
             out.update(self.driver.stats())
+            if self.fanotify is not None:
+                out["fanotify"] = self.fanotify.stats()
             out["mode"] = self.mode
             out["decode_errors"] = self.decode_errors
             out["cache"] = self.cache.stats()

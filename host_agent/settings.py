@@ -153,7 +153,8 @@ class Settings(BaseModel):
             "/etc/ssh/ssh_host_",
         ],
         description="with the `open` event on: opens of paths under these prefixes are stored "
-        "whatever their flags (at most 8, absolute, < 64 bytes); writes are stored anywhere",
+        "whatever their flags (at most 8, absolute, < 64 bytes); writes are stored anywhere. "
+        "Without eBPF (fanotify fallback): writes under these prefixes only",
     )
     driver_ringbuf_kb: int = Field(
         8192, ge=4, le=1 << 20, description="driver ring buffer size (rounded up to a power of 2)"

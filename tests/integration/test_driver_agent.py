@@ -18,6 +18,7 @@ import pytest
 
 from rasp.protocol.client import control
 from tests.agentproc import REPO, AgentProc, wait_for
+from tests.integration.pyprobe import APPS, children, get, rasp_attach
 
 pytestmark = pytest.mark.integration
 
@@ -167,12 +168,15 @@ def test_fallback_when_the_driver_cannot_load(
     assert f"driver not started: BPF object {missing} not found" in log
     assert "exec/fork/exit from the proc connector" in log
     status = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
-    assert status["driver"]["mode"] == "proc-connector"
+    # as root, fanotify runs beside it (tests/integration/test_driver_fanotify.py)
+    assert status["driver"]["mode"] == "proc-connector+fanotify"
     assert "not found" in status["driver"]["reason"]
     # exec events still reach the store (fewer fields: read from /proc when they arrive)
     victim = spawn(["/bin/sleep", "30"])
-    (e,) = agent.wait_rows(1, "runtime = 'kernel' AND pid = ?", (victim.pid,))
-    assert e["hook"] == "proc_connector" and e["data_type"] == 59
+    (e,) = agent.wait_rows(
+        1, "runtime = 'kernel' AND pid = ? AND hook = 'proc_connector'", (victim.pid,)
+    )
+    assert e["data_type"] == 59
     assert e["args"] == ["/bin/sleep", "30"]
     assert e["process"]["pid_tree"].startswith(f"{victim.pid}.sleep<{os.getpid()}.")
     # probes still work
@@ -216,6 +220,8 @@ def _run_as_nobody(home: Path) -> None:
     # this kernel lets an unprivileged process listen to the proc connector; older ones
     # refuse (CAP_NET_ADMIN), and the agent then runs on /proc alone
     assert "exec/fork/exit from the proc connector" in line or "process facts from /proc" in line
+    if "proc connector" in line:  # fanotify needs CAP_SYS_ADMIN: refused, said in that line
+        assert "fanotify refused (needs CAP_SYS_ADMIN): no exec paths, no file writes" in line
 
 
 def _pings(sock: Path) -> bool:
@@ -247,3 +253,44 @@ def test_status_and_ps_report_the_driver_and_stop_detaches(
     # the kernel frees a program once its last link and fd are gone (after an RCU grace)
     wait_for(lambda: _loaded_dispatchers() == before, 10, "the programs to be unloaded")
     assert "driver stopped" in agent.log_text()
+
+
+def test_rasp_event_of_a_live_attached_python_app_carries_its_pid_tree(
+    agent_factory: Callable[..., AgentProc], spawn: Any, tmp_path: Path
+) -> None:
+    """The join the driver exists for: a real CPython app, attached live with rasp-attach,
+    hits a sink; its RASP event carries the kernel-side ancestry of its process."""
+    agent = agent_factory(env={"RAMPART_DRIVER": "on"}).start()
+    me = os.getpid()
+    app_py = str(APPS / "http_server_app.py")
+    # parent (python) -> sh, which execs the app in place: app.python < parent.python < us
+    parent_code = (
+        "import subprocess, sys; "
+        "sh = ['/bin/sh', '-c', 'exec \"$0\" \"$1\"', sys.executable, sys.argv[1]]; "
+        "sys.exit(subprocess.Popen(sh).wait())"
+    )
+    parent = spawn([sys.executable, "-c", parent_code, app_py], stdout=subprocess.PIPE)
+    app = 0
+    try:
+        line = parent.stdout.readline().decode()
+        assert line.startswith("ready "), line
+        (app,) = children(parent.pid)
+        rasp_attach(agent, app)
+        target = tmp_path / "note.txt"
+        target.write_text("hello")
+        assert get(int(line.split()[1]), "/read", path=str(target))[0] == 200
+        (e,) = agent.wait_rows(
+            1, "runtime = 'python' AND pid = ? AND json_extract(event, '$.args[0]') = ?",
+            (app, str(target)),
+        )  # fmt: skip
+        assert e["hook"] == "open"
+        proc = e["process"]
+        comm = Path(sys.executable).name[:15]
+        assert proc["pid_tree"].startswith(f"{app}.{comm}<{parent.pid}.{comm}<{me}.{MY_COMM}<")
+        assert proc["ppid"] == parent.pid
+        assert proc["exe"] == os.path.realpath(sys.executable)
+        assert proc["cmdline"] == f"{sys.executable} {app_py}"
+    finally:
+        if app:  # the parent reaps it; killing the parent first would orphan it
+            os.kill(app, signal.SIGKILL)
+        parent.wait(30)
