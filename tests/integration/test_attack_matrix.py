@@ -2,8 +2,11 @@
 through every runtime's test app, attached live with `rasp-attach`, on loopback; the events in
 the agent's store must carry the expected detection (attacks) or none (benign traffic).
 
-One agent (detectors on, the default) and one app per runtime serve the whole module; the
-apps start and attach in parallel (JVM start-up dominates).
+Mode "observe": one agent (detectors on, the default) and one app per runtime serve the whole
+module. Mode "off": a second agent with `RAMPART_DETECTORS=false` and its own apps; the first
+payload of each cell must arrive as an event without detections. The apps of each agent start
+and attach in parallel (JVM start-up dominates). Block mode is not in the matrix: detections
+cannot block yet (docs/detection.md, "Rules file and whitelist").
 """
 
 from __future__ import annotations
