@@ -59,24 +59,33 @@ def check(hook: str, args: list[str], request: object) -> list[Finding]:
     if script is None:
         return []
     quoted = [m.span() for m in _QUOTED.finditer(script)]
+    joined = " ".join(args)
     for name, value in user_inputs(request):
         pos = script.find(value)
         if pos < 0:
+            # the input may bring the shell itself ("sh -c id;id" split into an argv by the
+            # app): then it wrote the whole script, and its syntax is the attack
+            if value in joined and _OPERATORS.search(script):
+                ops = _OPERATORS.findall(value)
+                if ops:
+                    return [_finding(name, value, ops)]
             continue
         end = pos + len(value)
         if any(qs < pos and end < qe for qs, qe in quoted):
             continue  # entirely inside quotes the app wrote
         ops = _OPERATORS.findall(value)
         if ops:
-            shown = " ".join(sorted({o.replace("\n", "\\n") for o in ops}))
-            return [
-                Finding(
-                    "cmdi.input",
-                    "critical",
-                    "T1059.004",
-                    f"request parameter {name!r} adds shell syntax to a command: {shown}",
-                    name,
-                    value,
-                )
-            ]
+            return [_finding(name, value, ops)]
     return []
+
+
+def _finding(name: str, value: str, ops: list[str]) -> Finding:
+    shown = " ".join(sorted({o.replace("\n", "\\n") for o in ops}))
+    return Finding(
+        "cmdi.input",
+        "critical",
+        "T1059.004",
+        f"request parameter {name!r} adds shell syntax to a command: {shown}",
+        name,
+        value,
+    )

@@ -83,12 +83,33 @@ def target_host(kind: str, args: list[str]) -> tuple[str, str]:
     return "", m.group("host") if m else ""
 
 
+def _input_host(value: str) -> str:
+    """The host a parameter names: a URL's hostname, or the value itself (host[:port])."""
+    if "://" in value:
+        try:
+            return urlsplit(value).hostname or ""
+        except ValueError:
+            return ""
+    m = _HOSTPORT.match(value)
+    return m.group("host") if m else ""
+
+
+def _from_input(value: str, arg: str, host: str) -> bool:
+    """Did this parameter choose where the event connects? Either it appears in the event's
+    argument (a URL or host handed on as is), or the host it names is the event's host: a
+    runtime resolving and connecting reports only the host of the URL it was given."""
+    if value in arg:
+        return True
+    named = _input_host(value)
+    return bool(named) and bool(host) and named.lower() == host.lower()
+
+
 def check(kind: str, args: list[str], request: object) -> list[Finding]:
     scheme, host = target_host(kind, args)
     if not host and not scheme:
         return []
     for name, value in user_inputs(request):
-        if value not in args[0]:
+        if not _from_input(value, args[0], host):
             continue
         if scheme in _ODD_SCHEMES:
             return [
@@ -96,7 +117,7 @@ def check(kind: str, args: list[str], request: object) -> list[Finding]:
                         f"app fetch a {scheme}: URL", name, value)
             ]  # fmt: skip
         why = internal(host)
-        if why and host.lower() in value.lower():
+        if why:
             return [
                 Finding(
                     "ssrf.internal",
