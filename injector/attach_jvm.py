@@ -47,7 +47,8 @@ from injector.detect import Detection
 from injector.process import PROC
 
 #: The agent jar `make setup` builds (scripts/build.d/30-jvm-agent.sh).
-AGENT_JAR = Path(__file__).resolve().parents[1] / "rasp/jvm/target/rampart-jvm-agent.jar"
+# published by scripts/build.d/30-jvm-agent.sh (copy + rename: never rewritten under a JVM)
+AGENT_JAR = Path(__file__).resolve().parents[1] / "build/jvm/rampart-jvm-agent.jar"
 
 SIGNAL_DISPATCHER = "Signal Dispatch"  # "Signal Dispatcher", cut to 15 chars in comm
 _SIGQUIT_BIT = 1 << (signal.SIGQUIT - 1)
