@@ -275,6 +275,30 @@ class DriverEvent:
         }
 
 
+def bare_event(dt: int, pid: int, ts_ns: int, nodename: str, hook: str = "") -> DriverEvent:
+    """An event known only by its pid, as the fallbacks (proc connector, fanotify) see it:
+    the fields the kernel side would fill are unknown (-1 ids, 0 namespaces)."""
+    return DriverEvent(
+        data_type=dt,
+        ts_ns=ts_ns,
+        pid=pid,
+        tid=pid,
+        ppid=0,
+        pgid=0,
+        sid=0,
+        uid=-1,
+        euid=-1,
+        gid=-1,
+        pns=0,
+        nspid=pid,
+        start_time_ns=0,
+        cgroup_id=0,
+        comm="",
+        nodename=nodename,
+        hook=hook,
+    )
+
+
 def _s(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 

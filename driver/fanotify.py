@@ -277,25 +277,7 @@ class Fanotify:
         return e
 
     def _event(self, dt: int, pid: int, ts: int) -> ev.DriverEvent:
-        return ev.DriverEvent(
-            data_type=dt,
-            ts_ns=ts,
-            pid=pid,
-            tid=pid,
-            ppid=0,
-            pgid=0,
-            sid=0,
-            uid=-1,
-            euid=-1,
-            gid=-1,
-            pns=0,
-            nspid=pid,
-            start_time_ns=0,
-            cgroup_id=0,
-            comm="",
-            nodename=self._node,
-            hook="fanotify",
-        )
+        return ev.bare_event(dt, pid, ts, self._node, hook="fanotify")
 
     def take(self) -> list[Any]:
         out = []
