@@ -13,6 +13,7 @@ const { Client } = require('./lib/client');
 const { compileTable, firstMatch, Quota } = require('./lib/policy');
 const context = require('./lib/context');
 const loader = require('./lib/loader');
+const { Native } = require('./lib/native');
 
 const PROBE_VERSION = '0.1.0';
 const KEY = Symbol.for('rampart.nodejs.probe');
@@ -85,6 +86,10 @@ class Probe {
     this.kit = new Kit(this);
     this.missing = [];
     this.client = null;
+    // the native layer's records, when rasp-attach injected it (opts.native: its pipe)
+    this.native = null;
+    this.nativeStatus = 'not attached';
+    this.nativeOpts = opts.native;
     this.onExit = () => {
       if (this.client) this.client.sendExit('process exit');
     };
@@ -100,6 +105,7 @@ class Probe {
       }
     }
     syncESM();
+    if (this.nativeOpts) this.adoptNative(this.nativeOpts);
     this.client = new Client({
       socket: this.socket,
       envelope: { runtime_version: process.versions.node, probe_version: PROBE_VERSION },
@@ -118,12 +124,40 @@ class Probe {
   }
 
   hookNames() {
-    return this.kit.hooks.filter((h) => h.active).map((h) => h.name);
+    const js = this.kit.hooks.filter((h) => h.active).map((h) => h.name);
+    return this.native !== null && this.native.active ? js.concat(this.native.hooks) : js;
+  }
+
+  /** Take the native layer's pipe; never fatal (the JS layer works alone). */
+  adoptNative(opts) {
+    try {
+      if (this.native === null) this.native = new Native(this);
+      this.nativeStatus = this.native.adopt(opts);
+    } catch (e) {
+      this.nativeStatus = `failed: ${e && e.message}`;
+    }
+    if (this.native !== null && !this.native.active) this.native = null;
+  }
+
+  /** A native call no JS hook saw: reported (quota and filter rules apply; not blockable,
+   * the call has already happened). */
+  reportBypass(ev) {
+    if (this.stopped || this.disabled.has(ev.hook)) return;
+    if (!this.quota.take(ev.hook)) {
+      this.drop('quota');
+      return;
+    }
+    if (this.filterRules.length && firstMatch(this.filterRules, ev)) {
+      this.drop('filter');
+      return;
+    }
+    this.client.enqueue(ev);
   }
 
   summary(already) {
     return { already_running: already, mode: this.mode, socket: this.socket,
-      hooks: this.hookNames(), missing: this.missing, probe_version: PROBE_VERSION };
+      hooks: this.hookNames(), missing: this.missing, probe_version: PROBE_VERSION,
+      native: this.nativeStatus };
   }
 
   guard(fn) {
@@ -226,6 +260,7 @@ class Probe {
       this.socket = opts.socket;
       this.client.socket = opts.socket;
     }
+    if (opts && opts.native) this.adoptNative(opts.native);
     this.client.rehello();
   }
 
@@ -234,6 +269,7 @@ class Probe {
     this.stopped = true;
     this.kit.uninstall();
     syncESM();
+    if (this.native !== null) this.native.close(); // the native layer then unhooks itself
     this.client.sendExit(reason);
     this.client.close();
     process.removeListener('exit', this.onExit);

@@ -95,6 +95,20 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("trace_full", "to_agent", _env(2, TRACE_FULL, runtime_version="3.11.7", time=T)),
     ("trace_minimal", "to_agent", _env(2, {"hook": "open", "kind": "file"})),
     (
+        "trace_bypass",
+        "to_agent",
+        _env(
+            2,
+            {
+                "hook": "uv_spawn",
+                "kind": "process",
+                "args": ["/bin/sh", "-c", "id"],
+                "bypass": True,
+            },
+            runtime="nodejs",
+        ),
+    ),
+    (
         "trace_unicode_args",
         "to_agent",
         _env(

@@ -97,6 +97,10 @@ class TraceData(Struct, omit_defaults=True):
     ret: str | None = None
     class_id: int | None = None
     method_id: int | None = None
+    #: a call only a native layer saw: no JS/bytecode-level hook matched it (a reference
+    #: captured before the attach, `process.binding`, a native addon); `hook` is the native
+    #: function (`uv_spawn`), `stack` and `request` are empty
+    bypass: bool = False
 
 
 class HelloData(Struct, omit_defaults=True):

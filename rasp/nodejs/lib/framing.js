@@ -128,6 +128,7 @@ const TraceData = struct({
   blocked: opt(bool, false), policy_id: opt(nullable(str()), null),
   request: opt(nullable(Request), null), ret: opt(nullable(str()), null),
   class_id: opt(nullable(int()), null), method_id: opt(nullable(int()), null),
+  bypass: opt(bool, false),
 });
 const HelloData = struct({
   mode: req(oneOf(['attached', 'sdk'])), hooks: opt(list(ShortStr), () => []),
