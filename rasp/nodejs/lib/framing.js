@@ -26,6 +26,29 @@ function encode(message) {
   return out;
 }
 
+/** Frames for many messages in one buffer: one allocation and no intermediate copies (the
+ * JSON text is written in place), where encode() per message allocates and copies twice. */
+function encodeMany(messages) {
+  const n = messages.length;
+  const texts = new Array(n);
+  const sizes = new Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const t = JSON.stringify(messages[i]);
+    texts[i] = t;
+    sizes[i] = Buffer.byteLength(t, 'utf8');
+    total += 4 + sizes[i];
+  }
+  const out = Buffer.allocUnsafe(total);
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    out.writeUInt32BE(sizes[i], off);
+    out.write(texts[i], off + 4, sizes[i], 'utf8');
+    off += 4 + sizes[i];
+  }
+  return out;
+}
+
 /** Splits a byte stream into payloads; a length prefix over the limit fails before the body. */
 class FrameReader {
   constructor(maxFrame = MAX_FRAME) {
@@ -219,5 +242,5 @@ const decodeToAgent = (payload) => decodeWith(TO_AGENT, payload);
 
 module.exports = {
   MAX_FRAME, PROTOCOL_VERSION, RUNTIMES, KINDS, ProtocolError, FrameReader, encode,
-  decodeFromAgent, decodeToAgent,
+  encodeMany, decodeFromAgent, decodeToAgent,
 };
