@@ -99,6 +99,20 @@ function record(hook, kind, args) {
   if (state.stopped) return;
   if (state.queue.length >= QUEUE_MAX) { state.dropped++; return; }
   state.queue.push({ h: hook, k: kind, a: args, t: Date.now() });
+  scheduleFlush();
+}
+
+// A flush is scheduled by the first record that finds none pending, not by a periodic timer:
+// an idle app costs the native layer no wake-ups (bar the 0.5 s reader check).
+let flushPending = false;
+function scheduleFlush() {
+  if (flushPending || state.stopped) return;
+  flushPending = true;
+  setTimeout(() => {
+    flushPending = false;
+    flush();
+    if (state.queue.length || state.pending !== null) scheduleFlush();
+  }, FLUSH_MS);
 }
 
 // [export, kind, args from the call's arguments]. Layouts are libuv's public API (uv.h),
@@ -240,7 +254,6 @@ function start() {
   started = true;
   openPipe();
   install();
-  state.timers.push(setInterval(flush, FLUSH_MS));
   // the read end is open until the JS layer, having taken it, closes it
   state.timers.push(setInterval(() => { if (readerGone()) stop(); }, READER_CHECK_MS));
   listenForPokes();
