@@ -15,7 +15,7 @@ use" on its own stderr): we report who holds it.
 
 Two layers (docs/nodejs-probe.md): by default the Frida native layer
 (`rasp/nodejs/native_agent.py`) goes in first, then the JS layer is started with the native
-layer's pipe. The native layer failing never fails the JS layer: it is reported on stderr.
+layer's channel. The native layer failing never fails the JS layer: it is reported on stderr.
 
 The inspector listens in the target's network namespace (a container's loopback), so the
 HTTP and websocket work runs in a dedicated thread that first joins that namespace with
@@ -465,6 +465,8 @@ class NodeAttacher:
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
         opts: dict[str, Any] = {"socket": str(socket), "mode": "attached"}
+        # refusals first: a native layer in a process the JS layer cannot join reports nothing
+        self.preflight(target.pid)
         if "native" in self.layers:
             native = self.attach_native(target.pid, timeout)
             if native is not None:
@@ -494,8 +496,8 @@ class NodeAttacher:
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         self.run(target, "stop()", timeout)
 
-    def run(self, target: Detection, call: str, timeout: float) -> Any:
-        pid = target.pid
+    def preflight(self, pid: int) -> InspectorOptions:
+        """The refusals that need no signal: raises AttachError, else the inspector options."""
         try:
             info = read_process(pid)
         except ProcessError as e:
@@ -513,6 +515,11 @@ class NodeAttacher:
                 f"pid {pid} (nodejs) does not handle SIGUSR1 (yet?): the signal would kill it; "
                 "retry once it has started",
             )
+        return opts
+
+    def run(self, target: Detection, call: str, timeout: float) -> Any:
+        pid = target.pid
+        opts = self.preflight(pid)
         before = own_listeners(pid)
         want = opts.port if opts.port else (None if opts.port == 0 else DEFAULT_PORT)
         # an inspector the app opened itself (--inspect): use it, and leave it open

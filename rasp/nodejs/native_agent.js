@@ -15,19 +15,21 @@
  * These run on node's main thread, at the moment the JS (or native) code asks libuv; the
  * threadpool's later open()/getaddrinfo() are not hooked, so each call is seen once.
  *
- * Where it reports: not to the agent. Each call becomes one line of JSON written to a pipe
- * this script creates in the process; the JS layer (lib/native.js) reads the other end,
+ * Where it reports: not to the agent. Each call becomes one line of JSON written to a
+ * socketpair (the "channel") this script creates in the process; the JS layer (lib/native.js) reads the other end,
  * matches each native call against the calls its own hooks saw, and reports the unmatched
  * ones as `bypass` events on its own agent connection (docs/nodejs-probe.md says why).
  * Hooks only enqueue (bounded, drop-and-count); a timer on Frida's thread writes, never
- * blocking: the pipe is non-blocking and a full pipe drops.
+ * blocking: the channel is non-blocking and a full channel drops.
  */
 
 const QUEUE_MAX = 4096;
-const ARG_CAP = 1024; // per argument; keeps a record far below the pipe's 64 KiB
+const ARG_CAP = 1024; // per argument; keeps a record far below the socket buffer
 const ARGS_MAX = 32;
 const FLUSH_MS = 20;
 const READER_CHECK_MS = 500;
+// a channel nobody took (the JS layer's attach failed after ours): unhook after this long
+const ADOPT_WAIT_MS = 30000;
 
 const state = {
   pid: Process.id,
@@ -39,22 +41,23 @@ const state = {
   dropped: 0,
   stopped: false,
   readFd: -1,
+  taken: false,
+  startedAt: 0,
   writeFd: -1,
-  pipeIno: '',
   listener: null,
   timers: [],
 };
 
 const libcFn = (name, ret, args) => new NativeFunction(Module.getGlobalExportByName(name), ret, args);
 const libc = {
-  pipe2: libcFn('pipe2', 'int', ['pointer', 'int']),
-  write: libcFn('write', 'ssize_t', ['int', 'pointer', 'size_t']),
+  socketpair: libcFn('socketpair', 'int', ['int', 'int', 'int', 'pointer']),
+  send: libcFn('send', 'ssize_t', ['int', 'pointer', 'size_t', 'int']),
+  recv: libcFn('recv', 'ssize_t', ['int', 'pointer', 'size_t', 'int']),
   close: libcFn('close', 'int', ['int']),
-  poll: libcFn('poll', 'int', ['pointer', 'uint64', 'int']),
   strlen: libcFn('strlen', 'size_t', ['pointer']),
 };
-const O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000;
-const POLLOUT = 4, POLLERR = 8, POLLHUP = 16;
+const AF_UNIX = 1, SOCK_STREAM = 1, SOCK_NONBLOCK = 0x800, SOCK_CLOEXEC = 0x80000;
+const MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
 
 function sym(name) {
   return Process.mainModule.findExportByName(name) || Module.findGlobalExportByName(name);
@@ -159,12 +162,17 @@ function uninstall() {
   state.listeners = [];
 }
 
-// ------------------------------------------------------------------------- the pipe
-function openPipe() {
+// ------------------------------------------------------------------------- the channel
+/* A socketpair, not a pipe: the JS layer answers on it once it has taken its end ("ok"), and
+ * its end closing (detach, stop) shows here as end-of-file. Both ends are non-blocking. */
+function openChannel() {
   const fds = Memory.alloc(8);
-  if (libc.pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) throw new Error('pipe2() failed');
-  state.readFd = fds.readS32();
+  if (libc.socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) !== 0) {
+    throw new Error('socketpair() failed');
+  }
+  state.readFd = fds.readS32(); // the JS layer's end
   state.writeFd = fds.add(4).readS32();
+  state.startedAt = Date.now();
 }
 
 function encode(lines) {
@@ -182,9 +190,9 @@ function flush() {
   }
   const p = state.pending;
   while (p.off < p.n) {
-    const w = libc.write(state.writeFd, p.mem.add(p.off), p.n - p.off).toNumber();
+    const w = libc.send(state.writeFd, p.mem.add(p.off), p.n - p.off, MSG_NOSIGNAL).toNumber();
     if (w <= 0) {
-      // full pipe (the JS layer is not reading): drop what waits rather than grow
+      // full channel (the JS layer is not reading): drop what waits rather than grow
       if (state.queue.length > QUEUE_MAX / 2) {
         state.dropped += state.queue.length;
         state.queue = [];
@@ -196,16 +204,23 @@ function flush() {
   state.pending = null;
 }
 
-/* The JS layer closed its end (stop(), detach): nobody will read us again, so unhook and go.
- * poll() reports POLLERR on a pipe's write end once every reader is gone. */
-function readerGone() {
-  if (state.writeFd < 0) return false;
-  const pfd = Memory.alloc(8);
-  pfd.writeS32(state.writeFd);
-  pfd.add(4).writeS16(POLLOUT);
-  pfd.add(6).writeS16(0);
-  if (libc.poll(pfd, 1, 0) !== 1) return false;
-  return (pfd.add(6).readS16() & (POLLERR | POLLHUP)) !== 0;
+/* Every READER_CHECK_MS on Frida's thread: has the JS layer taken its end (it says "ok"), or
+ * closed it (end-of-file: stop(), detach)? Either way nobody reads us again once it is
+ * closed, or will if nobody took it in ADOPT_WAIT_MS: then unhook and go. */
+const checkBuf = Memory.alloc(64);
+function checkReader() {
+  if (state.writeFd < 0) return;
+  for (;;) {
+    const n = libc.recv(state.writeFd, checkBuf, 64, MSG_DONTWAIT).toNumber();
+    if (n > 0) { state.taken = true; continue; }
+    if (n === 0) { stop(); return; } // the JS layer's end is closed
+    break; // EAGAIN: nothing new
+  }
+  if (!state.taken && Date.now() - state.startedAt > ADOPT_WAIT_MS) {
+    libc.close(state.readFd); // nobody took it: ours to close
+    state.readFd = -1;
+    stop();
+  }
 }
 
 function stop() {
@@ -228,9 +243,9 @@ function info() {
 
 /*
  * "Already running?" A second rasp-attach must not inject a second copy (double hooks, a
- * second pipe). The script listens on the abstract Unix socket `rampart-node-native-<pid>`:
+ * second channel). The script listens on the abstract Unix socket `rampart-node-native-<pid>`:
  * the glue finds it in /proc/<pid>/net/unix and connects instead of injecting; we answer with
- * one line of JSON (the pipe's read fd and our hooks) and hang up.
+ * one line of JSON (the channel's fd for the JS layer, and our hooks) and hang up.
  */
 async function listenForPokes() {
   try {
@@ -245,17 +260,17 @@ async function listenForPokes() {
       c.output.writeAll(Array.from(line, (ch) => ch.charCodeAt(0)))
         .catch(() => {}).then(() => c.close().catch(() => {}));
     }
-  } catch (e) { /* no listener: a second attach injects again, the JS layer keeps one pipe */ }
+  } catch (e) { /* no listener: a second attach injects again, the JS layer keeps one channel */ }
 }
 
 let started = false;
 function start() {
   if (started) return info();
   started = true;
-  openPipe();
+  openChannel();
   install();
   // the read end is open until the JS layer, having taken it, closes it
-  state.timers.push(setInterval(() => { if (readerGone()) stop(); }, READER_CHECK_MS));
+  state.timers.push(setInterval(checkReader, READER_CHECK_MS));
   listenForPokes();
   return info();
 }

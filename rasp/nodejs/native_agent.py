@@ -1,11 +1,12 @@
 """Python glue for `native_agent.js`: inject the Node.js native layer into one live node
 process with Frida.
 
-The script is loaded, started (it hooks libuv's sink entry points and opens a pipe), then
-*eternalized* and the Frida session detached: the hooks keep running inside node, and the JS
-layer (`lib/native.js`) reads the pipe. `load()` returns the pipe's read fd and its inode so
-the JS layer can check it takes the right fd. Frida's helper process and `/tmp/frida-*`
-directories are cleaned up as for the PHP probe (`rasp.php.php_agent.frida_tmp_cleanup`).
+The script is loaded, started (it hooks libuv's sink entry points and opens a socketpair,
+the "channel"), then *eternalized* and the Frida session detached: the hooks keep running
+inside node, and the JS layer (`lib/native.js`) reads the channel. `load()` returns the fd
+of the JS layer's end and its socket inode so the JS layer can check it takes the right fd.
+Frida's helper process and `/tmp/frida-*` directories are cleaned up as for the PHP probe
+(`rasp.php.php_agent.frida_tmp_cleanup`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 from rasp.php.php_agent import ProbeLoadError, frida_tmp_cleanup
 
 AGENT_JS = Path(__file__).with_name("native_agent.js")
-#: how long a second attach waits for a stopping native layer (it polls its pipe every 0.5 s)
+#: how long a second attach waits for a stopping native layer (it checks its channel every
+#: 0.5 s)
 STOPPING_WAIT_S = 1.5
 
 __all__ = ["NativeLoaded", "ProbeLoadError", "ask", "load", "running"]
@@ -31,9 +33,9 @@ __all__ = ["NativeLoaded", "ProbeLoadError", "ask", "load", "running"]
 @dataclass
 class NativeLoaded:
     pid: int
-    #: the pipe's read end in the target, and the pipe's inode (`pipe:[ino]`)
+    #: the JS layer's end of the channel in the target, and its inode (`socket:[ino]`)
     fd: int
-    pipe_ino: int
+    channel_ino: int
     hooks: list[str]
     missing: list[str]
     elapsed_ms: float
@@ -42,7 +44,7 @@ class NativeLoaded:
 
     def for_js(self) -> dict[str, Any]:
         """What the JS layer's start() gets as `native`."""
-        return {"fd": self.fd, "ino": self.pipe_ino, "hooks": self.hooks}
+        return {"fd": self.fd, "ino": self.channel_ino, "hooks": self.hooks}
 
 
 def poke_name(pid: int) -> str:
@@ -60,7 +62,7 @@ def running(pid: int) -> bool:
 
 
 def ask(pid: int, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running native layer's info (pipe fd, hooks), or None if nobody answered."""
+    """The running native layer's info (channel fd, hooks), or None if nobody answered."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
@@ -79,14 +81,14 @@ def ask(pid: int, timeout: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
-def pipe_ino(pid: int, fd: int) -> int:
+def channel_ino(pid: int, fd: int) -> int:
     try:
         link = os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError as e:
-        raise ProbeLoadError(f"pid {pid}: the native layer's pipe fd {fd} is gone ({e})") from None
-    if not link.startswith("pipe:["):
-        raise ProbeLoadError(f"pid {pid}: fd {fd} is not the native layer's pipe ({link})")
-    return int(link[6:-1])
+        raise ProbeLoadError(f"pid {pid}: the native layer's fd {fd} is gone ({e})") from None
+    if not link.startswith("socket:["):
+        raise ProbeLoadError(f"pid {pid}: fd {fd} is not the native layer's channel ({link})")
+    return int(link[8:-1])
 
 
 def _already(pid: int, t0: float) -> NativeLoaded | None:
@@ -102,7 +104,7 @@ def _already(pid: int, t0: float) -> NativeLoaded | None:
                 return NativeLoaded(
                     pid,
                     fd,
-                    pipe_ino(pid, fd),
+                    channel_ino(pid, fd),
                     list(got.get("hooks", [])),
                     list(got.get("missing", [])),
                     (time.monotonic() - t0) * 1000,
@@ -157,7 +159,7 @@ def load(pid: int, timeout: float = 10) -> NativeLoaded:
     return NativeLoaded(
         pid=pid,
         fd=fd,
-        pipe_ino=pipe_ino(pid, fd),
+        channel_ino=channel_ino(pid, fd),
         hooks=list(info["hooks"]),
         missing=list(info["missing"]),
         elapsed_ms=(time.monotonic() - t0) * 1000,

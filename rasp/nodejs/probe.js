@@ -94,7 +94,7 @@ class Probe {
     this.kit = new Kit(this);
     this.missing = [];
     this.client = null;
-    // the native layer's records, when rasp-attach injected it (opts.native: its pipe)
+    // the native layer's records, when rasp-attach injected it (opts.native: its channel)
     this.native = null;
     this.nativeStatus = 'not attached';
     this.nativeOpts = opts.native;
@@ -136,7 +136,7 @@ class Probe {
     return this.native !== null && this.native.active ? js.concat(this.native.hooks) : js;
   }
 
-  /** Take the native layer's pipe; never fatal (the JS layer works alone). */
+  /** Take the native layer's channel; never fatal (the JS layer works alone). */
   adoptNative(opts) {
     try {
       if (this.native === null) this.native = new Native(this);

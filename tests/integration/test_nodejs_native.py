@@ -4,6 +4,7 @@ loopback; assertions on the events in the agent's store."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,22 @@ def test_agent_away_then_back_with_both_layers(spawn, agent_factory, tmp_path) -
     (ev,) = events(a, "uv_spawn", "back-again")
     assert ev["bypass"] is True
     assert not a.rows("event LIKE ?", ("%away-%",))  # dropped (agent away), not replayed
+    assert p.poll() is None
+
+
+@pytest.mark.slow
+def test_a_native_layer_nobody_takes_unhooks_itself(spawn, tmp_path) -> None:
+    # rasp-attach injects the native layer first; should the JS layer then fail to start,
+    # nobody reads the channel: the native layer must not stay hooked for nothing
+    p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
+    loaded = native_agent.load(p.pid, 20)
+    assert set(loaded.hooks) == NATIVE_HOOKS and native_agent.running(p.pid)
+    wait_for(lambda: not native_agent.running(p.pid), 60, "the untaken native layer to stop")
+    fd = Path(f"/proc/{p.pid}/fd/{loaded.fd}")
+    assert not fd.exists() or os.readlink(fd) != f"socket:[{loaded.channel_ino}]"
+    f = tmp_path / "after.txt"
+    f.write_text("still serving")
+    assert get(port, "capturedread", path=str(f)) == (200, "still serving")
     assert p.poll() is None
 
 

@@ -1,11 +1,11 @@
 'use strict';
 // The JS layer's end of the native layer (../native_agent.js, injected with Frida): it reads
-// the native hooks' records from a pipe in this process, matches each against the calls the
+// the native hooks' records from a socketpair (the "channel") in this process, matches each against the calls the
 // JS hooks saw, and reports the unmatched ones as `bypass` events (docs/nodejs-probe.md).
 //
 // Why matching here is sound: a JS-originated sink call passes through our JS wrapper
 // *before* libuv is asked (the wrapper runs first, on the same thread), and the native
-// record only reaches us afterwards through the pipe. So when a record arrives, the JS
+// record only reaches us afterwards through the channel. So when a record arrives, the JS
 // layer has already noted that call if it saw it at all. The note is (sink kind, argument):
 // the file path, the spawned file, the connect port, the looked-up host. A record consumes
 // the oldest note of the same key made at most WINDOW_MS before it; with none left, it is a
@@ -94,21 +94,23 @@ class Native {
 
   get active() { return this.sock !== null; }
 
-  /** Take the pipe the native layer told rasp-attach about: {fd, ino, hooks}. */
+  /** Take the channel end the native layer told rasp-attach about: {fd, ino, hooks}; say
+   * "ok" on it, so the native layer knows it is read (else it unhooks after 30 s). */
   adopt(opts) {
     if (!opts || !Number.isInteger(opts.fd) || opts.fd < 0) return 'no native layer';
     if (this.sock !== null && this.fd === opts.fd) return 'already';
-    // fd numbers are reused: only take the fd if it is the very pipe the native layer made
+    // fd numbers are reused: only take the fd if it is the very socket the native layer made
     let link = '';
     try { link = fs.readlinkSync(`/proc/self/fd/${opts.fd}`); } catch (e) { return `fd ${opts.fd}: ${e.code}`; }
-    if (link !== `pipe:[${opts.ino}]`) return `fd ${opts.fd} is ${link}, not the native layer's pipe`;
+    if (link !== `socket:[${opts.ino}]`) return `fd ${opts.fd} is ${link}, not the native layer's channel`;
     this.close();
-    const sock = new net.Socket({ fd: opts.fd, readable: true, writable: false });
+    const sock = new net.Socket({ fd: opts.fd, readable: true, writable: true });
     sock.unref();
     sock.setEncoding('utf8');
     sock.on('data', (chunk) => this.probe.guard(() => this.feed(chunk)));
     sock.on('error', () => {});
     sock.on('close', () => { if (this.sock === sock) { this.sock = null; this.fd = -1; } });
+    sock.write('ok\n');
     this.sock = sock;
     this.fd = opts.fd;
     this.hooks = Array.isArray(opts.hooks) ? opts.hooks.filter((h) => typeof h === 'string') : [];

@@ -77,9 +77,9 @@ test('records arrive as lines, split anywhere', () => {
   assert.strictEqual(reported.length, 2);
 });
 
-test('adopt refuses an fd that is not the pipe it was told about', () => {
+test('adopt refuses an fd that is not the channel it was told about', () => {
   const { n } = matcher();
-  assert.match(n.adopt({ fd: 0, ino: 1, hooks: [] }), /not the native layer's pipe|fd 0/);
+  assert.match(n.adopt({ fd: 0, ino: 1, hooks: [] }), /not the native layer's channel|fd 0/);
   assert.strictEqual(n.active, false);
   assert.strictEqual(n.adopt({}), 'no native layer');
 });
