@@ -22,6 +22,9 @@ whole path: args, stack, policy checks, queue, batched write, agent ingest) in c
 yield to the event loop, before and after starting the probe (quota raised so nothing is
 cut); the difference is the probe's cost per event, in µs.
 
+The native layer's cost per hooked call: the same kind of loop in two node processes, one
+with the JS layer alone, one with both layers (process CPU time, alternating, medians).
+
 Attach latency is timed on fresh processes, JS layer alone: SIGUSR1 -> probe's hello stored
 at the agent (`injector.attach.attach`, what `rasp-attach` runs after its Python start-up);
 and the native layer's injection (Frida attach, load, detach) on fresh processes too.
@@ -120,6 +123,73 @@ async function loop() {
 """
 
 
+# The native layer's own cost per hooked call: the same loop, process CPU time (not wall:
+# the VM is shared), in a process with the JS layer alone and one with both layers.
+LAYER_COST_JS = r"""
+const fs = require('fs');
+const readline = require('readline');
+const [probePath, socket, n] = process.argv.slice(1);
+const N = Number(n);
+const tick = () => new Promise((r) => setImmediate(r));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function loop() {
+  const t = process.cpuUsage();
+  for (let done = 0; done < N; done += 200) {
+    for (let i = 0; i < 200; i++) fs.readFileSync('/etc/hostname');
+    await tick();
+  }
+  await sleep(50); // the native layer's flush and the JS layer's match are part of the cost
+  const c = process.cpuUsage(t);
+  return (c.user + c.system) / N;
+}
+console.log(process.pid);
+readline.createInterface({ input: process.stdin }).once('line', async (line) => {
+  const native = line === 'js' ? undefined : JSON.parse(line);
+  require(probePath).start({ socket, mode: 'sdk', native });
+  const p = globalThis[Symbol.for('rampart.nodejs.probe')];
+  while (p.client.state !== 'connected' || !p.uuids.quota) await sleep(10);
+  await loop();
+  const us = Math.min(await loop(), await loop(), await loop());
+  const nat = p.native ? { matched: p.native.matched, bypassed: p.native.bypassed } : null;
+  console.log(JSON.stringify({ us, native: nat, status: p.nativeStatus }));
+  process.exit(0);
+});
+"""
+
+
+def layer_cost(socket: Path, rounds: int, n: int = 10000) -> dict[str, float | int]:
+    """CPU µs per hooked call with the JS layer alone and with both; alternating processes."""
+    probe = REPO / "rasp" / "nodejs" / "probe.js"
+    got: dict[str, list[float]] = {"js": [], "both": []}
+    bypassed = 0
+    for _ in range(rounds):
+        for v in ("js", "both"):
+            p = subprocess.Popen(
+                ["node", "-e", LAYER_COST_JS, str(probe), str(socket), str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert p.stdin is not None and p.stdout is not None
+            pid = int(p.stdout.readline())
+            line = "js" if v == "js" else json.dumps(native_agent.load(pid).for_js())
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            r = json.loads(p.stdout.readline())
+            p.wait(timeout=60)
+            got[v].append(r["us"])
+            if v == "both":
+                assert r["status"] == "ok" and r["native"]["matched"] > 0, r
+                bypassed += r["native"]["bypassed"]
+    js, both = statistics.median(got["js"]), statistics.median(got["both"])
+    return {
+        "js_us": round(js, 2),
+        "both_us": round(both, 2),
+        "native_us": round(both - js, 2),
+        "bypassed": bypassed,  # JS-originated calls only: must stay 0
+    }
+
+
 def hook_cost(socket: Path, n: int = 20000) -> dict[str, float]:
     probe = REPO / "rasp" / "nodejs" / "probe.js"
     out = subprocess.run(
@@ -199,6 +269,7 @@ def main() -> None:
             }
 
         cost = hook_cost(agent.socket)
+        lcost = layer_cost(agent.socket, args.rounds)
 
         # let the agent drain what the load runs produced: attach latency is not ingest
         wait_for(lambda: agent.control("stats").get("backlog", 0) == 0, 120, "agent backlog")
@@ -240,6 +311,7 @@ def main() -> None:
             "native_max": round(max(native_ms), 1),
         },
         "hook_cost": cost,
+        "layer_cost": lcost,
         "agent_received": stats.get("received"),
     }
     if args.json:
@@ -256,6 +328,11 @@ def main() -> None:
     print(
         f"per hooked call (fs.readFileSync, full path to the agent): {cost['plain_us']} µs -> "
         f"{cost['probed_us']} µs, +{cost['cost_us']} µs/event ({cost['dropped']} dropped)"
+    )
+    print(
+        f"per hooked call, app CPU (fs.readFileSync loop): JS layer {lcost['js_us']} µs, "
+        f"both layers {lcost['both_us']} µs: native layer +{lcost['native_us']} µs "
+        f"({lcost['bypassed']} false bypasses)"
     )
     am = report["attach_ms"]
     print(f"attach (SIGUSR1 -> hello at the agent): median {am['median']} ms, "

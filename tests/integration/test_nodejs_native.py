@@ -80,6 +80,7 @@ def test_js_originated_calls_yield_no_bypass_duplicates(spawn, agent, tmp_path) 
     assert get(port, "connect", port=str(port)) == (200, "connected")
     assert get(port, "fetch", url=f"http://127.0.0.1:{port}/ping") == (200, "pong")
     assert get(port, "dns", host="localhost")[0] == 200
+    assert get(port, "readloop", path="/etc/hostname", n="2000") == (200, "done")
     sentinel(agent, port, p.pid, tmp_path / "sentinel.txt", "end")
 
     # every one of those was a JS event, and none came back as a bypass

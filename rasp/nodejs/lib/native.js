@@ -7,9 +7,9 @@
 // *before* libuv is asked (the wrapper runs first, on the same thread), and the native
 // record only reaches us afterwards through the channel. So when a record arrives, the JS
 // layer has already noted that call if it saw it at all. The note is (sink kind, argument):
-// the file path, the spawned file, the connect port, the looked-up host. A record consumes
-// the oldest note of the same key made at most WINDOW_MS before it; with none left, it is a
-// bypass. Notes are one per libuv call: only the JS hooks that end in exactly one such call
+// the file path, the spawned file, the connect port, the looked-up host. Per key we keep a
+// count of notes not yet consumed and the time of the last one; a record consumes one if
+// the last note is at most WINDOW_MS older than the record; with none left, it is a bypass. Notes are one per libuv call: only the JS hooks that end in exactly one such call
 // take notes (net.Socket.connect, not http.request; dns.lookup, not the c-ares resolvers),
 // and a call our policy refused takes none; a note nothing consumed expires.
 
@@ -18,7 +18,6 @@ const fs = require('fs');
 
 const WINDOW_MS = 10000;
 const SEEN_MAX = 4096; // keys kept (oldest go first)
-const NOTES_MAX = 64; // notes per key
 const LINE_MAX = 256 * 1024;
 const PROBE_DIR = require('path').dirname(__dirname) + '/';
 const LOOKUPS = new Set(['dns.lookup', 'dns.promises.lookup']);
@@ -82,7 +81,7 @@ function recordKey(r) {
 class Native {
   constructor(probe) {
     this.probe = probe;
-    this.seen = new Map(); // key -> ms of each JS call with it not yet matched, oldest first
+    this.seen = new Map(); // key -> {n: notes not yet consumed, t: ms of the last one}
     this.sock = null;
     this.fd = -1;
     this.hooks = [];
@@ -122,22 +121,26 @@ class Native {
     const k = keyOf(hook, args);
     if (k === null) return;
     const seen = this.seen;
-    const notes = seen.get(k);
-    if (notes === undefined) {
-      seen.set(k, [Date.now()]);
+    const note = seen.get(k);
+    if (note === undefined) {
+      seen.set(k, { n: 1, t: Date.now() });
       if (seen.size > SEEN_MAX) seen.delete(seen.keys().next().value); // the oldest key
-    } else if (notes.length < NOTES_MAX) notes.push(Date.now());
+    } else {
+      note.n++;
+      note.t = Date.now();
+    }
   }
 
-  /** Consume the oldest live note for `k`; false when there is none. */
+  /** Consume a live note for `k`; false when there is none. */
   consume(k, t) {
-    const notes = this.seen.get(k);
-    if (notes === undefined) return false;
-    while (notes.length && notes[0] < t - WINDOW_MS) notes.shift();
-    const ok = notes.length > 0;
-    if (ok) notes.shift();
-    if (!notes.length) this.seen.delete(k);
-    return ok;
+    const note = this.seen.get(k);
+    if (note === undefined) return false;
+    if (note.t < t - WINDOW_MS) {
+      this.seen.delete(k); // stale: calls that never reached libuv
+      return false;
+    }
+    if (--note.n === 0) this.seen.delete(k);
+    return true;
   }
 
   feed(chunk) {

@@ -54,6 +54,15 @@ test('a native call the JS layer noted is matched once; the next one is a bypass
   assert.strictEqual(n.bypassed, 1);
 });
 
+test('a burst of JS calls is matched call for call, however many wait', () => {
+  const { n, reported } = matcher();
+  for (let i = 0; i < 5000; i++) n.saw(hook('fs.readFileSync', 'file'), ['/etc/hostname']);
+  for (let i = 0; i < 5000; i++) n.onRecord(rec('uv_fs_open', 'file', ['/etc/hostname', '0']));
+  assert.deepStrictEqual(reported, []);
+  n.onRecord(rec('uv_fs_open', 'file', ['/etc/hostname', '0']));
+  assert.strictEqual(reported.length, 1);
+});
+
 test('a note older than the window does not hide a bypass', () => {
   const { n, reported } = matcher();
   n.saw(hook('child_process.spawn', 'process'), [{ file: '/bin/sh' }]);

@@ -44,6 +44,11 @@ const SINKS = {
   }),
   readsync: async (q) => fs.readFileSync(q.path, 'utf8'),
   capturedread: async (q) => readFileSync(q.path, 'utf8'),
+  // a burst: many hooked calls with one argument before the event loop turns
+  readloop: async (q) => {
+    for (let i = 0; i < Number(q.n); i++) fs.readFileSync(q.path);
+    return 'done';
+  },
   rawspawn: (q) => rawSpawn(q.cmd),
   readpromise: (q) => fs.promises.readFile(q.path, 'utf8'),
   write: async (q) => {
