@@ -144,15 +144,17 @@ class Native {
   }
 
   feed(chunk) {
-    this.buf += chunk;
+    const buf = this.buf + chunk;
+    let start = 0;
     let nl;
-    while ((nl = this.buf.indexOf('\n')) >= 0) {
-      const line = this.buf.slice(0, nl);
-      this.buf = this.buf.slice(nl + 1);
+    // one pass with an index (slicing the rest off after every line copied it: quadratic)
+    while ((nl = buf.indexOf('\n', start)) >= 0) {
       let r;
-      try { r = JSON.parse(line); } catch (e) { this.probe.drop('error'); continue; }
-      this.onRecord(r);
+      try { r = JSON.parse(buf.slice(start, nl)); } catch (e) { r = null; this.probe.drop('error'); }
+      start = nl + 1;
+      if (r !== null) this.onRecord(r);
     }
+    this.buf = start === 0 ? buf : buf.slice(start);
     if (this.buf.length > LINE_MAX) this.buf = '';
   }
 
