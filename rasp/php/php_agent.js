@@ -583,7 +583,7 @@ function u64(dv, off) {
   return dv.getUint32(off, true) + dv.getUint32(off + 4, true) * 4294967296;
 }
 
-function argsOf(ed) {
+function argsOf(ed, hookName) {
   const n = Math.min(ed.add(ED_NUM_ARGS).readU32(), ARGS_MAX);
   if (n === 0) return [];
   const dv = new DataView(ed.add(ED_ARGS).readByteArray(n * ZVAL));
@@ -592,9 +592,42 @@ function argsOf(ed) {
     const type = dv.getUint8(i * ZVAL + 8);
     if (type === IS_STRING) out.push(zstr(ptr(u64(dv, i * ZVAL))));
     else if (type === IS_LONG) out.push(String(u64(dv, i * ZVAL)));
+    else if (type === IS_OBJECT && hookName === 'curl_exec') out.push(curlUrl(ptr(u64(dv, i * ZVAL))));
     else out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
   }
   return out;
+}
+
+/*
+ * curl_exec($ch): the URL the handle will fetch, not "[object]". PHP keeps no copy of it
+ * (curl_init($url), curl_setopt(CURLOPT_URL) and curl_setopt_array all hand it to
+ * curl_easy_setopt, which copies it), but libcurl answers CURLINFO_EFFECTIVE_URL with the
+ * URL set by CURLOPT_URL until a transfer changes it (setopt.c sets state.url). So: find the
+ * CURL * in PHP's php_curl, which starts with `CURL *cp` and embeds its zend_object (std)
+ * at the offset the object's handlers record (zend_object_handlers.offset, their first
+ * field), and ask libcurl. No extra hooks on curl_init/curl_setopt, no per-handle map.
+ */
+const OBJ_CE = 16, OBJ_HANDLERS = 24; // zend_object: gc (8), handle (4, padded), ce, handlers
+const CURLINFO_EFFECTIVE_URL = 0x100001; // CURLINFO_STRING + 1
+let curlGetinfo; // undefined: not looked up yet; null: no libcurl in this process
+let curlUrlOut = null;
+function curlUrl(obj) {
+  if (curlGetinfo === undefined) {
+    const a = Module.findGlobalExportByName('curl_easy_getinfo');
+    curlGetinfo = a === null ? null
+      : new NativeFunction(a, 'int', ['pointer', 'int', '...', 'pointer']);
+    curlUrlOut = Memory.alloc(Process.pointerSize);
+  }
+  if (curlGetinfo === null || obj.isNull()) return '[object]';
+  const ce = obj.add(OBJ_CE).readPointer();
+  if (zstr(ce.add(CE_NAME).readPointer(), 64) !== 'CurlHandle') return '[object]';
+  const offset = obj.add(OBJ_HANDLERS).readPointer().readS32();
+  if (offset <= 0) return '[object]';
+  const cp = obj.sub(offset).readPointer();
+  if (cp.isNull()) return '[object]';
+  curlUrlOut.writePointer(ptr(0));
+  if (curlGetinfo(cp, CURLINFO_EFFECTIVE_URL, curlUrlOut) !== 0) return '[object]';
+  return cstr(curlUrlOut.readPointer());
 }
 
 function swapHandler(hookName, kind, fn, handlerOff) {
@@ -608,7 +641,7 @@ function swapHandler(hookName, kind, fn, handlerOff) {
     if (!state.stopped && !state.disabled[hookName]) {
       try {
         if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
-        rule = onCall(hookName, kind, argsOf(ed), ed.add(ED_PREV).readPointer());
+        rule = onCall(hookName, kind, argsOf(ed, hookName), ed.add(ED_PREV).readPointer());
       } catch (e) {
         hookFailed(hookName, e);
         rule = null;

@@ -6,12 +6,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import http.server
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,6 +150,58 @@ def test_builtin_server_events_with_request_context(php_server, agent: AgentProc
     assert rows[0]["kind"] == "deserialization"
     # the primary script of each request is not an `include` event
     assert all(e["args"] != [str(APP)] for e in agent.rows("hook = 'include'"))
+
+
+@pytest.fixture
+def loopback_http() -> Iterator[int]:
+    """A tiny HTTP server on loopback for the app to fetch from (curl tests)."""
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"fetched {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_curl_exec_reports_the_url_and_ssrf_is_detected(
+    php_server, loopback_http: int, agent: AgentProc
+) -> None:
+    proc, port = php_server
+    assert rasp_attach(proc.pid, agent).returncode == 0
+    # the URL given to curl_init, and one replaced by curl_setopt / curl_setopt_array
+    url1 = f"http://127.0.0.1:{loopback_http}/one"
+    url2 = f"http://localhost:{loopback_http}/two?x=1"
+    q1, q2 = urllib.parse.quote(url1, safe=""), urllib.parse.quote(url2, safe="")
+    assert http_get(port, "/curl?a=" + q1) == (200, "fetched /one")
+    assert http_get(port, "/curl_setopt?a=" + q2) == (200, "fetched /two?x=1")
+    # fsockopen (a host, not a URL) stays covered too
+    assert http_get(port, f"/fsockopen?a=127.0.0.1&b={loopback_http}") == (200, "connected")
+
+    evs = agent.wait_rows(3, "hook IN ('curl_exec', 'fsockopen')")
+    by_hook: dict[str, list[dict]] = {}
+    for e in evs:
+        by_hook.setdefault(e["hook"], []).append(e)
+    assert [e["args"] for e in by_hook["curl_exec"]] == [[url1], [url2]]
+    assert by_hook["curl_exec"][0]["kind"] == "network"
+    assert by_hook["fsockopen"][0]["args"][0] == "127.0.0.1"
+    # the URL reached the agent's SSRF detector, tied to the request parameter carrying it
+    for e, url in ((by_hook["curl_exec"][0], url1), (by_hook["curl_exec"][1], url2)):
+        (det,) = [d for d in e.get("detections", []) if d["rule"] == "ssrf.internal"]
+        assert det["param"] == "a" and det["value"] == url
+    fs = by_hook["fsockopen"][0]
+    assert "ssrf.internal" in [d["rule"] for d in fs.get("detections", [])]
 
 
 def test_block_policy_fails_the_call_and_other_requests_work(php_server, agent_factory) -> None:
