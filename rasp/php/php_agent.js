@@ -400,23 +400,26 @@ function serverVars() {
 
 function requestContext() {
   if (sapiGlobals === null) return null;
-  const method = cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
+  // natively: one call for what is ~25 reads from JS (sapi_getenv returns copies)
+  const native = collector.request === null ? null
+    : JSON.parse(collector.buf.readUtf8String(collector.request(collector.rq, collector.cfg)));
+  const method = native !== null ? native[0] || '' : cstr(sapiGlobals.add(SG_METHOD).readPointer(), 16);
   if (!method) return null; // CLI, or outside a request
-  const uri = cstr(sapiGlobals.add(SG_URI).readPointer(), ARG_CAP);
-  const qs = cstr(sapiGlobals.add(SG_QUERY).readPointer(), ARG_CAP);
+  const uri = native !== null ? native[1] || '' : cstr(sapiGlobals.add(SG_URI).readPointer(), ARG_CAP);
+  const qs = native !== null ? native[2] || '' : cstr(sapiGlobals.add(SG_QUERY).readPointer(), ARG_CAP);
   const params = {};
   parseQuery(qs, params);
   if (method === 'POST') {
     try { arrayParams(superGlobal('_POST'), params); } catch (e) { /* no form */ }
   }
-  // sapi_getenv answers for php-fpm (FastCGI params); the built-in server has no getenv, so
-  // fall back to $_SERVER (present when the script mentions it: it is a JIT auto-global)
   // php-fpm answers sapi_getenv (FastCGI params) and then has everything we want; the
   // built-in server has no getenv: read $_SERVER instead (one pass)
-  const sapiEnv = getenv('REMOTE_ADDR') !== '';
+  const nativeEnv = {};
+  if (native !== null) native[3].forEach((v, i) => { nativeEnv[SERVER_VARS[i]] = v || ''; });
+  const sapiEnv = native !== null ? nativeEnv.REMOTE_ADDR !== '' : getenv('REMOTE_ADDR') !== '';
   let server = null;
   const env = (name) => {
-    if (sapiEnv) return getenv(name);
+    if (sapiEnv) return native !== null ? nativeEnv[name] : getenv(name);
     if (server === null) server = serverVars();
     return server[name] || '';
   };
@@ -501,16 +504,326 @@ function stackOf(ed) {
   return frames;
 }
 
+// ------------------------------------------------------------------------- native collector
+/*
+ * Reading a call's arguments and stack from JS cost ~16 us of the ~19 us a hooked call added
+ * (bench/php_hook_cost.py): every NativePointer read is a call out of QuickJS (~0.6 us), and an
+ * event needs dozens. This C function (Frida CModule) does all the reads and writes the
+ * arguments and stack labels as one JSON text, `[[args...], [frames...]]`, that JS reads
+ * with a single readUtf8String and parses: ~2 us. Strings become JSON as php_agent_core.js's
+ * utf8Decode would decode them (an invalid byte -> U+FFFD), capped like the JS path. Arguments
+ * that are not strings, integers, booleans or null come out as null and are read by JS
+ * (zvalString: arrays, objects, doubles). Layouts are the ones documented at the top of this
+ * file and checked at install (filename offset found, not assumed). If the CModule does not
+ * compile, or RAMPART.native is false (bench), the JS readers below run instead.
+ */
+const COLLECT_BYTES = 512 * 1024; // content cap; a 4 KiB reserve keeps the JSON closed
+const COLLECT_C = `
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+typedef struct { u8 * buf; u32 pos; u32 content; u32 total; } W;
+/* cfg: buf, total size, zend_op_array.filename offset (or -1), stack depth, arg cap, max args;
+ * out: where the args end in the text */
+typedef struct { u8 * buf; u64 total; i64 fname_off; u64 depth; u64 arg_cap; u64 max_args; u64 split; } Cfg;
+
+static const char HEX[] = "0123456789abcdef";
+
+static void put (W * w, u8 c) { if (w->pos < w->total) w->buf[w->pos++] = c; }
+static void lit (W * w, const char * s) { while (*s) put (w, (u8) *s++); }
+
+static void dec (W * w, i64 v)
+{
+  char tmp[24];
+  int k = 0;
+  u64 u = v < 0 ? (u64) (-(v + 1)) + 1 : (u64) v;
+  if (v < 0) put (w, '-');
+  do { tmp[k++] = '0' + (char) (u % 10); u /= 10; } while (u != 0);
+  while (k > 0) put (w, (u8) tmp[--k]);
+}
+
+static void hex4 (W * w, u32 v)
+{
+  lit (w, "\\\\u");
+  put (w, (u8) HEX[(v >> 12) & 15]); put (w, (u8) HEX[(v >> 8) & 15]);
+  put (w, (u8) HEX[(v >> 4) & 15]); put (w, (u8) HEX[v & 15]);
+}
+
+/* bytes as the inside of a JSON string; stops (truncates) at the content cap */
+static void bytes (W * w, const u8 * p, u64 n)
+{
+  u64 i = 0;
+  while (i < n) {
+    u8 b = p[i];
+    int need, k, ok;
+    u32 cp = 0;
+    if (w->pos + 16 > w->content) return;
+    if (b < 0x80) {
+      if (b == '"' || b == '\\\\') { put (w, '\\\\'); put (w, b); }
+      else if (b < 0x20) { lit (w, "\\\\u00"); put (w, (u8) HEX[b >> 4]); put (w, (u8) HEX[b & 15]); }
+      else put (w, b);
+      i++;
+      continue;
+    }
+    if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; }
+    else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; }
+    else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; }
+    else need = 0;
+    ok = need > 0;
+    for (k = 1; ok && k <= need; k++) {
+      if (i + k >= n || (p[i + k] & 0xc0) != 0x80) ok = 0;
+      else cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    if (ok && ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))) ok = 0;
+    if (!ok) { lit (w, "\\\\ufffd"); i++; continue; }
+    /* as \\\\uXXXX (a surrogate pair above U+FFFF): the text stays ASCII, so JS string
+     * indexes are byte offsets (the args/stack split) */
+    if (cp >= 0x10000) { cp -= 0x10000; hex4 (w, 0xd800 + (cp >> 10)); hex4 (w, 0xdc00 + (cp & 0x3ff)); }
+    else hex4 (w, cp);
+    i += need + 1;
+  }
+}
+
+/* zend_string: len @16, val @24 */
+static void zstr (W * w, const u8 * zs, u64 cap)
+{
+  u64 n = *(const u64 *) (zs + 16);
+  bytes (w, zs + 24, n < cap ? n : cap);
+}
+
+static void args (W * w, const u8 * ed, const Cfg * c)
+{
+  u32 n = *(const u32 *) (ed + 44), i;
+  if (n > c->max_args) n = (u32) c->max_args;
+  put (w, '[');
+  for (i = 0; i < n; i++) {
+    const u8 * z = ed + 80 + (u64) i * 16;
+    u8 t = z[8];
+    if (i > 0) put (w, ',');
+    if (t == 10) { z = *(const u8 * const *) z + 8; t = z[8]; } /* a reference: its zval */
+    if (t == 6) { put (w, '"'); zstr (w, *(const u8 * const *) z, c->arg_cap); put (w, '"'); }
+    else if (t == 4) { put (w, '"'); dec (w, *(const i64 *) z); put (w, '"'); }
+    else if (t <= 1) lit (w, "\\"\\"");
+    else if (t == 2) lit (w, "\\"false\\"");
+    else if (t == 3) lit (w, "\\"true\\"");
+    else lit (w, "null");
+  }
+  put (w, ']');
+}
+
+/* "{main} (/srv/app.php:16)", "Foo::bar (/srv/lib.php:3)", "strlen" */
+static void stack (W * w, const u8 * ed, const Cfg * c)
+{
+  u64 n = 0;
+  put (w, '[');
+  while (ed != 0 && n < c->depth) {
+    const u8 * func = *(const u8 * const *) (ed + 24);
+    if (func != 0) {
+      const u8 * name = *(const u8 * const *) (func + 8);
+      const u8 * scope = *(const u8 * const *) (func + 16);
+      if (n > 0) put (w, ',');
+      put (w, '"');
+      if (scope != 0) { zstr (w, *(const u8 * const *) (scope + 8), 256); lit (w, "::"); }
+      if (name != 0) zstr (w, name, 256); else lit (w, "{main}");
+      if (func[0] == 2 && c->fname_off > 0) {
+        const u8 * opline = *(const u8 * const *) ed;
+        lit (w, " (");
+        zstr (w, *(const u8 * const *) (func + c->fname_off), 1024);
+        put (w, ':');
+        dec (w, opline != 0 ? *(const u32 *) (opline + 24) : 0);
+        put (w, ')');
+      }
+      put (w, '"');
+      n++;
+    }
+    ed = *(const u8 * const *) (ed + 48);
+  }
+  put (w, ']');
+}
+
+/* a C string as a JSON string (null for NULL), at most cap bytes */
+static void cstring (W * w, const u8 * p, u64 cap)
+{
+  u64 n = 0;
+  if (p == 0) { lit (w, "null"); return; }
+  while (n < cap && p[n] != 0) n++;
+  put (w, '"');
+  bytes (w, p, n);
+  put (w, '"');
+}
+
+typedef u8 * (*getenv_fn) (const char * name, u64 len);
+/* rq: sapi_globals, sapi_getenv (or 0), the number of names, then name/length pairs */
+typedef struct { const u8 * sg; getenv_fn getenv; u64 n; const char * names[16]; u64 lens[16]; } Rq;
+
+/* [method, request URI, query string, [sapi_getenv(name) for each name]], from
+ * sapi_globals.request_info (method @8, query @16, URI @48) */
+u32 rampart_request (const Rq * rq, const Cfg * c)
+{
+  W w;
+  u64 i;
+  w.buf = c->buf;
+  w.pos = 0;
+  w.total = (u32) c->total;
+  w.content = (u32) c->total - 4096;
+  put (&w, '[');
+  cstring (&w, *(const u8 * const *) (rq->sg + 8), 16);
+  put (&w, ',');
+  cstring (&w, *(const u8 * const *) (rq->sg + 48), c->arg_cap);
+  put (&w, ',');
+  cstring (&w, *(const u8 * const *) (rq->sg + 16), c->arg_cap);
+  lit (&w, ",[");
+  for (i = 0; i < rq->n; i++) {
+    if (i > 0) put (&w, ',');
+    cstring (&w, rq->getenv != 0 ? rq->getenv (rq->names[i], rq->lens[i]) : 0, 1024);
+  }
+  lit (&w, "]]");
+  return w.pos;
+}
+
+/* JSON texts joined by '\n' (JSON.stringify never emits a raw newline) -> frames: each a
+ * 4-byte big-endian length, then the text. Returns the bytes written to out. */
+u64 rampart_frame (const u8 * in, u8 * out)
+{
+  u64 o = 0, k;
+  while (1) {
+    const u8 * start = in;
+    u64 n;
+    while (*in != 0 && *in != '\\n') in++;
+    n = (u64) (in - start);
+    out[o] = (u8) (n >> 24); out[o + 1] = (u8) (n >> 16); out[o + 2] = (u8) (n >> 8); out[o + 3] = (u8) n;
+    for (k = 0; k < n; k++) out[o + 4 + k] = start[k];
+    o += 4 + n;
+    if (*in == 0) return o;
+    in++;
+  }
+}
+
+/* [[args of args_ed], [stack from stack_ed, or from args_ed's caller]]; returns the length */
+u32 rampart_collect (const u8 * args_ed, const u8 * stack_ed, Cfg * c)
+{
+  W w;
+  w.buf = c->buf;
+  w.pos = 0;
+  w.total = (u32) c->total;
+  w.content = (u32) c->total - 4096;
+  put (&w, '[');
+  if (args_ed != 0) args (&w, args_ed, c); else lit (&w, "[]");
+  c->split = w.pos;
+  put (&w, ',');
+  if (stack_ed == 0 && args_ed != 0) stack_ed = *(const u8 * const *) (args_ed + 48);
+  stack (&w, stack_ed, c);
+  put (&w, ']');
+  return w.pos;
+}
+`;
+
+const collector = {
+  fn: null, frame: null, request: null, rq: null, cfg: null, split: null, buf: null, fnameOff: -2,
+  depth: -1,
+};
+
+function installCollector() {
+  if (CFG.native === false) return;
+  try {
+    const cm = new CModule(COLLECT_C);
+    collector.buf = Memory.alloc(COLLECT_BYTES + 4096);
+    collector.cfg = Memory.alloc(56);
+    collector.split = collector.cfg.add(48);
+    collector.cfg.writePointer(collector.buf);
+    collector.cfg.add(8).writeU64(COLLECT_BYTES + 4096);
+    collector.cfg.add(32).writeU64(ARG_CAP);
+    collector.cfg.add(40).writeU64(ARGS_MAX);
+    collector.fn = new NativeFunction(cm.rampart_collect, 'uint32', ['pointer', 'pointer', 'pointer']);
+    collector.frame = new NativeFunction(cm.rampart_frame, 'uint64', ['pointer', 'pointer']);
+    if (sapiGlobals !== null) {
+      const names = ['REMOTE_ADDR'].concat(HEADERS.map((h) => h[1]));
+      const rq = Memory.alloc(24 + 16 * 8 * 2);
+      rq.writePointer(sapiGlobals);
+      rq.add(8).writePointer(sapiGetenvAddr || NULL);
+      rq.add(16).writeU64(names.length);
+      names.forEach((name, i) => {
+        rq.add(24 + i * 8).writePointer(envName(name));
+        rq.add(24 + 128 + i * 8).writeU64(name.length);
+      });
+      collector.rq = rq;
+      collector.request = new NativeFunction(cm.rampart_request, 'uint32', ['pointer', 'pointer']);
+    }
+    state.keep.push(cm);
+  } catch (e) {
+    log('native collector failed (' + e.message + '): arguments and stacks read from JS');
+    collector.fn = null;
+  }
+}
+
+/* [args, stack] of a call: argsEd is the internal call's frame (null for include/eval),
+ * stackEd the innermost PHP frame to report (null: argsEd's caller). */
+function collect(argsEd, stackEd, hook) {
+  if (filenameOffset < 0) findFilenameOffset(stackEd !== null ? stackEd : argsEd.add(ED_PREV).readPointer());
+  if (collector.fn === null) {
+    const sed = stackEd !== null ? stackEd : argsEd.add(ED_PREV).readPointer();
+    return [argsEd === null ? [] : argsOf(argsEd, hook), sed.isNull() ? [] : stackOf(sed), null, null];
+  }
+  // the cfg words that can change, written only when they do (each write is a call out of JS)
+  if (collector.fnameOff !== filenameOffset) {
+    collector.fnameOff = filenameOffset;
+    collector.cfg.add(16).writeS64(filenameOffset);
+  }
+  if (collector.depth !== state.stackDepth) {
+    collector.depth = state.stackDepth;
+    collector.cfg.add(24).writeU64(state.stackDepth);
+  }
+  const n = collector.fn(argsEd === null ? NULL : argsEd, stackEd === null ? NULL : stackEd, collector.cfg);
+  const text = collector.buf.readUtf8String(n); // ASCII: the rest is \u-escaped
+  const split = collector.split.readU32();
+  const out = JSON.parse(text);
+  const args = out[0];
+  let argsJson = text.slice(1, split);
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] !== null) continue;
+    const z = argsEd.add(ED_ARGS + i * ZVAL);
+    args[i] = hook === 'curl_exec' && z.add(8).readU8() === IS_OBJECT ? curlUrl(z.readPointer()) : zvalString(z, 0);
+    argsJson = null;
+  }
+  // the JSON of args and stack, reused when the event is encoded (eventMessage)
+  out.push(argsJson !== null ? argsJson : JSON.stringify(args), text.slice(split + 1, -1));
+  return out;
+}
+
 // ------------------------------------------------------------------------- policy
 // ------------------------------------------------------------------------- events
 // the request context is read once per request (php_request_startup bumps the counter)
-const requestCache = { gen: -1, req: null };
+const requestCache = { gen: -1, req: null, json: null };
 
 function envelope(type, data) {
   return {
     message_type: type, pid: state.pid, runtime: 'php', runtime_version: RUNTIME_VERSION,
     probe_version: PROBE_VERSION, time: Date.now(), data,
   };
+}
+
+/* An event as {message_type, raw}: its JSON built from pieces that are JSON already (the C
+ * collector's args and stack, the request's, stringified once a request): JSON.stringify of a
+ * whole event cost ~10-20 us in QuickJS, on Frida's thread but under the same JS lock. */
+let eventHead = null;
+function eventMessage(ev, argsJson, stackJson) {
+  if (argsJson === null || stackJson === null) return envelope(2, ev);
+  if (eventHead === null) {
+    eventHead = '{"message_type":2,"pid":' + state.pid + ',"runtime":"php","runtime_version":' +
+      JSON.stringify(RUNTIME_VERSION) + ',"probe_version":' + JSON.stringify(PROBE_VERSION) + ',"time":';
+  }
+  let raw = eventHead + Date.now() + ',"data":{"hook":' + JSON.stringify(ev.hook) + ',"kind":"' +
+    ev.kind + '","args":' + argsJson + ',"stack":' + stackJson + ',"blocked":' + ev.blocked;
+  if (ev.policy_id !== undefined) raw += ',"policy_id":' + JSON.stringify(ev.policy_id);
+  if (ev.request !== undefined) raw += ',"request":' + requestCache.json;
+  return { message_type: 2, raw: raw + '}}' };
+}
+
+function toJson(m) {
+  return m.raw !== undefined ? m.raw : JSON.stringify(m);
 }
 
 function enqueue(msg) {
@@ -523,17 +836,23 @@ function enqueue(msg) {
  * One hooked call, on PHP's thread. Returns the blocking rule, or null to let the call run.
  * Order (probe contract): quota -> build the event -> block rules -> filter rules -> enqueue.
  */
-function onCall(hook, kind, args, ed) {
+function onCall(hook, kind, args, ed, argsEd) {
   if (!state.quotas.allow(hook, Date.now())) {
     drop('quota');
     return null;
   }
-  const ev = { hook, kind, args, stack: ed === null || ed.isNull() ? [] : stackOf(ed), blocked: false };
+  // args: given (include/eval), or read from argsEd, the internal call's frame; ed: the
+  // innermost PHP frame (null: argsEd's caller)
+  if (ed === null && argsEd === null) ed = NULL;
+  const [collected, stack, argsJson, stackJson] = ed !== null && ed.isNull() ? [[], [], null, null]
+    : collect(argsEd, ed, hook);
+  const ev = { hook, kind, args: args !== null ? args : collected, stack, blocked: false };
   const gen = requestGen();
   if (gen < 0 || requestCache.gen !== gen) {
     if (requestCache.gen !== gen) funcCache = new Map(); // a new request: op_arrays may differ
     requestCache.gen = gen;
     requestCache.req = requestContext();
+    requestCache.json = requestCache.req === null ? null : JSON.stringify(requestCache.req);
   }
   if (requestCache.req !== null) ev.request = requestCache.req;
   let blockRule = null;
@@ -549,7 +868,7 @@ function onCall(hook, kind, args, ed) {
       if (ruleMatches(r, ev)) { drop('filter'); return null; }
     }
   }
-  enqueue(envelope(2, ev));
+  enqueue(eventMessage(ev, args !== null ? JSON.stringify(args) : argsJson, stackJson));
   return blockRule;
 }
 
@@ -591,7 +910,6 @@ function argsOf(ed, hookName) {
   for (let i = 0; i < n; i++) {
     const type = dv.getUint8(i * ZVAL + 8);
     if (type === IS_STRING) out.push(zstr(ptr(u64(dv, i * ZVAL))));
-    else if (type === IS_LONG) out.push(String(u64(dv, i * ZVAL)));
     else if (type === IS_OBJECT && hookName === 'curl_exec') out.push(curlUrl(ptr(u64(dv, i * ZVAL))));
     else out.push(zvalString(ed.add(ED_ARGS + i * ZVAL), 0));
   }
@@ -641,7 +959,7 @@ function swapHandler(hookName, kind, fn, handlerOff) {
     if (!state.stopped && !state.disabled[hookName]) {
       try {
         if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
-        rule = onCall(hookName, kind, argsOf(ed, hookName), ed.add(ED_PREV).readPointer());
+        rule = onCall(hookName, kind, null, null, ed);
       } catch (e) {
         hookFailed(hookName, e);
         rule = null;
@@ -702,7 +1020,7 @@ function installCompileHooks() {
         try {
           // zend_file_handle (8.1+): handle union (40 bytes), then zend_string *filename
           const name = zstr(handle.add(40).readPointer());
-          rule = onCall('include', 'code', [name], currentExecuteData());
+          rule = onCall('include', 'code', [name], currentExecuteData(), null);
         } catch (e) { hookFailed('include', e); rule = null; }
       }
       if (rule !== null && canBlock) { throwBlocked('include', rule); return ptr(0); }
@@ -723,7 +1041,7 @@ function installCompileHooks() {
       let rule = null;
       if (!state.stopped && !state.disabled.eval) {
         try {
-          rule = onCall('eval', 'code', [zstr(source)], currentExecuteData());
+          rule = onCall('eval', 'code', [zstr(source)], currentExecuteData(), null);
         } catch (e) { hookFailed('eval', e); rule = null; }
       }
       if (rule !== null && canBlock) { throwBlocked('eval', rule); return ptr(0); }
@@ -860,6 +1178,7 @@ function installExitHook() {
 
 function install() {
   installRequestHook();
+  installCollector();
   const { functions, classes } = findTables();
   const hoff = handlerOffset(functions);
   let moff = -1;
@@ -969,13 +1288,28 @@ function lost(conn) {
 }
 
 let writing = false;
+const encodeBuf = { size: 0, in: null, out: null };
 /* Frames for `msgs`, encoded natively: Memory.allocUtf8String does the UTF-8 work that a JS
  * loop does 20x slower in QuickJS (and the JS lock is held meanwhile: PHP's hooks wait). */
 function encodeFrames(msgs) {
+  if (collector.frame !== null) {
+    // one UTF-8 conversion and one C call for the whole batch: the texts joined by '\n'
+    // (which JSON.stringify never emits raw), framed by rampart_frame, in buffers kept from
+    // one batch to the next (a fresh Memory.alloc of this size is an mmap, then a munmap)
+    const text = msgs.map(toJson).join('\n');
+    const need = text.length * 3 + 1; // UTF-8: at most 3 bytes a UTF-16 unit
+    if (encodeBuf.size < need) {
+      encodeBuf.size = Math.max(need, 2 * encodeBuf.size, 256 * 1024);
+      encodeBuf.in = Memory.alloc(encodeBuf.size);
+      encodeBuf.out = Memory.alloc(encodeBuf.size + 4 * QUEUE_MAX);
+    }
+    encodeBuf.in.writeUtf8String(text);
+    return encodeBuf.out.readByteArray(collector.frame(encodeBuf.in, encodeBuf.out).toNumber());
+  }
   const bodies = [];
   let total = 0;
   for (const m of msgs) {
-    const mem = Memory.allocUtf8String(JSON.stringify(m));
+    const mem = Memory.allocUtf8String(toJson(m));
     const n = libc.strlen(mem).toNumber(); // JSON escapes U+0000, so strlen is the byte length
     bodies.push([mem, n]);
     total += 4 + n;

@@ -82,12 +82,16 @@ def poke(pid: int, timeout: float = 2.0) -> bool:
 
 
 def source(socket: Path, role: str, runtime_version: str) -> str:
-    config = {
+    config: dict[str, Any] = {
         "socket": str(socket),
         "role": role,
         "runtime_version": runtime_version,
         "probe_version": PROBE_VERSION,
     }
+    # RASP_PHP_NATIVE=0: read arguments and stacks from JS instead of the C collector (the
+    # benchmark's "before"; also what runs when the CModule cannot be compiled)
+    if os.environ.get("RASP_PHP_NATIVE") == "0":
+        config["native"] = False
     # the core first: its 'use strict' must open the script to apply to all of it
     return CORE_JS.read_text() + f"const RAMPART = {json.dumps(config)};\n" + AGENT_JS.read_text()
 
@@ -182,6 +186,8 @@ def load(
                     logs.append(f"error: {message.get('description')}")
 
             script.on("message", on_message)
+            # console.log arrives here, not as a message (Frida's default prints it on our stdout)
+            script.set_log_handler(lambda _level, text: logs.append(str(text)))
             script.load()
             info = script.exports_sync.start()
             script.eternalize()

@@ -340,6 +340,58 @@ def test_cli_script_and_attacher_errors(spawn, agent) -> None:
     assert p.poll() is None
 
 
+ARGS = Path(__file__).resolve().parents[1] / "apps" / "php" / "args.php"
+
+
+def _args_events(spawn, agent: AgentProc, native: bool) -> list[tuple[str, list, list]]:
+    p = spawn(["php", str(ARGS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == b"ready"
+    env = {**os.environ, "RASP_PHP_NATIVE": "1" if native else "0"}
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(p.pid), "--socket", str(agent.socket)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "collector failed" not in res.stderr  # the C collector compiled (when asked for)
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == b"done"
+    rows = agent.wait_rows(8, f"pid = {p.pid}")
+    return [(e["hook"], e["args"], e["stack"]) for e in rows]
+
+
+def test_native_and_js_readers_report_the_same_args_and_stacks(spawn, agent) -> None:
+    # the C collector (the default) and the JS readers (RASP_PHP_NATIVE=0, also the fallback
+    # when the CModule cannot compile) on the same awkward calls
+    native = _args_events(spawn, agent, native=True)
+    js = _args_events(spawn, agent, native=False)
+    assert native == js
+    by_hook = {}
+    for hook, args, stack in native:
+        by_hook.setdefault(hook, []).append((args, stack))
+    (odd, stack), (long_arg, _) = by_hook["file_get_contents"]
+    # bytes that are not UTF-8 (and a UTF-16 surrogate's encoding) become U+FFFD, one a byte
+    assert odd == [
+        '/nonexistent/\ufffd\ufffd "quoted" back\\slash \x01\t\n é ✓ \ufffd\ufffd\ufffd 😀'
+    ]
+    assert long_arg == ["a" * 4096]  # capped
+    assert stack[0] == f"Reader::read ({ARGS}:7)" and stack[1] == f"calls ({ARGS}:11)"
+    assert stack[2].startswith(f"{{main}} ({ARGS}:")
+    assert by_hook["exec"][0][0] == ["true", "", ""]  # references to an empty array, to null
+    assert by_hook["file"][0][0] == ["/nonexistent", "-5"]
+    assert by_hook["fopen"][0][0] == ["/nonexistent", "r", "1.5"]
+    assert by_hook["unserialize"][0][0] == ["i:7;", "A B"]
+    assert by_hook["include"][0] == (
+        [str(ARGS.parent / "included.php")],
+        [f"calls ({ARGS}:17)", stack[2]],
+    )
+    assert by_hook["eval"][0][0] == ["return 1;"]
+
+
 def test_events_queued_at_exit_are_sent(spawn, agent) -> None:
     # the sink runs and the process exits before Frida's thread would send: the probe sends
     # what is queued from PHP's shutdown, then says exit
