@@ -11,9 +11,9 @@ load, and prints requests/s for each and the ratios to the pool without. Endpoin
 - `read`: `file_get_contents('/etc/hostname')` on every request, a hooked sink: one event per
   call until the default quota (12,000 per hook and minute) drops the rest, counted.
 
-Attach latency: `php_agent.load()` (Frida attach + script load + start + detach) on a php CLI
-process, a `php -S` server and a php-fpm worker, and `rasp-attach` wall time for a whole
-php-fpm (master + workers + starting the watcher).
+Attach latency: `php_agent.load()` (Frida attach + script load + start + detach, each phase
+printed) on a php CLI process, a `php -S` server (with and without opcache) and a php-fpm
+worker, and `rasp-attach` wall time for a whole php-fpm (master + workers + the watcher).
 
 Usage: .venv/bin/python bench/php_overhead.py [--seconds 3] [--rounds 3] [--threads 4]
 """
@@ -109,13 +109,15 @@ def measure(port: int, op: str, seconds: float, threads: int) -> float:
     return done / (time.monotonic() - t0)
 
 
-def timed_load(agent: AgentProc, pid: int) -> float:
+def timed_load(agent: AgentProc, pid: int) -> str:
     agent.control("attach.expect", pid=pid, runtime="php")
-    return load(pid, agent.socket).elapsed_ms
+    loaded = load(pid, agent.socket)
+    phases = ", ".join(f"{k} {v:.0f}" for k, v in loaded.phases.items())
+    return f"{loaded.elapsed_ms:.0f} ms ({phases})"
 
 
-def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
+def attach_latency(agent: AgentProc, d: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         cli = subprocess.Popen(["php", str(LOOP)], stdout=subprocess.PIPE)
@@ -129,6 +131,16 @@ def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
         procs.append(srv)
         time.sleep(0.5)
         out["php -S"] = timed_load(agent, srv.pid)
+        # opcache's shared memory (128 MB by default) is what makes Frida's attach to php -S
+        # slow (docs/php-probe.md, "Attach latency"): the same server without it
+        port = free_port()
+        srv = subprocess.Popen(
+            ["php", "-d", "opcache.enable=0", "-S", f"127.0.0.1:{port}", str(APP)],
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(srv)
+        time.sleep(0.5)
+        out["php -S, opcache off"] = timed_load(agent, srv.pid)
         fpm, _ = start_fpm(d, "latency")
         procs.append(fpm)
         out["php-fpm worker"] = timed_load(agent, fpm_workers(fpm.pid)[0])
@@ -215,8 +227,8 @@ def main() -> None:
             drops = sum(r["drops"] for r in rows.values())
             print(f"events stored {events}, dropped by the probes (quota etc.) {drops}")
             print(f"rasp-attach php-fpm (master + 2 workers + watcher): {fpm_attach_ms:.0f} ms")
-            for what, ms in attach_latency(agent, d).items():
-                print(f"attach {what}: {ms:.0f} ms")
+            for what, timing in attach_latency(agent, d).items():
+                print(f"attach {what}: {timing}")
         finally:
             for _, p, _ in pools:
                 p.send_signal(signal.SIGTERM)

@@ -53,6 +53,8 @@ class Loaded:
     elapsed_ms: float
     logs: list[str] = field(default_factory=list)
     already: bool = False
+    #: where elapsed_ms went: attach, script (create + load), start (find + hook), detach
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def poke_name(pid: int) -> str:
@@ -160,10 +162,18 @@ def load(
 ) -> Loaded:
     """Inject and start the probe in `pid`; returns which hooks went in and which are missing."""
     logs: list[str] = []
+    phases: dict[str, float] = {}
     t0 = time.monotonic()
+
+    def lap(name: str, since: float) -> float:
+        now = time.monotonic()
+        phases[name] = (now - since) * 1000
+        return now
+
     if running_probe(pid) and poke(pid):
         return Loaded(pid, [], [], (time.monotonic() - t0) * 1000, already=True)
     with frida_tmp_cleanup():
+        t = time.monotonic()
         try:
             session = frida.attach(pid)
         except frida.ProcessNotFoundError:
@@ -174,6 +184,7 @@ def load(
             if not os.path.exists(f"/proc/{pid}"):
                 raise ProbeLoadError(f"pid {pid}: exited during attach", gone=True) from None
             raise ProbeLoadError(f"pid {pid}: frida could not attach: {e}") from None
+        t = lap("attach", t)
         try:
             script = session.create_script(
                 source(socket, role, runtime_version), name="rampart-php"
@@ -189,8 +200,10 @@ def load(
             # console.log arrives here, not as a message (Frida's default prints it on our stdout)
             script.set_log_handler(lambda _level, text: logs.append(str(text)))
             script.load()
+            t = lap("script", t)
             info = script.exports_sync.start()
             script.eternalize()
+            t = lap("start", t)
         except frida.RPCException as e:
             raise ProbeLoadError(f"pid {pid}: probe failed to start: {e}") from None
         except Exception as e:  # frida raises several types when the target goes away
@@ -200,10 +213,12 @@ def load(
         finally:
             with contextlib.suppress(Exception):
                 session.detach()
+            lap("detach", t)
     return Loaded(
         pid=pid,
         installed=list(info["installed"]),
         missing=list(info["missing"]),
         elapsed_ms=(time.monotonic() - t0) * 1000,
         logs=logs,
+        phases=phases,
     )

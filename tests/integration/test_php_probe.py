@@ -392,6 +392,33 @@ def test_native_and_js_readers_report_the_same_args_and_stacks(spawn, agent) -> 
     assert by_hook["eval"][0][0] == ["return 1;"]
 
 
+FORK = Path(__file__).resolve().parents[1] / "apps" / "php" / "fork.php"
+
+
+def test_pcntl_fork_children_work_and_are_not_reported(spawn, agent) -> None:
+    # A Frida script does not follow fork(): a child inherits the hooks but not Frida's
+    # thread. The children must keep working (and exit: no deadlock on the JS lock inherited
+    # from a parent whose probe was busy), their events are not reported (nothing can send
+    # them), and the parent's probe keeps reporting.
+    n = 30
+    p = spawn(["php", str(FORK), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == b"ready"
+    res = rasp_attach(p.pid, agent)
+    assert res.returncode == 0, res.stderr
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    lines = [p.stdout.readline().decode().strip() for _ in range(2)]
+    assert lines == [f"forked {n} ok {n}", "parent ok"], lines
+    agent.wait_rows(
+        1, "hook = 'file_get_contents' AND json_extract(event, '$.args[0]') = '/etc/os-release'"
+    )
+    pids = {r["pid"] for r in agent.rows("hook = 'file_get_contents'")}
+    assert pids == {p.pid}, "only the parent reports"
+    assert len(agent.rows("hook = 'file_get_contents'")) == n + 1
+    assert [r["pid"] for r in agent.control("ps") if r["state"] == "connected"] == [p.pid]
+
+
 def test_events_queued_at_exit_are_sent(spawn, agent) -> None:
     # the sink runs and the process exits before Frida's thread would send: the probe sends
     # what is queued from PHP's shutdown, then says exit
