@@ -1308,7 +1308,8 @@ function encodeFrames(msgs) {
   if (collector.frame !== null) {
     // one UTF-8 conversion and one C call for the whole batch: the texts joined by '\n'
     // (which JSON.stringify never emits raw), framed by rampart_frame into a buffer kept from
-    // one batch to the next (a fresh Memory.alloc of this size is an mmap, then a munmap)
+    // one batch to the next. (allocUtf8String: 10-20 us for a 10-event batch, 4.5 KB;
+    // writeUtf8String into a kept buffer took 110 us.)
     const text = msgs.map(toJson).join('\n');
     const need = text.length * 3 + 4 * msgs.length + 1; // UTF-8: at most 3 bytes a UTF-16 unit
     if (encodeBuf.size < need) {
