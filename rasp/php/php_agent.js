@@ -45,6 +45,10 @@ const MAX_FRAME = 1 << 20;
  * keeps the JS lock across the call: only for our own C, which never calls back into JS. */
 const HOT = { exceptions: 'propagate' };
 const FAST = { exceptions: 'propagate', scheduling: 'exclusive' };
+// The C collector reads PHP's structures at offsets this script derived: if one were wrong, a
+// bad read must become a JS exception (the hook disables itself), not the app's crash. One
+// guarded call an event instead of dozens of guarded reads.
+const GUARDED = { scheduling: 'exclusive' };
 
 // ------------------------------------------------------------------------- engine layout
 // PHP 8.x, LP64. zval: value (8) + u1.type_info (4) + u2 (4).
@@ -746,7 +750,7 @@ function installCollector() {
     collector.cfg.add(8).writeU64(COLLECT_BYTES + 4096);
     collector.cfg.add(32).writeU64(ARG_CAP);
     collector.cfg.add(40).writeU64(ARGS_MAX);
-    collector.fn = new NativeFunction(cm.rampart_collect, 'uint32', ['pointer', 'pointer', 'pointer'], FAST);
+    collector.fn = new NativeFunction(cm.rampart_collect, 'uint32', ['pointer', 'pointer', 'pointer'], GUARDED);
     collector.frame = new NativeFunction(cm.rampart_frame, 'uint64', ['pointer', 'pointer'], FAST);
     if (sapiGlobals !== null) {
       const names = ['REMOTE_ADDR'].concat(HEADERS.map((h) => h[1]));
@@ -760,7 +764,7 @@ function installCollector() {
       });
       collector.rq = rq;
       // sapi_getenv is PHP's: allocates from the request's memory, never enters JS
-      collector.request = new NativeFunction(cm.rampart_request, 'uint32', ['pointer', 'pointer'], FAST);
+      collector.request = new NativeFunction(cm.rampart_request, 'uint32', ['pointer', 'pointer'], GUARDED);
     }
     state.keep.push(cm);
   } catch (e) {
