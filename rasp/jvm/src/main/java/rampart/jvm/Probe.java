@@ -177,13 +177,18 @@ public final class Probe {
      * enqueue. A blocked call is always reported: the quota limits what is sent, never what
      * is refused, so flooding a hook cannot switch its blocking off.
      */
+    private volatile boolean detectFailed;
+
     String onCall(Hooks.Spec spec, Object self, Object[] args, Object request) {
         Set<String> off = policy.hooksDisabled;
         if (!off.isEmpty() && off.contains(spec.name)) return null;
         Policy.Table blocks = policy.blocks;
+        Detect detect = policy.detect;
         long now = System.currentTimeMillis();
         boolean quotaChecked = false;
-        if (blocks.rules.isEmpty()) {
+        // detection checks run only for a kind a block-mode rule looks at, inside a request
+        boolean detecting = request != null && detect.covers(spec.kind);
+        if (blocks.rules.isEmpty() && !detecting) {
             // nothing can be blocked: a call over its quota costs no more than this check
             if (!policy.take(spec.id, now)) {
                 drop("quota");
@@ -204,6 +209,26 @@ public final class Probe {
             if (stack == null) stack = stack(depth);
             transport.offer(trace(spec, a, stack, request, block.policyId));
             return block.policyId;
+        }
+        if (detecting) {
+            String rule = null;
+            Map<String, Object> req = null;
+            try {
+                req = RequestInfo.of(request);
+                rule = detect.check(spec.kind, spec.name, a, req);
+            } catch (Throwable t) {
+                // a check that fails lets the call through (and says so once)
+                if (!detectFailed) {
+                    detectFailed = true;
+                    Log.warn("detection check failed: " + t);
+                }
+            }
+            if (rule != null) {
+                blocked.incrementAndGet();
+                if (stack == null) stack = stack(depth);
+                transport.offer(trace(spec, a, stack, req, rule));
+                return rule;
+            }
         }
         if (!quotaChecked && !policy.take(spec.id, now)) {
             drop("quota");
@@ -227,7 +252,9 @@ public final class Probe {
         d.put("stack", stack);
         d.put("blocked", blockedBy != null);
         if (blockedBy != null) d.put("policy_id", blockedBy);
-        if (request != null) {
+        if (request instanceof Map) {
+            d.put("request", request); // already read (by the detection checks)
+        } else if (request != null) {
             try {
                 d.put("request", RequestInfo.of(request));
             } catch (Throwable t) {
