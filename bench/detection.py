@@ -115,10 +115,10 @@ def micro() -> dict:
         r = {"url": "http://127.0.0.1/x", **r}
         out[f"agent_{name}_us"] = _per_call_us(
             lambda k=kind, h=hook, a=args, r=r: det.check(k, h, a, r), n
-        )  # noqa: E501
+        )
         out[f"probe_py_{name}_us"] = _per_call_us(
             lambda k=kind, h=hook, a=args, r=r: table.check(k, h, a, r), n
-        )  # noqa: E501
+        )
     # what an event of a kind no block rule looks at costs in the probe (one dict miss)
     out["probe_py_other_kind_us"] = _per_call_us(
         lambda: table.check("code", "compile", ["x"], req), n
