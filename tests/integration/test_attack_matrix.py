@@ -42,7 +42,7 @@ CORPUS = REPO / "tests" / "data" / "matrix" / "attacks.yaml"
 APPS = REPO / "tests" / "apps"
 RUNTIMES = ("python", "jvm", "nodejs", "php")
 #: runtimes whose probe checks detections on the app's thread (docs/detection.md, "Block mode")
-BLOCK_RUNTIMES = ("python", "jvm", "nodejs")
+BLOCK_RUNTIMES = ("python", "jvm", "nodejs", "php")
 MATRIX = yaml.safe_load(CORPUS.read_text())["classes"]
 
 __all__ = ["jvm_classes"]  # a session fixture, imported to be used here

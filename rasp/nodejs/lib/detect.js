@@ -4,9 +4,8 @@
 // runs, only for events of a kind a rule looks at that happen in a request. Same semantics as
 // the agent's detectors for the input-correlated cases; tested against the shared corpus
 // rasp/protocol/vectors/detect.json (test/detect.test.js). Called from the generic blocking
-// path (Probe.check), never from a hook. Pure logic.
-
-const net = require('net');
+// path (Probe.check), never from a hook. Pure logic and no require(): the PHP probe loads the
+// same file into PHP processes with Frida (rasp/php/php_agent.py, detect_source).
 
 const MIN_INPUT = 3;
 const MAX_INPUTS = 64;
@@ -198,9 +197,46 @@ function parseV4(host) {
 const V4_INTERNAL = [[0x00000000, 8], [0x0A000000, 8], [0x7F000000, 8], [0xA9FE0000, 16],
   [0xAC100000, 12], [0xC0000000, 29], [0xC00000AA, 31], [0xC0000200, 24], [0xC0A80000, 16],
   [0xC6120000, 15], [0xC6336400, 24], [0xCB007100, 24], [0xF0000000, 4], [0xFFFFFFFF, 32]];
-const V6_INTERNAL = new net.BlockList();
-for (const [a, bits] of [['::1', 128], ['::', 128], ['fe80::', 10], ['fc00::', 7],
-  ['::ffff:0:0', 96], ['2001:db8::', 32]]) V6_INTERNAL.addSubnet(a, bits, 'ipv6');
+/** An IPv6 address as 8 16-bit groups, or null. */
+function parseV6(h) {
+  if (!/^[0-9a-f:.]+$/.test(h)) return null;
+  const halves = h.split('::');
+  if (halves.length > 2) return null;
+  const groups = (part) => {
+    if (part === '') return [];
+    const out = [];
+    const parts = part.split(':');
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i];
+      if (i === parts.length - 1 && p.includes('.')) {
+        const o = p.split('.');
+        if (o.length !== 4 || o.some((x) => !/^\d{1,3}$/.test(x) || +x > 255)) return null;
+        out.push(+o[0] * 256 + +o[1], +o[2] * 256 + +o[3]);
+      } else {
+        if (!/^[0-9a-f]{1,4}$/.test(p)) return null;
+        out.push(parseInt(p, 16));
+      }
+    }
+    return out;
+  };
+  const head = groups(halves[0]);
+  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  if (head === null || tail === null) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return null;
+  return [...head, ...new Array(halves.length === 2 ? missing : 0).fill(0), ...tail];
+}
+
+/** Loopback, unspecified, link-local, unique-local, IPv4-mapped and documentation IPv6. */
+function internalV6(h) {
+  const g = parseV6(h);
+  if (g === null) return false;
+  const zeroHead = g.slice(0, 5).every((x) => x === 0);
+  if (zeroHead && g[5] === 0 && g[6] === 0 && (g[7] === 0 || g[7] === 1)) return true;
+  if (zeroHead && g[5] === 0xffff) return true;
+  if ((g[0] & 0xffc0) === 0xfe80 || (g[0] & 0xfe00) === 0xfc00) return true;
+  return g[0] === 0x2001 && g[1] === 0x0db8;
+}
 
 function internalV4(ip) {
   return V4_INTERNAL.some(([n, bits]) => Math.floor(ip / 2 ** (32 - bits)) === Math.floor(n / 2 ** (32 - bits)));
@@ -210,7 +246,7 @@ function internal(host) {
   const h = host.toLowerCase();
   if (METADATA.has(h.endsWith('.') ? h.slice(0, -1) : h) || h === 'localhost') return true;
   const bare = strip(h).split('%')[0];
-  if (bare.includes(':')) return net.isIPv6(bare) && V6_INTERNAL.check(bare, 'ipv6');
+  if (bare.includes(':')) return internalV6(bare);
   const ip = parseV4(bare);
   return ip >= 0 && internalV4(ip);
 }
@@ -296,4 +332,4 @@ class DetectTable {
   }
 }
 
-module.exports = { DetectTable, RULE_KINDS, internal, parseV4 };
+if (typeof module !== 'undefined') module.exports = { DetectTable, RULE_KINDS, internal, parseV4 };

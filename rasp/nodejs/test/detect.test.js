@@ -32,7 +32,8 @@ test('a table without rules for a kind does not cover it', () => {
 
 test('internal hosts: disguises and public addresses', () => {
   for (const h of ['127.0.0.1', '0x7f000001', '2130706433', '0177.0.0.1', '10.1.2.3',
-    '172.16.0.1', '192.168.1.1', '169.254.169.254', '::1', 'fe80::1', 'fd00::1', 'localhost']) {
+    '172.16.0.1', '192.168.1.1', '169.254.169.254', '::1', 'fe80::1', 'fd00::1', 'localhost',
+    '::ffff:127.0.0.1', '[::1]', '::']) {
     assert.ok(internal(h), h);
   }
   for (const h of ['93.184.216.34', 'example.org', '8.8.8.8', '2606:4700::1111', '172.32.0.1']) {
