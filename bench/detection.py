@@ -5,8 +5,10 @@ the end-to-end throughput of apps in block mode against the same apps without th
 1. Per-detector cost in the agent (`host_agent.detectors.Detectors.check`) on realistic events
    with request context: a 1 KB SQL query with three request parameters found in it (uncached:
    every query text new; cached: the same query again), a shell command, a file path, a URL.
-2. The in-probe check of block mode for the same events: CPython (`rampart_probe.detect`), and
-   the JVM and Node.js checks when their test harnesses are built (run in their own runtime).
+2. The in-probe check of block mode for the same events: CPython (`rampart_probe.detect`); and
+   per case of the shared corpus (rasp/protocol/vectors/detect.json) in the JVM (`DetectCheck
+   --bench`, after a JIT warm-up) and in node (lib/detect.js, which the PHP probe also runs):
+   median and max ns per check.
 3. Throughput, benign traffic, side by side in one run: three identical Flask apps under
    gunicorn (1 sync worker each): no probe; the probe attached to an agent without rules
    (observe); the probe attached to an agent whose rules file puts sqli.input, sqli.stacked,
@@ -14,6 +16,9 @@ the end-to-end throughput of apps in block mode against the same apps without th
    `/sql?name=alice` (the parameter is found in a concatenated query: the SQL check runs in
    full) and `/bench?name=alice` (a file read and a parameterised query), rounds alternated.
    Default policy and quota. Ratio = block / none (and block / observe: what the checks add).
+   The same for three JVMs running tests/apps/jvm/VulnApp.java (none, observe, block; attached
+   with rasp-attach) on `/read?path=data.txt` (a file opened with request context: the path
+   check runs) and `/ok` (no sink).
 
     .venv/bin/python bench/detection.py [--seconds 3] [--rounds 3] [--json]
 """
@@ -126,6 +131,87 @@ def micro() -> dict:
     return out
 
 
+CORPUS = REPO / "rasp" / "protocol" / "vectors" / "detect.json"
+AGENT_JAR = REPO / "build" / "jvm" / "rampart-jvm-agent.jar"
+NODE_BENCH = r"""
+const { DetectTable } = require(process.argv[1]);
+const corpus = JSON.parse(require('fs').readFileSync(process.argv[2], 'utf8'));
+const out = [];
+for (const c of corpus.cases) {
+  const t = new DetectTable(c.detect || corpus.default_detect);
+  for (let i = 0; i < 20000; i++) t.check(c.kind, c.hook, c.args, c.request);
+  const s = process.hrtime.bigint();
+  for (let i = 0; i < 20000; i++) t.check(c.kind, c.hook, c.args, c.request);
+  out.push(Number(process.hrtime.bigint() - s) / 20000);
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def other_runtimes() -> dict:
+    """ns per in-probe check over the corpus cases: JVM and node (median, max)."""
+    out: dict = {}
+    res = subprocess.run(
+        ["java", "-cp", str(AGENT_JAR), "rampart.jvm.DetectCheck", str(CORPUS), "--bench", "50000"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    ns = [int(line.split()[2]) for line in res.stdout.splitlines() if line.startswith("ns ")]
+    out["probe_jvm_ns_per_check"] = {"median": statistics.median(ns), "max": max(ns)}
+    res = subprocess.run(
+        ["node", "-e", NODE_BENCH, "--", str(REPO / "rasp/nodejs/lib/detect.js"), str(CORPUS)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    ns_js = json.loads(res.stdout)
+    out["probe_js_ns_per_check"] = {
+        "median": round(statistics.median(ns_js)),
+        "max": round(max(ns_js)),
+    }
+    return out
+
+
+def jvm_throughput(d: Path, socks: dict[str, Path], seconds: float, rounds: int) -> dict:
+    classes = d / "classes"
+    subprocess.run(
+        ["javac", "-d", str(classes), str(REPO / "tests/apps/jvm/VulnApp.java")], check=True
+    )
+    (d / "data.txt").write_text("hello\n")
+    jvms: dict[str, tuple[subprocess.Popen, int]] = {}
+    out: dict = {}
+    try:
+        for mode in ("none", "observe", "block"):
+            p = subprocess.Popen(
+                ["java", "-Dsun.net.httpserver.nodelay=true", "-cp", str(classes), "VulnApp"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                cwd=d,
+            )  # fmt: skip
+            assert p.stdout is not None
+            jvms[mode] = (p, int(p.stdout.readline().split()[1]))
+        for mode in ("observe", "block"):
+            subprocess.run(
+                [str(BIN / "rasp-attach"), "--pid", str(jvms[mode][0].pid), "--socket",
+                 str(socks[mode])],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        for path in ("/read?path=data.txt", "/ok"):
+            for _, port in jvms.values():
+                _wrk_url(port, 2, path)  # JIT warm-up
+            got: dict[str, list[float]] = {m: [] for m in jvms}
+            for _ in range(rounds):
+                for mode, (_, port) in jvms.items():
+                    got[mode].append(_wrk_url(port, seconds, path)[0])
+            key = "jvm_" + path.split("?")[0].strip("/")
+            rps = {m: statistics.median(v) for m, v in got.items()}
+            out[f"{key}_rps"] = {m: round(v) for m, v in rps.items()}
+            out[f"{key}_ratio_block_vs_none"] = round(rps["block"] / rps["none"], 3)
+            out[f"{key}_ratio_block_vs_observe"] = round(rps["block"] / rps["observe"], 3)
+    finally:
+        for p, _ in jvms.values():
+            p.kill()
+            p.wait()
+            Path(f"/tmp/.java_pid{p.pid}").unlink(missing_ok=True)
+    return out
+
+
 def _agent(d: Path, name: str, rules: str | None) -> tuple[subprocess.Popen, Path]:
     sock = d / f"{name}.sock"
     args = [str(BIN / "rasp-agent"), "run", "--socket", str(sock), "--store", str(d / f"{name}.db")]
@@ -164,7 +250,7 @@ def _wrk_url(port: int, seconds: float, path: str) -> tuple[float, int]:
     return float(m.group(1)), int(n.group(1))
 
 
-def python_throughput(seconds: float, rounds: int) -> dict:
+def throughput(seconds: float, rounds: int) -> dict:
     d = Path(tempfile.mkdtemp(prefix="rampart-bench-detect-"))
     procs: list[subprocess.Popen] = []
     out: dict = {}
@@ -202,6 +288,9 @@ def python_throughput(seconds: float, rounds: int) -> dict:
             out[f"{key}_ratio_block_vs_observe"] = round(rps["block"] / rps["observe"], 3)
             out[f"{key}_cpu_ratio_block_vs_none"] = round(cpu["none"] / cpu["block"], 3)
             out[f"{key}_cpu_ratio_block_vs_observe"] = round(cpu["observe"] / cpu["block"], 3)
+        out.update(
+            jvm_throughput(d, {"observe": observe_sock, "block": block_sock}, seconds, rounds)
+        )
         stats = control(block_sock, "stats")
         out["block_agent_detections"] = stats.get("detections", {})
     finally:
@@ -224,10 +313,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     out = micro()
+    out.update(other_runtimes())
     if not a.micro_only:
         if shutil.which("wrk") is None:
             raise SystemExit("wrk is missing: run `make setup`")
-        out.update(python_throughput(a.seconds, a.rounds))
+        out.update(throughput(a.seconds, a.rounds))
     if a.json:
         print(json.dumps(out))
         return

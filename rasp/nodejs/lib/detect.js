@@ -51,12 +51,20 @@ function scanners(hook) {
   return [LIT_STD, LIT_MYSQL];
 }
 
-function sqlBreaks(query, start, end, scanner) {
+function regionsOf(query, scanner) {
+  const out = [];
   scanner.lastIndex = 0;
   for (let m; (m = scanner.exec(query)) !== null;) {
     if (m[0] === '') { scanner.lastIndex++; continue; }
-    const rs = m.index;
-    const re = rs + m[0].length;
+    out.push(m.index, m.index + m[0].length);
+  }
+  return out;
+}
+
+function sqlBreaks(query, start, end, regions) {
+  for (let i = 0; i < regions.length; i += 2) {
+    const rs = regions[i];
+    const re = regions[i + 1];
     if (re <= start) continue;
     if (rs >= end) break;
     return !(rs < start && end < re); // inside one literal: data; else a crossing
@@ -77,6 +85,7 @@ function sqlBreaks(query, start, end, scanner) {
 
 function sqliInput(query, values, hook) {
   let lowered = null;
+  let regions = null; // per scanner, once per query: the one pass over the whole text
   for (const v of values) {
     let pos = query.indexOf(v);
     if (pos < 0) {
@@ -84,7 +93,8 @@ function sqliInput(query, values, hook) {
       pos = lowered.indexOf(v.toLowerCase());
       if (pos < 0) continue;
     }
-    for (const sc of scanners(hook)) if (sqlBreaks(query, pos, pos + v.length, sc)) return true;
+    if (regions === null) regions = scanners(hook).map((sc) => regionsOf(query, sc));
+    for (const r of regions) if (sqlBreaks(query, pos, pos + v.length, r)) return true;
   }
   return false;
 }

@@ -133,9 +133,8 @@ def _scanners(hook: str) -> tuple:
     return (_LIT_STD, _LIT_MYSQL)
 
 
-def _sql_breaks(query: str, start: int, end: int, scanner) -> bool:
-    for m in scanner.finditer(query):
-        rs, re_ = m.span()
+def _sql_breaks(query: str, start: int, end: int, regions: list) -> bool:
+    for rs, re_ in regions:
         if re_ <= start:
             continue
         if rs >= end:
@@ -155,6 +154,7 @@ def _sql_breaks(query: str, start: int, end: int, scanner) -> bool:
 
 def sqli_input(query: str, values: list, hook: str) -> bool:
     lowered = None
+    regions = None  # per scanner, computed once per query: the one pass over the whole text
     for v in values:
         pos = query.find(v)
         if pos < 0:
@@ -163,8 +163,10 @@ def sqli_input(query: str, values: list, hook: str) -> bool:
             pos = lowered.find(v.lower())
             if pos < 0:
                 continue
-        for scanner in _scanners(hook):
-            if _sql_breaks(query, pos, pos + len(v), scanner):
+        if regions is None:
+            regions = [[m.span() for m in sc.finditer(query)] for sc in _scanners(hook)]
+        for spans in regions:
+            if _sql_breaks(query, pos, pos + len(v), spans):
                 return True
     return False
 
@@ -262,9 +264,14 @@ _HOSTPORT = re.compile(r"^\[?(?P<host>[^\]\s/]+?)\]?(?::\d+)?$")
 _URL_HOST = re.compile(r"^([A-Za-z][\w+.-]*)://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)")
 
 
+_IP_CHARS = "0123456789abcdefx.:%"
+
+
 def parse_ip(host: str):
     """An IP from its usual and disguised (decimal, hex, octal) spellings, or None."""
     host = host.strip("[]").lower()
+    if not host or host.strip(_IP_CHARS):
+        return None  # a name (a letter beyond hex and "x"): no exception raised and caught
     try:
         return ipaddress.ip_address(host)
     except ValueError:

@@ -186,17 +186,20 @@ final class Detect {
             ";\\s*(?:select|insert|update|delete|drop|create|alter|exec|declare)\\b",
             Pattern.CASE_INSENSITIVE);
 
+    private static final Pattern[] MYSQL = {LIT_MYSQL}, STANDARD = {LIT_STD}, BOTH = {LIT_STD, LIT_MYSQL};
+
     private static Pattern[] scanners(String hook) {
         String h = hook.toLowerCase(Locale.ROOT);
-        if (h.contains("mysql") || h.contains("mariadb")) return new Pattern[] {LIT_MYSQL};
+        if (h.contains("mysql") || h.contains("mariadb")) return MYSQL;
         if (h.contains("sqlite") || h.contains("psycopg") || h.contains("postgres") || h.contains("pgx")) {
-            return new Pattern[] {LIT_STD};
+            return STANDARD;
         }
-        return new Pattern[] {LIT_STD, LIT_MYSQL};
+        return BOTH;
     }
 
     static boolean sqliInput(String query, List<String> values, String hook) {
         String lowered = null;
+        int[][] regions = null; // per scanner, once per query: the one pass over the whole text
         for (String v : values) {
             int pos = query.indexOf(v);
             if (pos < 0) {
@@ -204,17 +207,33 @@ final class Detect {
                 pos = lowered.indexOf(v.toLowerCase(Locale.ROOT));
                 if (pos < 0) continue;
             }
-            for (Pattern sc : scanners(hook)) {
-                if (sqlBreaks(query, pos, pos + v.length(), sc)) return true;
+            if (regions == null) {
+                Pattern[] sc = scanners(hook);
+                regions = new int[sc.length][];
+                for (int i = 0; i < sc.length; i++) regions[i] = regions(query, sc[i]);
+            }
+            for (int[] r : regions) {
+                if (sqlBreaks(query, pos, pos + v.length(), r)) return true;
             }
         }
         return false;
     }
 
-    private static boolean sqlBreaks(String query, int start, int end, Pattern scanner) {
+    private static int[] regions(String query, Pattern scanner) {
+        int[] out = new int[16];
+        int n = 0;
         Matcher m = scanner.matcher(query);
         while (m.find()) {
-            int rs = m.start(), re = m.end();
+            if (n + 2 > out.length) out = java.util.Arrays.copyOf(out, out.length * 2);
+            out[n++] = m.start();
+            out[n++] = m.end();
+        }
+        return java.util.Arrays.copyOf(out, n);
+    }
+
+    private static boolean sqlBreaks(String query, int start, int end, int[] regions) {
+        for (int i = 0; i < regions.length; i += 2) {
+            int rs = regions[i], re = regions[i + 1];
             if (re <= start) continue;
             if (rs >= end) break;
             return !(rs < start && end < re); // inside one literal: data; else a crossing
@@ -365,6 +384,14 @@ final class Detect {
         long[] nums = new long[parts.length];
         for (int i = 0; i < parts.length; i++) {
             String p = parts[i];
+            // only digits, or 0x + hex digits: a name fails here, without an exception
+            int from = p.startsWith("0x") ? 2 : 0;
+            if (p.length() == from) return -1;
+            for (int j = from; j < p.length(); j++) {
+                char ch = p.charAt(j);
+                boolean ok = ch >= '0' && ch <= '9' || from == 2 && ch >= 'a' && ch <= 'f';
+                if (!ok) return -1;
+            }
             try {
                 if (p.startsWith("0x")) nums[i] = Long.parseLong(p.substring(2), 16);
                 else if (p.length() > 1 && p.charAt(0) == '0') nums[i] = Long.parseLong(p, 8);
