@@ -322,7 +322,11 @@ class Probe:
             self.beat_now = True  # tell the agent at once which tables are in force
         if mt == wire.BLOCK:
             self.blocks = RuleTable(data["uuid"], data.get("blocks", []))
-            self.detect = DetectTable(data.get("detect") or ())
+            try:
+                self.detect = DetectTable(data.get("detect") or ())
+            except Exception as e:  # an exemption re cannot compile: no block mode
+                self.detect = DetectTable()
+                log.warning("rampart: detection rules refused: %r", e)
         elif mt == wire.FILTER:
             self.filters = RuleTable(data["uuid"], data.get("filters", []))
         elif mt == wire.QUOTA:

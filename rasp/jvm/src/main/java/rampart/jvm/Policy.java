@@ -126,7 +126,13 @@ public final class Policy {
         switch (type) {
             case Protocol.BLOCK:
                 blocks = table((String) d.get("uuid"), (List<Object>) d.get("blocks"));
-                detect = d.get("detect") == null ? Detect.EMPTY : new Detect((List<Object>) d.get("detect"));
+                try {
+                    detect = d.get("detect") == null ? Detect.EMPTY : new Detect((List<Object>) d.get("detect"));
+                } catch (RuntimeException e) {
+                    // an exemption Java cannot compile: no block mode rather than too much
+                    detect = Detect.EMPTY;
+                    Log.warn("detection rules refused: " + e);
+                }
                 break;
             case Protocol.FILTER:
                 filters = table((String) d.get("uuid"), (List<Object>) d.get("filters"));

@@ -171,14 +171,15 @@ public final class Probe {
 
     // ------------------------------------------------------------------ the hot path
 
+    /** a detection check threw once (reported once; the calls went through) */
+    private volatile boolean detectFailed;
+
     /**
      * One hooked call on the app's thread. Returns the id of the policy that blocks it, or
      * null. Order (docs/probe-contract.md): build the event, block rules, quota, filter,
      * enqueue. A blocked call is always reported: the quota limits what is sent, never what
      * is refused, so flooding a hook cannot switch its blocking off.
      */
-    private volatile boolean detectFailed;
-
     String onCall(Hooks.Spec spec, Object self, Object[] args, Object request) {
         Set<String> off = policy.hooksDisabled;
         if (!off.isEmpty() && off.contains(spec.name)) return null;
@@ -229,6 +230,7 @@ public final class Probe {
                 transport.offer(trace(spec, a, stack, req, rule));
                 return rule;
             }
+            if (req != null) request = req; // read once: the event reuses it
         }
         if (!quotaChecked && !policy.take(spec.id, now)) {
             drop("quota");
