@@ -153,7 +153,12 @@ def _agent(d: Path, block: bool = False, **env_extra: str) -> AgentProc:
     if block:
         rules = d / "rules.yaml"
         ids = sorted({spec["rule"] for spec in MATRIX.values() if not spec.get("skip")})
-        rules.write_text("rules:\n" + "".join(f"  - {{id: {r}, action: block}}\n" for r in ids))
+        rules.write_text(
+            "rules:\n"
+            + "".join(f"  - {{id: {r}, action: block}}\n" for r in ids)
+            # a whitelisted finding is never blocked (test_block_mode_spares_whitelisted)
+            + "whitelist:\n  - {rule: path.traversal, request_path: ^/write$, reason: test}\n"
+        )
         extra = ["--rules", str(rules)]
     return AgentProc(
         dir=d,
@@ -341,3 +346,26 @@ def test_block_mode_lets_benign_traffic_through(block, runtime: str, cls: str, v
     _, _, events, _, _ = _drive(apps, agent, runtime, cls, value, want_ok=True)
     seen = wait_for(events, 20, f"the {runtime} {cls} event")
     assert [(e["hook"], e["args"]) for e in seen if e["blocked"]] == []
+
+
+@pytest.mark.parametrize("runtime", [rt for rt in ("python", "jvm") if rt in BLOCK_RUNTIMES])
+def test_block_mode_spares_whitelisted_findings(block, runtime: str) -> None:
+    """The block agent whitelists path.traversal on /write: a traversal there is written, not
+    blocked, and the agent records no detection (the same entry applies on both sides)."""
+    agent, apps = block
+    app = apps[runtime]
+    name = f"whitelisted-{runtime}.txt"
+    target = app["cwd"].parent / name
+    status, body = _send(app["port"], "/write", {"path": f"../{name}", "data": "ok"})
+    assert status == 200, (status, body)
+    assert target.read_text() == "ok"
+
+    def events() -> list[dict]:
+        return [
+            r
+            for r in agent.rows("pid = ?", (app["pid"],))
+            if r["kind"] == "file" and name in " ".join(r["args"])
+        ]
+
+    seen = wait_for(events, 20, f"the {runtime} /write event")
+    assert [(e["blocked"], e.get("detections")) for e in seen] == [(False, None)] * len(seen)
