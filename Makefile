@@ -35,6 +35,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/php_hook_cost.py
 	$(PY) bench/driver.py
 	$(PY) bench/node_overhead.py
+	$(PY) bench/detection.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

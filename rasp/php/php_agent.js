@@ -114,6 +114,9 @@ const state = {
   policies: {},
   filters: [],
   blocks: [],
+  // detection rules in block mode (the block frame's `detect`; RampartDetect is
+  // rasp/nodejs/lib/detect.js, loaded in front of this file by php_agent.py)
+  detect: new RampartDetect.DetectTable(),
   quotas: new Quotas(DEFAULT_QUOTA),
   disabled: {}, // hook -> true after an internal error or a config frame
   errorsReported: {},
@@ -851,7 +854,11 @@ function enqueue(msg) {
  * Order (probe contract): quota -> build the event -> block rules -> filter rules -> enqueue.
  */
 function onCall(hook, kind, args, ed, argsEd) {
-  if (!state.quotas.allow(hook, Date.now())) {
+  const allowed = state.quotas.allow(hook, Date.now());
+  // a kind a block-mode detection rule looks at is checked over its quota too: the quota
+  // limits reporting, never blocking
+  const detecting = state.detect.covers(kind);
+  if (!allowed && !detecting) {
     drop('quota');
     return null;
   }
@@ -873,16 +880,30 @@ function onCall(hook, kind, args, ed, argsEd) {
   for (const r of state.blocks) {
     if (ruleMatches(r, ev)) { blockRule = r; break; }
   }
+  if (blockRule === null && detecting && requestCache.req !== null) {
+    let rule = null;
+    try {
+      rule = state.detect.check(kind, hook, ev.args, requestCache.req);
+    } catch (e) {
+      if (!state.errorsReported['detect']) {
+        state.errorsReported['detect'] = true;
+        log('detection check failed: ' + e.message);
+      }
+    }
+    if (rule !== null) blockRule = { policy_id: rule };
+  }
   if (blockRule !== null) {
     ev.blocked = true;
     ev.policy_id = blockRule.policy_id;
     state.counters.blocked++;
   } else {
+    if (!allowed) { drop('quota'); return null; }
     for (const r of state.filters) {
       if (ruleMatches(r, ev)) { drop('filter'); return null; }
     }
   }
-  enqueue(eventMessage(ev, args !== null ? JSON.stringify(args) : argsJson, stackJson));
+  if (allowed) enqueue(eventMessage(ev, args !== null ? JSON.stringify(args) : argsJson, stackJson));
+  else drop('quota');
   return blockRule;
 }
 
@@ -1408,6 +1429,12 @@ function onFrame(msg) {
       break;
     case 7:
       state.blocks = compileRules(d.blocks, ruleSkipped);
+      try {
+        state.detect = new RampartDetect.DetectTable(d.detect);
+      } catch (e) {
+        state.detect = new RampartDetect.DetectTable(); // an exemption JS cannot compile
+        log('detection rules refused: ' + e.message);
+      }
       state.policies.block = d.uuid || '';
       break;
     case 8:

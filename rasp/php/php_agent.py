@@ -30,6 +30,8 @@ import frida
 
 AGENT_JS = Path(__file__).with_name("php_agent.js")
 CORE_JS = Path(__file__).with_name("php_agent_core.js")
+#: the block-mode detection checks, shared with the Node.js probe (docs/detection.md)
+DETECT_JS = Path(__file__).resolve().parents[1] / "nodejs" / "lib" / "detect.js"
 PROBE_VERSION = "0.1.0"
 FRIDA_TMP_GLOB = "/tmp/frida-*"
 
@@ -95,7 +97,22 @@ def source(socket: Path, role: str, runtime_version: str) -> str:
     if os.environ.get("RASP_PHP_NATIVE") == "0":
         config["native"] = False
     # the core first: its 'use strict' must open the script to apply to all of it
-    return CORE_JS.read_text() + f"const RAMPART = {json.dumps(config)};\n" + AGENT_JS.read_text()
+    return (
+        CORE_JS.read_text()
+        + detect_source()
+        + f"const RAMPART = {json.dumps(config)};\n"
+        + AGENT_JS.read_text()
+    )
+
+
+def detect_source() -> str:
+    """rasp/nodejs/lib/detect.js as `RampartDetect`, in a function scope of its own (its
+    top-level names stay out of the agent's); the same text Node.js requires."""
+    return (
+        "const RampartDetect = (function () {\nconst module = { exports: {} };\n"
+        + DETECT_JS.read_text()
+        + "\nreturn module.exports;\n})();\n"
+    )
 
 
 # Frida starts its helper with `--background`: it leaves our process group and is reparented,
