@@ -391,9 +391,10 @@ class KernelEnforcer:
         except (EnforceError, OSError) as e:
             self._close()
             self.mechanism = "off"
-            self.reason = (
-                f"{self.lsm_reason + '; ' if self.lsm_reason and self.mode != 'lsm' else ''}{e}"
-            )
+            if self.mode == "lsm":
+                self.reason = self.lsm_reason or str(e)
+            else:
+                self.reason = "; ".join(x for x in (self.lsm_reason, str(e)) if x)
             log.warning("kernel enforcement off: %s", self.reason)
             return self.mechanism
         finally:
