@@ -76,7 +76,7 @@ class Victim:
 
 
 def start_agent(agent_factory, port: int, env: dict[str, str] | None = None) -> AgentProc:
-    a = agent_factory(env=env)
+    a = agent_factory(env={"RAMPART_ENFORCE": "auto", **(env or {})})
     a.policy.write_text(policy_text(port))
     a.start()
     st = a.control("enforce.status")
