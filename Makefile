@@ -33,6 +33,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/jvm_overhead.py
 	$(PY) bench/php_overhead.py
 	$(PY) bench/driver.py
+	$(PY) bench/enforce.py
 	$(PY) bench/node_overhead.py
 
 lint: $(STAMP) ## ruff check + format check
