@@ -23,7 +23,7 @@ from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
-from host_agent.enforce import KernelEnforcer, compile_policy
+from host_agent.enforce import EnforceError, KernelEnforcer, compile_policy
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -100,7 +100,12 @@ class Agent:
             s.enforce, s.kernel_enforce, submit=self.pipeline.submit_host, facts=self._facts
         )
         self.enforcer.start(loop)
-        self.enforcer.load_policy(self.policy)  # checked by run() before start
+        try:
+            self.enforcer.load_policy(self.policy)  # its limits were checked by run()
+        except EnforceError as e:
+            log.error("kernel enforcement off: the policy tables could not be written: %s", e)
+            self.enforcer.stop()
+            self.enforcer.reason = f"policy tables not written: {e}"
         self.registry.listeners.append(self.enforcer.on_probe)
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
@@ -219,7 +224,11 @@ class Agent:
             return False, f"{e} (policy {self.policy.uuid} stays in force)"
         self.policy = new
         self.pipeline.policy = new
-        self.enforcer.load_policy(compiled)
+        try:
+            self.enforcer.load_policy(compiled)
+        except EnforceError as e:  # a map write failed: say so, the probes have the new policy
+            log.error("kernel tables not updated: %s", e)
+            return False, f"policy {new.uuid} loaded, but the kernel tables were not: {e}"
         probes = self.registry.connected()
         for rec in probes:
             self.push_policy(rec)

@@ -140,8 +140,9 @@ class Registry:
             rec.state = state
         if reason and not rec.reason:
             rec.reason = reason
-        for listener in self.listeners:
-            listener("gone", rec.pid, rec.runtime)
+        if self.probes.get(rec.pid) is rec:  # not a connection a newer one replaced
+            for listener in self.listeners:
+                listener("gone", rec.pid, rec.runtime)
 
     def _trim(self) -> None:
         while len(self.probes) > KEEP_GONE:
