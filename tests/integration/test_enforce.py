@@ -96,6 +96,11 @@ def assert_blocked_calls(v: Victim, tmp_path: Path, port: int) -> None:
     assert killed == {"rc": -9}, killed  # the child died of SIGKILL...
     assert not marker.exists()  # ...before touch ran
     assert v.ask("run /bin/true") == {"rc": 0}  # an allowed program runs
+    # through a shell: sh is allowed, its touch (a grandchild: ancestors are walked) is not
+    deep = tmp_path / f"deep-{v.pid}"
+    res = v.ask(f"run /bin/sh -c /bin/true;touch${{IFS}}{deep};/bin/true")
+    assert res == {"rc": 0}, res  # the shell went on after its child was killed
+    assert not deep.exists()
 
 
 def stored_blocks(a: AgentProc, pid: int, n: int) -> list[dict]:
@@ -142,8 +147,8 @@ def test_python_victim_blocked_unprotected_untouched(
     shown = a.cli("events", "--store", str(a.store), "--pid", str(v.pid))
     assert "BLOCKED:enf-deny-port" in shown.stdout and "BLOCKED:enf-deny-exec" in shown.stdout
     st = a.control("stats")["enforce"]
-    assert st["blocked"]["connect4"] >= 1 and st["blocked"]["exec_kill"] == 1
-    assert st["by_policy"]["enf-deny-exec"] == 1
+    assert st["blocked"]["connect4"] >= 1 and st["blocked"]["exec_kill"] == 2  # direct, via sh
+    assert st["by_policy"]["enf-deny-exec"] == 2
     ps = {r["pid"]: r for r in a.control("ps")}
     assert ps[v.pid]["enforce"] == st["mechanism"]
     assert "enforce: " in a.cli("status", "--socket", str(a.socket)).stdout
