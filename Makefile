@@ -34,6 +34,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/php_overhead.py
 	$(PY) bench/php_hook_cost.py
 	$(PY) bench/driver.py
+	$(PY) bench/enforce.py
 	$(PY) bench/node_overhead.py
 	$(PY) bench/detection.py
 
