@@ -1,6 +1,8 @@
 // Workloads for bench/driver.py: tight loops of the syscalls the driver hooks, timed in C so
 // the driver's cost is not hidden under an interpreter's. Prints ns per operation.
 //   syscall_loop connect N PORT   socket + connect (to a closed loopback port) + close
+//   syscall_loop udpconnect N PORT  connect one UDP socket again and again (no packet sent):
+//                                  the cheapest syscall that makes a driver record (storms)
 //   syscall_loop exec N           fork + execve("/bin/true") + waitpid
 //   syscall_loop getpid N         a syscall no handler is registered for (dispatch cost only)
 #include <arpa/inet.h>
@@ -35,6 +37,13 @@ int main(int argc, char **argv)
 			connect(s, (struct sockaddr *)&a, sizeof(a));
 			close(s);
 		}
+	} else if (!strcmp(argv[1], "udpconnect") && argc == 4) {
+		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+		for (long i = 0; i < n; i++)
+			connect(s, (struct sockaddr *)&a, sizeof(a));
+		close(s);
 	} else if (!strcmp(argv[1], "exec")) {
 		for (long i = 0; i < n; i++) {
 			pid_t p = fork();
