@@ -43,7 +43,7 @@ _MIN_SIZE = {dt: ctypes.sizeof(c) for dt, c in ev.RECORDS.items()}
 
 _STR_CACHE_MAX = 4096
 _strs: dict[bytes, str] = {}
-_ips: dict[tuple[int, bytes], str] = {}
+_ips: dict[int, dict[bytes, str]] = {}  # family -> address bytes -> text
 
 
 def _s(raw: bytes) -> str:
@@ -56,12 +56,14 @@ def _s(raw: bytes) -> str:
 
 
 def _ip(family: int, raw: bytes) -> str:
-    key = (family, raw)
-    s = _ips.get(key)
+    ips = _ips.get(family)
+    if ips is None:
+        ips = _ips[family] = {}
+    s = ips.get(raw)
     if s is None:
-        if len(_ips) >= _STR_CACHE_MAX:
-            _ips.clear()
-        s = _ips[key] = ev._ip(family, raw)  # type: ignore[arg-type]
+        if len(ips) >= _STR_CACHE_MAX:
+            ips.clear()
+        s = ips[raw] = ev._ip(family, raw)  # type: ignore[arg-type]
     return s
 
 
@@ -104,36 +106,47 @@ def decode_at(batch: bytes, start: int, size: int) -> ev.DriverEvent:
     (ts, st, cg, dt, pid, tid, ppid, pgid, sid, uid, euid, gid, pns, nspid, _p, comm, node) = (
         HDR.unpack_from(batch, start)
     )
-    check(dt, size)
+    need = _MIN_SIZE.get(dt)
+    if need is None or size < need:
+        check(dt, size)  # raises
+    fast = _FAST.get(dt)
+    if fast is not None:  # hook, args and fields first: one constructor call, no defaults
+        hook, args, fields = fast(dt, batch, start + ev.HDR_SIZE)
+        return ev.DriverEvent(
+            dt, ts, pid, tid, ppid, pgid, sid, uid, euid, gid, pns, nspid, st, cg,
+            _s(comm), _s(node), hook, args, fields,
+        )  # fmt: skip
     e = ev.DriverEvent(
         dt, ts, pid, tid, ppid, pgid, sid, uid, euid, gid, pns, nspid, st, cg, _s(comm), _s(node)
     )
-    fast = _FAST.get(dt)
-    if fast is not None:
-        fast(e, batch, start + ev.HDR_SIZE)
-    else:
-        r: Any = ev.RECORDS[dt].from_buffer_copy(batch, start)
-        ev._PRIVATE[dt](e, r)
+    r: Any = ev.RECORDS[dt].from_buffer_copy(batch, start)
+    ev._PRIVATE[dt](e, r)
     return e
 
 
-def _sock(e: ev.DriverEvent, b: bytes, at: int) -> None:
+Private = tuple[str, list[str], dict[str, Any]]
+
+
+def _sock(dt: int, b: bytes, at: int) -> Private:
     ret, fd, family, port, addr, laddr, lport, sock_type = SOCK.unpack_from(b, at)
     ip = _ip(family, addr)
-    dt = e.data_type
-    e.hook = ev._SOCK_HOOKS[dt]
-    e.args = [ip, str(port)]
     if dt == ev.DT_BIND:
-        e.fields = {
-            "sa_family": family,
-            "res": ret,
-            "fd": fd,
-            "sock_type": sock_type,
-            "sip": ip,
-            "sport": port,
-        }
-    else:
-        e.fields = {
+        return (
+            "bind",
+            [ip, str(port)],
+            {
+                "sa_family": family,
+                "res": ret,
+                "fd": fd,
+                "sock_type": sock_type,
+                "sip": ip,
+                "sport": port,
+            },
+        )
+    return (
+        ev._SOCK_HOOKS[dt],
+        [ip, str(port)],
+        {
             "sa_family": family,
             "res": ret,
             "fd": fd,
@@ -142,25 +155,26 @@ def _sock(e: ev.DriverEvent, b: bytes, at: int) -> None:
             "dport": port,
             "sip": _ip(family, laddr),
             "sport": lport,
-        }
+        },
+    )
 
 
-def _fork(e: ev.DriverEvent, b: bytes, at: int) -> None:
+def _fork(_dt: int, b: bytes, at: int) -> Private:
     child_start, child_pid, child_ppid = FORK.unpack_from(b, at)
-    e.hook = "sched_process_fork"
-    e.args = [str(child_pid)]
-    e.fields = {
-        "child_pid": child_pid,
-        "child_ppid": child_ppid,
-        "child_start_time_ns": child_start,
-    }
+    return (
+        "sched_process_fork",
+        [str(child_pid)],
+        {
+            "child_pid": child_pid,
+            "child_ppid": child_ppid,
+            "child_start_time_ns": child_start,
+        },
+    )
 
 
-def _exit(e: ev.DriverEvent, b: bytes, at: int) -> None:
+def _exit(_dt: int, b: bytes, at: int) -> Private:
     (code,) = EXIT.unpack_from(b, at)
-    e.hook = "sched_process_exit"
-    e.args = [str(code)]
-    e.fields = {"exit_code": code}
+    return "sched_process_exit", [str(code)], {"exit_code": code}
 
 
 _FAST = {

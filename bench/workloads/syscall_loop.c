@@ -1,5 +1,7 @@
 // Workloads for bench/driver.py: tight loops of the syscalls the driver hooks, timed in C so
-// the driver's cost is not hidden under an interpreter's. Prints ns per operation.
+// the driver's cost is not hidden under an interpreter's. Prints ns per operation: wall time,
+// then this process's CPU time (user + system; the BPF programs run in its system time, and
+// waiting for a CPU on a loaded machine is not in it).
 //   syscall_loop connect N PORT   socket + connect (to a closed loopback port) + close
 //   syscall_loop udpconnect N PORT  connect one UDP socket again and again (no packet sent):
 //                                  the cheapest syscall that makes a driver record (storms)
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -59,6 +62,15 @@ int main(int argc, char **argv)
 	} else {
 		return 2;
 	}
-	printf("%.1f\n", (double)(now_ns() - t0) / n);
+	double wall = (double)(now_ns() - t0) / n;
+	double cpu = 0;
+	int who[2] = {RUSAGE_SELF, RUSAGE_CHILDREN}; /* the exec'd children run the exec hook */
+	for (int i = 0; i < 2; i++) {
+		struct rusage ru;
+		getrusage(who[i], &ru);
+		cpu += (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e9 +
+		       (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e3;
+	}
+	printf("%.1f %.1f\n", wall, cpu / n);
 	return 0;
 }
