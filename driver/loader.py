@@ -65,14 +65,21 @@ class RpBatch(ctypes.Structure):
     ]
 
 
+_drain_lib: ctypes.CDLL | None = None  # loaded once, kept: libbpf holds its function pointer
+
+
 def _drain_callback() -> int | None:
     """The address of rp_batch_sample, or None when the library was not built."""
-    try:
-        lib = ctypes.CDLL(str(DRAIN_LIB))
-    except OSError as e:
-        log.warning("driver: %s not loaded (%s): records copied by a Python callback", DRAIN_LIB, e)
-        return None
-    return ctypes.cast(lib.rp_batch_sample, ctypes.c_void_p).value
+    global _drain_lib
+    if _drain_lib is None:
+        try:
+            _drain_lib = ctypes.CDLL(str(DRAIN_LIB))
+        except OSError as e:
+            log.warning(
+                "driver: %s not loaded (%s): records copied by a Python callback", DRAIN_LIB, e
+            )
+            return None
+    return ctypes.cast(_drain_lib.rp_batch_sample, ctypes.c_void_p).value
 
 
 class DriverError(Exception):
