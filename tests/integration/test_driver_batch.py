@@ -14,11 +14,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from driver import batch as rbatch
 from driver import events as ev
+from driver import loader
 from driver.loader import BATCH_BYTES, Driver, DriverConfig
 from driver.programs import EVENT_NAMES
 from tests.agentproc import REPO, wait_for
@@ -132,3 +134,27 @@ def test_take_still_gives_one_bytes_per_record(driver: Driver) -> None:
     (memfd,) = [e for e in hits if e.data_type == ev.DT_MEMFD_CREATE]
     assert memfd.fields["fdname"] == "rampart-take"
     assert os.getpid() not in {e.pid for e in hits}
+
+
+def test_without_the_native_library_the_python_reader_takes_over(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(loader, "DRAIN_LIB", Path("/nonexistent/librp_drain.so"))
+    monkeypatch.setattr(loader, "_drain_lib", None)
+    d = Driver(DriverConfig(events={"execve"}, reader=False))
+    d.start()
+    try:
+        assert d.reader_kind == "python" and d.stats()["reader"] == "python"
+        pid = victim("memfd", "rampart-fallback")
+
+        def found() -> bool:
+            return any(
+                dt == ev.DT_EXECVE and p == pid
+                for b in drain(d)
+                for dt, p, _s, _n in rbatch.records(b)
+            )
+
+        wait_for(found, 10, "the victim's exec through the Python reader")
+    finally:
+        d.stop()
+    assert "records copied by a Python callback" in caplog.text
