@@ -60,9 +60,15 @@ def closed_port() -> int:
     return port
 
 
-def run_loop(*args: str) -> tuple[float, float]:
+def run_loop(*args: str) -> float:
+    """Wall ns per operation of one syscall_loop run (bench/enforce.py uses it too)."""
+    return run_loop_cpu(*args)[0]
+
+
+def run_loop_cpu(*args: str) -> tuple[float, float]:
     """(wall ns, CPU ns) per operation of one syscall_loop run."""
-    out = subprocess.run([str(BIN), *args], capture_output=True, text=True, check=True)
+    env = {**os.environ, "SYSCALL_LOOP_CPU": "1"}
+    out = subprocess.run([str(BIN), *args], capture_output=True, text=True, check=True, env=env)
     wall, cpu = out.stdout.split()
     return float(wall), float(cpu)
 
@@ -232,7 +238,7 @@ def slowdown(rounds: int) -> list[dict[str, Any]]:
 
     def run_all(c: str) -> None:
         for w, args in workloads.items():
-            times[w, c].append(run_loop(*args))
+            times[w, c].append(run_loop_cpu(*args))
 
     for r in range(rounds):
         order = configs[r % 3 :] + configs[: r % 3]
