@@ -14,7 +14,7 @@ setup: ## install everything (apt packages, .venv, builds); idempotent
 	@touch $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh scripts/apt-packages.txt $(wildcard scripts/build.d/*.sh) \
-          $(wildcard driver/bpf/*)
+          $(wildcard driver/bpf/*) $(wildcard driver/native/*)
 	@bash scripts/setup.sh
 	@touch $(STAMP)
 

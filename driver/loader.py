@@ -6,9 +6,13 @@
     d.stop()           # destroys every link, frees the ring buffer, closes the object
 
 The reader thread waits on the ring buffer's epoll fd, consumes under a lock into a bounded
-queue, and calls `notify()` so the owner (the agent's event loop) can `take()` them. When the
-owner falls behind by `queue_limit` records the thread stops consuming: the ring buffer fills
-and the kernel side counts what it could not write (`rp_drops`), never silently.
+queue, and calls `notify()` so the owner (the agent's event loop) can take them:
+`take_batches()` (batches of records, driver/batch.py: the fast path) or `take()` (one bytes
+per record). Records are copied by a C callback (driver/native/rp_drain.c) into a batch
+buffer while ctypes has released the GIL: no Python code runs per record in the reader.
+Without that library (not built) a Python callback does the same, several times slower.
+When the owner falls behind by `queue_limit` records the thread stops consuming: the ring
+buffer fills and the kernel side counts what it could not write (`rp_drops`), never silently.
 `flush()` consumes synchronously (the agent calls it before it concludes a pid is unknown).
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from driver import batch as rbatch
 from driver import libbpf
 from driver.btfcheck import layout_differences
 from driver.events import OPEN_PREFIXES, PREFIX_LEN, rp_config, rp_prefix
@@ -35,6 +40,9 @@ log = logging.getLogger("rampart.driver")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OBJECT = REPO / "build" / "bpf" / "rampart.bpf.o"
+DRAIN_LIB = REPO / "build" / "driver" / "librp_drain.so"
+BATCH_BYTES = 1 << 20  # one consume fills at most this much (≈ 5k connect records)
+RP_BATCH_FULL = -28  # rp_drain.c: the batch is full, take it and consume again
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 #: the BPF side wakes the reader only when 256 KiB wait (rampart.h rp_submit): this bounds the
@@ -42,6 +50,36 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 POLL_MS = 50
 # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000
+
+
+class RpBatch(ctypes.Structure):
+    """struct rp_batch of driver/native/rp_drain.c."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("cap", ctypes.c_uint64),
+        ("used", ctypes.c_uint64),
+        ("records", ctypes.c_uint64),
+        ("max_record", ctypes.c_uint64),
+        ("lost", ctypes.c_uint64),
+    ]
+
+
+_drain_lib: ctypes.CDLL | None = None  # loaded once, kept: libbpf holds its function pointer
+
+
+def _drain_callback() -> int | None:
+    """The address of rp_batch_sample, or None when the library was not built."""
+    global _drain_lib
+    if _drain_lib is None:
+        try:
+            _drain_lib = ctypes.CDLL(str(DRAIN_LIB))
+        except OSError as e:
+            log.warning(
+                "driver: %s not loaded (%s): records copied by a Python callback", DRAIN_LIB, e
+            )
+            return None
+    return ctypes.cast(_drain_lib.rp_batch_sample, ctypes.c_void_p).value
 
 
 class DriverError(Exception):
@@ -61,6 +99,8 @@ class DriverConfig:
     reader: bool = True
     #: `open`: opens under these prefixes are reported whatever their flags (≤ 8, < 64 bytes)
     open_paths: list[str] = field(default_factory=list)
+    #: copy records with the C callback (driver/native/rp_drain.c) when it is built
+    native_reader: bool = True
 
 
 def _effective_caps() -> int:
@@ -104,7 +144,17 @@ class Driver:
         self._rb: int | None = None
         self._cb: Any = None
         self._lock = threading.Lock()
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[tuple[bytes, int]] = deque()  # (batch, records in it)
+        self._queued_in = 0  # records queued (reader thread only)
+        self._queued_out = 0  # records taken (owner only)
+        self._buf = bytearray(BATCH_BYTES)
+        self._buf_c = (ctypes.c_char * BATCH_BYTES).from_buffer(self._buf)  # pins the address
+        self._batch = RpBatch(
+            buf=ctypes.addressof(self._buf_c),
+            cap=BATCH_BYTES,
+            max_record=rbatch.MAX_RECORD,
+        )
+        self.reader_kind = ""  # "native" or "python" once started
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._drops_fd = -1
@@ -228,12 +278,25 @@ class Driver:
     def _start_reader(self) -> None:
         lib = libbpf.lib()
 
-        def on_sample(_ctx: int, data: int, size: int) -> int:
-            self._queue.append(ctypes.string_at(data, size))
-            return 0
+        native = _drain_callback() if self.config.native_reader else None
+        if native is not None:
+            self._cb = libbpf.SAMPLE_FN(native)
+            ctx = ctypes.addressof(self._batch)
+            self.reader_kind = "native"
+        else:
 
-        self._cb = libbpf.SAMPLE_FN(on_sample)
-        rb = lib.ring_buffer__new(lib.bpf_map__fd(self._map("rp_events")), self._cb, None, None)
+            def on_sample(_ctx: int, data: int, size: int) -> int:
+                pad = b"\0" * (-size % 8)
+                rec = size.to_bytes(4, "little") + b"\0\0\0\0" + ctypes.string_at(data, size)
+                self._queue.append((rec + pad, 1))
+                self._queued_in += 1
+                return 0
+
+            self._cb = libbpf.SAMPLE_FN(on_sample)
+            ctx = None
+            self.reader_kind = "python"
+        fd = lib.bpf_map__fd(self._map("rp_events"))
+        rb = lib.ring_buffer__new(fd, self._cb, ctx, None)
         if not rb:
             raise self._fail("ring_buffer__new failed", libbpf.last_errno())
         self._rb = rb
@@ -273,7 +336,7 @@ class Driver:
         poller = select.poll()
         poller.register(lib.ring_buffer__epoll_fd(self._rb), select.POLLIN)
         while not self._stop.is_set():
-            if len(self._queue) >= self.config.queue_limit:
+            if self._queued_in - self._queued_out >= self.config.queue_limit:
                 self.paused += 1
                 time.sleep(0.01)  # the owner is behind: let the ring buffer take the load
                 continue
@@ -285,22 +348,45 @@ class Driver:
         with self._lock:
             if self._rb is None:
                 return 0
-            n = libbpf.lib().ring_buffer__consume(self._rb)
-        if n > 0:
-            self.received += n
-        return max(n, 0)
+            if self.reader_kind != "native":
+                n = max(libbpf.lib().ring_buffer__consume(self._rb), 0)
+                self.received += n
+                return n
+            b, total = self._batch, 0
+            while True:
+                b.used = b.records = 0
+                rc = libbpf.lib().ring_buffer__consume(self._rb)
+                if b.records:
+                    self._queue.append((bytes(memoryview(self._buf)[: b.used]), b.records))
+                    self._queued_in += b.records
+                    total += b.records
+                # full: more may wait; stop anyway once the owner is queue_limit behind
+                if rc != RP_BATCH_FULL or (
+                    self._queued_in - self._queued_out >= self.config.queue_limit
+                ):
+                    break
+        self.received += total
+        return total
 
     def flush(self) -> int:
         """Consume what the kernel has written so far, on the caller's thread."""
         return self._consume()
 
-    def take(self) -> list[bytes]:
-        """Every record read so far, oldest first."""
+    def take_batches(self) -> list[bytes]:
+        """Every batch read so far, oldest first (walk them with driver.batch.records)."""
         out = []
         q = self._queue
+        n = 0
         while q:
-            out.append(q.popleft())
+            b, k = q.popleft()
+            out.append(b)
+            n += k
+        self._queued_out += n
         return out
+
+    def take(self) -> list[bytes]:
+        """Every record read so far, oldest first, one bytes each."""
+        return [r for b in self.take_batches() for r in rbatch.split(b)]
 
     # ------------------------------------------------------------------ stats
 
@@ -322,7 +408,9 @@ class Driver:
             "programs": len(self.attached),
             "failed": dict(self.failed),
             "received": self.received,
-            "queued": len(self._queue),
+            "queued": self._queued_in - self._queued_out,
+            "reader": self.reader_kind,
+            "batch_lost": self._batch.lost,
             "kernel_drops": self.kernel_drops(),
             "reader_paused": self.paused,
             "load_ms": round(self.load_ms, 1),

@@ -58,9 +58,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("execve", "rp_enter_execve", "enter", (59, 322)),  # execve, execveat
     Program("fork", "rp_fork", "tp_btf/sched_process_fork"),
     Program("exit", "rp_exit", "tp_btf/sched_process_exit"),
-    Program("connect", "rp_enter_connect", "enter", (42,)),
     Program("connect", "rp_exit_connect", "exit", (42,)),
-    Program("bind", "rp_enter_bind", "enter", (49,)),
     Program("bind", "rp_exit_bind", "exit", (49,)),
     Program("accept", "rp_enter_accept", "enter", (43, 288)),  # accept, accept4
     Program("accept", "rp_exit_accept", "exit", (43, 288)),

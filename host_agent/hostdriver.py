@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from driver import batch as rbatch
 from driver import events as ev
 from driver.fanotify import Fanotify, FanotifyError
 from driver.loader import DEFAULT_OBJECT, Driver, DriverConfig, DriverError
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("rampart.driver")
 
 SWEEP_S = 5.0
+#: records the process cache reads beyond the pid (ProcessCache.apply)
+_CACHE_TYPES = frozenset({ev.DT_EXECVE, ev.DT_FORK, ev.DT_EXIT, ev.DT_PRCTL})
+_LISTENED_TYPES = (ev.DT_EXECVE, ev.DT_EXIT)
 BACKLOG_RETRY_S = 0.05
 
 
@@ -176,7 +180,12 @@ class HostDriver:
             self._scheduled = True
             self._loop.call_later(BACKLOG_RETRY_S, self._drain)
             return
-        records = self.driver.take()
+        if isinstance(self.driver, Driver):
+            for b in self.driver.take_batches():
+                self._apply_batch(b)
+            records: list[Any] = []
+        else:
+            records = self.driver.take()
         if self.fanotify is not None:
             # after the proc connector's: fanotify queued an exec's file open before the
             # kernel sent that exec to the proc connector, so it is read by now, and its
@@ -202,6 +211,34 @@ class HostDriver:
                     listener(e)
             if e.data_type in self.stored_types:
                 self._store(e, entry)
+        self._maybe_sweep()
+
+    def _apply_batch(self, batch: bytes) -> None:
+        """The records of one batch, in order: decoded only when something needs more than
+        the pid. A record that is neither stored nor read by the cache (a connect when
+        `connect` is not stored...) only touches the cache by its pid, which is all
+        ProcessCache.apply does with it."""
+        stored, full = self.stored_types, _CACHE_TYPES | self.stored_types
+        lookup = self.cache.lookup
+        for dt, pid, start, size in rbatch.records(batch):
+            try:
+                if dt not in full:
+                    rbatch.check(dt, size)
+                    lookup(pid)
+                    continue
+                e = rbatch.decode_at(batch, start, size)
+            except ValueError as err:
+                self.decode_errors += 1
+                log.debug("driver record not decoded: %s", err)
+                continue
+            entry = self.cache.apply(e)
+            if dt in _LISTENED_TYPES:
+                for listener in self.process_listeners:
+                    listener(e)
+            if dt in stored:
+                self._store(e, entry)
+
+    def _maybe_sweep(self) -> None:
         now = time.monotonic()
         if now - self._last_sweep > SWEEP_S:
             self._last_sweep = now
@@ -217,6 +254,7 @@ class HostDriver:
             entry = self.cache.lookup(e.pid)
         if e.data_type == ev.DT_EXECVE and entry is not None and not entry.exe:
             entry.exe = e.fields["run_path"]
+            self.cache.changed()
         if e.data_type in self.stored_types:
             self._store(e, entry)
 

@@ -64,6 +64,14 @@ class ProcessCache:
         self._containers: dict[int, str] = {}  # cgroup id -> container id
         self.evicted = 0
         self.proc_reads = 0
+        #: process_fields() results while nothing in the cache changes: under a storm of
+        #: events from a few processes each would otherwise walk the same pid tree again
+        self._fields_memo: dict[int, dict[str, Any] | None] = {}
+        self._generation = 0
+        #: exec path -> realpath, for processes gone before their exec is applied (most
+        #: short-lived commands): a few lstat calls each, the same few paths again and again.
+        #: Forgotten at every sweep, so a changed symlink is followed within seconds.
+        self._realpaths: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._e)
@@ -99,7 +107,13 @@ class ProcessCache:
         self._put(e)
         return e
 
+    def changed(self) -> None:
+        """Something in an entry changed (also for whoever edits an entry in place)."""
+        self._fields_memo.clear()
+        self._generation += 1
+
     def _put(self, e: ProcEntry) -> None:
+        self.changed()
         self._e[e.pid] = e
         self._e.move_to_end(e.pid)
         while len(self._e) > self.max_entries:
@@ -113,12 +127,14 @@ class ProcessCache:
                 del self._e[pid]
                 self.evicted += 1
                 return
+        self.changed()
         self._e.popitem(last=False)
         self.evicted += 1
 
     def sweep(self, now: float | None = None) -> int:
         """Forget processes that exited more than keep_s ago."""
         now = time.monotonic() if now is None else now
+        self._realpaths.clear()
         n = 0
         while self._gone and now - self._gone[0][0] > self.keep_s:
             _t, pid, start = self._gone.popleft()
@@ -126,6 +142,8 @@ class ProcessCache:
             if old is not None and old.exited and old.start_time == start:
                 del self._e[pid]
                 n += 1
+        if n:
+            self.changed()
         return n
 
     def _container(self, pid: int, cgroup_id: int, parent: ProcEntry | None) -> str:
@@ -150,11 +168,13 @@ class ProcessCache:
         if dt == ev.DT_EXIT:
             cur = self._e.get(e.pid)
             if cur is not None and not cur.exited:
+                self.changed()
                 cur.exited = time.monotonic()
                 self._gone.append((cur.exited, cur.pid, cur.start_time))
             return cur
         cur = self.lookup(e.pid)
         if dt == ev.DT_PRCTL and cur is not None:
+            self.changed()
             cur.comm = e.fields.get("new_name", cur.comm)
         return cur
 
@@ -170,7 +190,7 @@ class ProcessCache:
             if path.startswith(("/proc/self/", "/proc/thread-self/")):
                 exe = f"/proc/{e.pid}/" + path.split("/", 3)[3]
             else:
-                exe = os.path.realpath(path) if path.startswith("/") else path
+                exe = self._realpath(path) if path.startswith("/") else path
         try:
             cwd = os.readlink(f"/proc/{e.pid}/cwd")
         except OSError:
@@ -191,6 +211,14 @@ class ProcessCache:
         )
         self._put(entry)
         return entry
+
+    def _realpath(self, path: str) -> str:
+        real = self._realpaths.get(path)
+        if real is None:
+            if len(self._realpaths) >= 1024:
+                self._realpaths.clear()
+            real = self._realpaths[path] = os.path.realpath(path)
+        return real
 
     def _fork(self, e: ev.DriverEvent) -> None:
         child = e.fields["child_pid"]
@@ -234,7 +262,19 @@ class ProcessCache:
         return "<".join(parts)
 
     def process_fields(self, pid: int) -> dict[str, Any] | None:
-        """The `process` object of an event (design §4), from the cache; None if unknown."""
+        """The `process` object of an event (design §4), from the cache; None if unknown.
+        A new dict each call (the caller may keep it); computed once while nothing changes."""
+        memo = self._fields_memo
+        if pid in memo:
+            out = memo[pid]
+            return dict(out) if out is not None else None
+        gen = self._generation
+        out = self._process_fields(pid)
+        if gen == self._generation and len(memo) < 4096:  # else the walk changed the cache
+            memo[pid] = dict(out) if out is not None else None
+        return out
+
+    def _process_fields(self, pid: int) -> dict[str, Any] | None:
         e = self._e.get(pid)
         if e is None:
             return None

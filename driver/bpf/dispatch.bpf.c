@@ -33,19 +33,15 @@ int rp_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/sys_exit")
 int rp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	/* only syscalls whose enter handler left state need their exit handler: cheap check first */
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct rp_pending *p = bpf_map_lookup_elem(&rp_pending, &tid);
-	if (!p)
+	/* The number from the saved registers (orig_ax), then the handler registered for it; an
+	 * empty slot costs one failed tail call. This used to look up rp_pending first (only
+	 * syscalls whose enter left state went on), which cost every syscall exit a hash lookup
+	 * and every connect/bind an LRU update and delete: the handlers that need state now look
+	 * it up themselves, and connect/bind read their arguments here (network.bpf.c). */
+	__u32 nr = rp_nr(ctx);
+	if (nr >= 512 || rp_from_self())
 		return 0;
-	__u32 nr = p->nr;
-	if (rp_nr(ctx) != nr) {
-		/* left over by a syscall that never returned here (a successful exec): drop it */
-		bpf_map_delete_elem(&rp_pending, &tid);
-		return 0;
-	}
-	bpf_tail_call(ctx, &rp_exit_calls, nr & 511);
-	bpf_map_delete_elem(&rp_pending, &tid); /* no exit handler registered */
+	bpf_tail_call(ctx, &rp_exit_calls, nr);
 	return 0;
 }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * connect (data_type 42) and bind (49): syscall enter keeps (fd, sockaddr pointer), syscall
- * exit reads the sockaddr and reports it with the result (Elkeid's `res`), so a refused
+ * connect (data_type 42) and bind (49): at syscall exit, (fd, sockaddr pointer) from the saved
+ * user registers (the kernel preserves rdi/rsi across a syscall: no enter handler, no map
+ * state), then the sockaddr is read and reported with the result (Elkeid's `res`), so a refused
  * connect is told apart from one that went through (-EINPROGRESS for non-blocking sockets);
  * connect also reports the local address the kernel chose. accept/accept4 (43, off by
  * default as in Elkeid): at exit, both ends from the new connection's socket.
@@ -40,13 +41,10 @@ static __always_inline int rp_sock_enter(struct bpf_raw_tracepoint_args *ctx, __
 
 static __always_inline int rp_sock_exit(struct bpf_raw_tracepoint_args *ctx, __u32 type)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct rp_pending *p = bpf_map_lookup_elem(&rp_pending, &tid);
-	if (!p)
-		return 0;
-	int fd = (int)p->arg0;
-	const void *uaddr = (const void *)p->arg1;
-	bpf_map_delete_elem(&rp_pending, &tid);
+	if (rp_compat())
+		return 0; /* an ia32 syscall whose number happens to be ours */
+	int fd = (int)rp_arg(ctx, 0);
+	const void *uaddr = (const void *)rp_arg(ctx, 1);
 
 	struct rp_sock *e = rp_reserve(sizeof(*e));
 	if (!e)
@@ -116,21 +114,9 @@ int rp_exit_accept(struct bpf_raw_tracepoint_args *ctx)
 }
 
 SEC("raw_tp")
-int rp_enter_connect(struct bpf_raw_tracepoint_args *ctx)
-{
-	return rp_sock_enter(ctx, NR_CONNECT);
-}
-
-SEC("raw_tp")
 int rp_exit_connect(struct bpf_raw_tracepoint_args *ctx)
 {
 	return rp_sock_exit(ctx, DT_CONNECT);
-}
-
-SEC("raw_tp")
-int rp_enter_bind(struct bpf_raw_tracepoint_args *ctx)
-{
-	return rp_sock_enter(ctx, NR_BIND);
 }
 
 SEC("raw_tp")

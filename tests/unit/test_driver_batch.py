@@ -1,0 +1,180 @@
+"""The batch decoder (driver/batch.py) on synthetic records laid out by the ctypes mirrors of
+rampart.h: equal to events.decode, the same errors, and the agent's batch consumer
+(HostDriver._apply_batch): what it decodes, stores, skips and counts. Real records of the
+real programs: tests/integration/test_driver_batch.py."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import pytest
+
+from driver import batch as rbatch
+from driver import events as ev
+from host_agent.hostdriver import HostDriver
+from host_agent.proccache import NS_PER_TICK, ProcessCache
+from host_agent.settings import Settings
+
+
+def hdr(dt: int, pid: int = 4242, comm: bytes = b"curl") -> ev.rp_hdr:
+    return ev.rp_hdr(
+        ts=123456789,
+        start_time=77 * NS_PER_TICK,
+        cgroup_id=9,
+        data_type=dt,
+        pid=pid,
+        tid=pid + 1,
+        ppid=1,
+        pgid=pid,
+        sid=pid,
+        uid=1000,
+        euid=1000,
+        gid=1000,
+        pns=4026531836,
+        nspid=pid,
+        comm=comm,
+        nodename=b"host-a",
+    )
+
+
+def sock(dt: int, v6: bool = False, pid: int = 4242, port: int = 443) -> ev.rp_sock:
+    r = ev.rp_sock(h=hdr(dt, pid), ret=-111, fd=3, port=port, lport=50000, sock_type=1)
+    r.family = ev.AF_INET6 if v6 else ev.AF_INET
+    addr = bytes(15) + b"\1" if v6 else bytes([127, 0, 0, 1]) + bytes(12)
+    ctypes.memmove(r.addr, addr, 16)
+    ctypes.memmove(r.laddr, addr, 16)
+    return r
+
+
+def pack(*records: bytes) -> bytes:
+    """The batch layout of rp_drain.c: [u32 size][u32 0][record][pad to 8]."""
+    out = b""
+    for r in records:
+        out += len(r).to_bytes(4, "little") + bytes(4) + r + bytes(-len(r) % 8)
+    return out
+
+
+def samples() -> list[bytes]:
+    ex = ev.rp_exec(h=hdr(ev.DT_EXECVE), argv_len=12, argv_kept=12, old_uid=0xFFFFFFFF)
+    ex.filename = b"/usr/bin/curl"
+    ctypes.memmove(ex.argv, b"curl\0-s\0x.io\0", 12)
+    fork = ev.rp_fork(h=hdr(ev.DT_FORK), child_start_time=5, child_pid=4300, child_ppid=4242)
+    memfd = ev.rp_memfd(h=hdr(ev.DT_MEMFD_CREATE), flags=1, name=b"payload")
+    return [
+        bytes(ex),
+        bytes(fork),
+        bytes(ev.rp_exit(h=hdr(ev.DT_EXIT), exit_code=-9)),
+        bytes(sock(ev.DT_CONNECT)),
+        bytes(sock(ev.DT_CONNECT, v6=True)),
+        bytes(sock(ev.DT_BIND, v6=True)),
+        bytes(sock(ev.DT_ACCEPT)),
+        bytes(memfd),
+        bytes(ev.rp_cred(h=hdr(ev.DT_CRED_CHANGE), nr=105, old_uid=1000, old_euid=1000)),
+    ]
+
+
+def test_every_record_decodes_as_the_reference_does() -> None:
+    recs = samples()
+    batch = pack(*recs)
+    got = [(dt, pid, rbatch.decode_at(batch, s, n)) for dt, pid, s, n in rbatch.records(batch)]
+    assert len(got) == len(recs)
+    for (dt, pid, fast), raw in zip(got, recs, strict=True):
+        ref = ev.decode(raw)
+        assert fast == ref
+        assert (dt, pid) == (ref.data_type, ref.pid)
+    connect6 = got[4][2]
+    assert connect6.fields["dip"] == "::1" and connect6.args == ["::1", "443"]
+    assert got[0][2].args == ["curl", "-s", "x.io"]
+    assert rbatch.split(batch) == recs
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes(40),  # shorter than a header
+        bytes(hdr(999)),  # unknown data_type
+        bytes(sock(ev.DT_CONNECT))[:180],  # a connect cut short
+    ],
+    ids=["short", "unknown", "truncated"],
+)
+def test_bad_records_raise_what_the_reference_raises(raw: bytes) -> None:
+    batch = pack(raw)
+    ((_dt, _pid, start, size),) = rbatch.records(batch)
+    with pytest.raises(ValueError) as ref:
+        ev.decode(raw)
+    with pytest.raises(ValueError) as fast:
+        rbatch.decode_at(batch, start, size)
+    assert str(fast.value) == str(ref.value)
+
+
+class Pipe:
+    backlog = 0
+    host_lookup: Any = None
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def submit_host(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+def agent(stored: list[str]) -> tuple[HostDriver, Pipe]:
+    pipe = Pipe()
+    return HostDriver(Settings(driver_events=stored), pipe), pipe  # type: ignore[arg-type]
+
+
+def test_stored_records_become_events_with_the_reference_fields() -> None:
+    hd, pipe = agent(["connect"])
+    raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
+    hd._apply_batch(pack(bytes(hdr(999)), raw))  # a bad record first: counted, skipped
+    assert hd.decode_errors == 1
+    (event,) = pipe.events
+    ref = ev.decode(raw)
+    assert event["hook"] == "connect" and event["args"] == ref.args
+    assert event["driver"] == {
+        **ref.common(),
+        "exe": os.readlink("/proc/self/exe"),
+        "start_time": event["driver"]["start_time"],
+        **ref.fields,
+    }
+    assert event["process"]["pid_tree"].startswith(f"{os.getpid()}.")
+
+
+def test_records_neither_stored_nor_cached_only_look_the_pid_up() -> None:
+    hd, pipe = agent(["execve"])
+    me = os.getpid()
+    assert hd.cache.get(me) is None
+    hd._apply_batch(pack(bytes(sock(ev.DT_CONNECT, pid=me))))
+    assert pipe.events == [] and hd.decode_errors == 0
+    entry = hd.cache.get(me)  # ProcessCache.apply's lookup: read from /proc, as before
+    assert entry is not None and entry.exe == os.readlink("/proc/self/exe")
+    hd._apply_batch(pack(bytes(sock(ev.DT_CONNECT, pid=me))[:100]))
+    assert hd.decode_errors == 1  # still checked
+
+
+def test_process_fields_memo_follows_every_change() -> None:
+    cache = ProcessCache()
+    a, b = 90_000_011, 90_000_012
+
+    def event(dt: int, pid: int, ppid: int, comm: str, **fields: Any) -> ev.DriverEvent:
+        e = ev.decode(bytes(ev.RECORDS[dt](h=hdr(dt, pid, comm.encode()))))
+        e.ppid, e.fields, e.args = ppid, fields, [comm]
+        return e
+
+    cache.apply(event(ev.DT_EXECVE, a, a, "server", run_path="/srv/server"))
+    cache.apply(event(ev.DT_EXECVE, b, a, "worker", run_path="/srv/worker"))
+    first = cache.process_fields(b)
+    assert first is not None and first["pid_tree"] == f"{b}.worker<{a}.server"
+    first["pid_tree"] = "changed by a caller"
+    again = cache.process_fields(b)
+    assert again is not None and again["pid_tree"] == f"{b}.worker<{a}.server"
+    cache.apply(event(ev.DT_PRCTL, a, a, "server", new_name="renamed"))
+    renamed = cache.process_fields(b)
+    assert renamed is not None and renamed["pid_tree"] == f"{b}.worker<{a}.renamed"
+    cache.apply(event(ev.DT_EXECVE, a, a, "other", run_path="/srv/other"))
+    assert cache.process_fields(b)["pid_tree"] == f"{b}.worker<{a}.other"  # type: ignore[index]
+    cache.get(a).exe = "/edited/in/place"  # type: ignore[union-attr]
+    cache.changed()
+    assert cache.process_fields(a)["exe"] == "/edited/in/place"  # type: ignore[index]
