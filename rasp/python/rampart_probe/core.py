@@ -9,7 +9,9 @@ heartbeat every 10 s, and the agent's tables read from the same socket.
 from __future__ import annotations
 
 import atexit
+import bisect
 import collections
+import dis
 import logging
 import os
 import select
@@ -73,16 +75,16 @@ def _s(v) -> str:
     return s if len(s) <= ARG_MAX else s[:ARG_MAX]
 
 
-_frame_text: dict = {}  # (file, first line, last instruction) -> "function (file:line)"
+_frame_text: dict = {}  # (id(code), lasti) -> (code, "function (file:line)")
+_line_starts: dict = {}  # id(code) -> (code, [offsets], [lines])
 _FRAME_CACHE_MAX = 8192
 
 
-def capture_stack(depth: int, skip: int = 1) -> list:
-    """Innermost first: "function (file:line)", the probe's own frames left out.
-
-    A sys._getframe walk; each frame's text is cached by code location and instruction
-    offset, because computing f_lineno and formatting dominate the cost otherwise
-    (traceback.extract_stack costs ~30 µs at depth 20)."""
+def capture_frames(depth: int, skip: int = 1) -> list:
+    """The app's frames, innermost first, as (code, last instruction) pairs: all the app's
+    thread pays for a stack. Turning them into text (`format_frames`) happens on the shipper
+    thread. Reading f_code raises an audit event on 3.11+ (a miss in our hook's table); the
+    probe's own frames are left out by their file."""
     out = []
     if depth <= 0:
         return out
@@ -90,26 +92,52 @@ def capture_stack(depth: int, skip: int = 1) -> list:
         f = sys._getframe(skip)
     except ValueError:
         return out
-    cache = _frame_text
+    probe_dir = _PROBE_DIR
     while f is not None:
-        # Reading f_code raises an audit event on 3.11+ (so does id()), and hashing a code
-        # object hashes its bytecode: the key is made of the code's file and first line
-        # (strings and ints, whose hashes are cheap or cached) and the instruction offset.
         code = f.f_code
-        fn = code.co_filename
-        key = (fn, code.co_firstlineno, f.f_lasti)
-        text = cache.get(key)
-        if text is None:
-            text = "" if fn.startswith(_PROBE_DIR) else f"{code.co_name} ({fn}:{f.f_lineno})"
-            if len(cache) >= _FRAME_CACHE_MAX:
-                cache.clear()
-            cache[key] = text
-        if text:
-            out.append(text)
+        if not code.co_filename.startswith(probe_dir):
+            out.append((code, f.f_lasti))
             if len(out) >= depth:
                 break
         f = f.f_back
     return out
+
+
+def _line(code, lasti: int) -> int:
+    # the line table of a code object, decoded once: (offsets, lines) for a bisect
+    entry = _line_starts.get(id(code))
+    if entry is None or entry[0] is not code:
+        offs, lines = [], []
+        for off, line in dis.findlinestarts(code):
+            if line is not None:
+                offs.append(off)
+                lines.append(line)
+        if len(_line_starts) >= _FRAME_CACHE_MAX:
+            _line_starts.clear()
+        entry = _line_starts[id(code)] = (code, offs, lines)
+    i = bisect.bisect_right(entry[1], lasti) - 1
+    return entry[2][i] if i >= 0 else code.co_firstlineno
+
+
+def format_frames(frames: list) -> list:
+    """(code, lasti) pairs -> "function (file:line)". Cached by code object and offset (the
+    cache holds the code, so its id cannot be reused while cached)."""
+    cache = _frame_text
+    out = []
+    for code, lasti in frames:
+        hit = cache.get((id(code), lasti))
+        if hit is None or hit[0] is not code:
+            text = f"{code.co_name} ({code.co_filename}:{_line(code, lasti)})"
+            if len(cache) >= _FRAME_CACHE_MAX:
+                cache.clear()
+            hit = cache[(id(code), lasti)] = (code, text)
+        out.append(hit[1])
+    return out
+
+
+def capture_stack(depth: int, skip: int = 1) -> list:
+    """Innermost first: "function (file:line)", the probe's own frames left out."""
+    return format_frames(capture_frames(depth, skip + 1))
 
 
 class Probe:
@@ -198,10 +226,13 @@ class Probe:
         """Report one sink call; raises RampartBlocked if a block rule refuses it.
 
         Order (docs/probe-contract.md): block rules (synchronous, before the sink runs) ->
-        quota -> drop now if the agent is away or the queue is full (before paying for the
-        stack) -> stack -> filter rules -> enqueue. Quotas limit what is *reported*; they
-        never let through a call that a block rule refuses. The only audit event raised in
-        here is sys._getframe's, which no hook handles, so this cannot recurse."""
+        quota -> drop now if the agent is away or the queue is full -> filter rules -> stack
+        -> enqueue. Quotas limit what is *reported*; they never let through a call that a
+        block rule refuses. Filter rules that do not look at the stack run before it is
+        captured, so a filtered call never pays for it; the stack is captured as (code,
+        offset) pairs and turned into text, and the event into its dict, on the shipper
+        thread. The only audit events raised in here are frame/code reads, which no hook
+        handles, so this cannot recurse."""
         if not self.enabled or hook in self.hooks_disabled or _tls.busy:
             return
         args = [a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]]
@@ -225,22 +256,25 @@ class Probe:
         elif len(self.queue) >= QUEUE_MAX:
             self.drop("queue_full")
         else:
-            if stack is None:
+            filters = self.filters
+            if not filters.empty and filters.wants_stack and stack is None:
                 stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
-            if not self.filters.empty and self.filters.first_match(hook, kind, args, stack):
+            if not filters.empty and filters.first_match(hook, kind, args, stack or ()):
                 self.drop("filter")
             else:
-                data = {"hook": hook, "kind": kind, "args": args}
-                if policy_id is not None:
-                    data["blocked"] = True
-                    data["policy_id"] = policy_id
+                if stack is None:
+                    by_hook = self.stack_by_hook
+                    depth = by_hook.get(hook, self.stack_depth) if by_hook else self.stack_depth
+                    frames = capture_frames(depth, 2) if depth > 0 else None
+                else:
+                    frames = None
                 req = context.current.get()
                 if req is not None:
                     try:
-                        data["request"] = req.to_dict()
+                        req = req.to_dict()
                     except Exception:
-                        pass
-                self.queue.append((int(time.time() * 1000), data, stack))
+                        req = None
+                self.queue.append((time.time(), hook, kind, args, policy_id, req, stack, frames))
         if policy_id is not None:
             raise RampartBlocked(hook, policy_id)
 
@@ -439,8 +473,7 @@ class Probe:
             parts = []
             prefix = self.trace_prefix()
             while q and len(parts) < BATCH_MAX:
-                ms, data, stack = q.popleft()
-                parts.append(wire.encode_trace(prefix, ms, data, stack))
+                parts.append(wire.encode_trace(prefix, *_event(q.popleft())))
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
             sent_any = True
@@ -466,6 +499,20 @@ class Probe:
         t = self.thread
         if t is not None and t.is_alive() and self.pid == os.getpid():
             t.join(1.0)
+
+
+def _event(entry: tuple) -> tuple:
+    """A queued call (Probe.emit) -> (ms, event data, stack) for wire.encode_trace."""
+    t, hook, kind, args, policy_id, req, stack, frames = entry
+    data = {"hook": hook, "kind": kind, "args": args}
+    if policy_id is not None:
+        data["blocked"] = True
+        data["policy_id"] = policy_id
+    if req is not None:
+        data["request"] = req
+    if stack is None:
+        stack = format_frames(frames) if frames else []
+    return int(t * 1000), data, stack
 
 
 def _nspid() -> int:
