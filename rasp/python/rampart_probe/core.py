@@ -235,20 +235,21 @@ class Probe:
         handles, so this cannot recurse."""
         if not self.enabled or hook in self.hooks_disabled or _tls.busy:
             return
-        args = [a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]]
         stack = None
         policy_id = None
         blocks = self.blocks
-        if not blocks.empty:
-            cands = blocks.candidates(hook)
-            if cands:
-                if blocks.wants_stack:
-                    stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
-                for r in cands:
-                    if r.matches(hook, kind, args, stack or []):
-                        policy_id = r.policy_id
-                        self.blocked += 1
-                        break
+        cands = None if blocks.empty else blocks.candidates(hook)
+        if cands:
+            args = [
+                a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]
+            ]
+            if blocks.wants_stack:
+                stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
+            for r in cands:
+                if r.matches(hook, kind, args, stack or []):
+                    policy_id = r.policy_id
+                    self.blocked += 1
+                    break
         if not self.quotas.allow(hook):
             self.drop("quota")
         elif self.away:
@@ -256,6 +257,11 @@ class Probe:
         elif len(self.queue) >= QUEUE_MAX:
             self.drop("queue_full")
         else:
+            if not cands:  # not normalised yet: a dropped call never pays for it
+                args = [
+                    a if a.__class__ is str and len(a) <= ARG_MAX else _s(a)
+                    for a in args[:ARGS_MAX]
+                ]
             filters = self.filters
             if not filters.empty and filters.wants_stack and stack is None:
                 stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
