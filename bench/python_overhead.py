@@ -254,7 +254,7 @@ def start_agent(d: Path) -> tuple[subprocess.Popen, Path]:
         stdout=subprocess.DEVNULL,
         stderr=open(d / "agent.log", "wb"),  # noqa: SIM115 - lives as long as the agent
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a loaded machine starts it slowly
     while time.monotonic() < deadline:
         try:
             control(sock, "ping", timeout=1)
@@ -281,7 +281,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--baseline", metavar="REF", help="also measure the probe of git REF")
     ap.add_argument("--calls-only", action="store_true", help="only the ns-per-call figures")
-    ap.add_argument("--call-rounds", type=int, default=3, help="ns-per-call runs (min kept)")
+    ap.add_argument(
+        "--call-rounds", type=int, default=3, help="ns-per-call runs, min kept (0: none)"
+    )
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: run `make setup`")
@@ -303,7 +305,7 @@ def main() -> None:
             for prefix, probe_dir in dirs.items():
                 runs[prefix].append(calls_figures(script, probe_dir, sock))
         for prefix, figs in runs.items():
-            for k in figs[0]:
+            for k in figs[0] if figs else ():
                 vals = [f[k] for f in figs]
                 out[prefix + k] = min(vals) if isinstance(vals[0], (int, float)) else vals[-1]
         if a.calls_only:

@@ -75,8 +75,8 @@ def _s(v) -> str:
     return s if len(s) <= ARG_MAX else s[:ARG_MAX]
 
 
-_frame_text: dict = {}  # (id(code), lasti) -> (code, "function (file:line)")
-_line_starts: dict = {}  # id(code) -> (code, [offsets], [lines])
+_frame_text: dict = {}  # (file, first line, name, offset) -> "function (file:line)"
+_line_starts: dict = {}  # (file, first line, name) -> ([offsets], [lines])
 _FRAME_CACHE_MAX = 8192
 
 
@@ -103,10 +103,10 @@ def capture_frames(depth: int, skip: int = 1) -> list:
     return out
 
 
-def _line(code, lasti: int) -> int:
+def _line(code, key: tuple, lasti: int) -> int:
     # the line table of a code object, decoded once: (offsets, lines) for a bisect
-    entry = _line_starts.get(id(code))
-    if entry is None or entry[0] is not code:
+    entry = _line_starts.get(key)
+    if entry is None:
         offs, lines = [], []
         for off, line in dis.findlinestarts(code):
             if line is not None:
@@ -114,24 +114,27 @@ def _line(code, lasti: int) -> int:
                 lines.append(line)
         if len(_line_starts) >= _FRAME_CACHE_MAX:
             _line_starts.clear()
-        entry = _line_starts[id(code)] = (code, offs, lines)
-    i = bisect.bisect_right(entry[1], lasti) - 1
-    return entry[2][i] if i >= 0 else code.co_firstlineno
+        entry = _line_starts[key] = (offs, lines)
+    i = bisect.bisect_right(entry[0], lasti) - 1
+    return entry[1][i] if i >= 0 else code.co_firstlineno
 
 
 def format_frames(frames: list) -> list:
-    """(code, lasti) pairs -> "function (file:line)". Cached by code object and offset (the
-    cache holds the code, so its id cannot be reused while cached)."""
+    """(code, lasti) pairs -> "function (file:line)", cached by the code's file, first line
+    and name (strings and ints: cheap hashes; hashing a code object hashes its bytecode, and
+    id() is an audit event on 3.11+) and the offset."""
     cache = _frame_text
     out = []
     for code, lasti in frames:
-        hit = cache.get((id(code), lasti))
-        if hit is None or hit[0] is not code:
-            text = f"{code.co_name} ({code.co_filename}:{_line(code, lasti)})"
+        fn, first, name = code.co_filename, code.co_firstlineno, code.co_name
+        key = (fn, first, name, lasti)
+        text = cache.get(key)
+        if text is None:
+            text = f"{name} ({fn}:{_line(code, key[:3], lasti)})"
             if len(cache) >= _FRAME_CACHE_MAX:
                 cache.clear()
-            hit = cache[(id(code), lasti)] = (code, text)
-        out.append(hit[1])
+            cache[key] = text
+        out.append(text)
     return out
 
 
