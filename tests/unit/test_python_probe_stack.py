@@ -1,6 +1,6 @@
-"""The CPython probe's stack capture: (code, offset) pairs on the app's thread, text on the
-shipper's, line numbers equal to the interpreter's own, the probe's frames left out; and the
-filter that needs no stack deciding before any stack is captured. Runs in 3.8-3.13."""
+"""The CPython probe's stack capture: text and line numbers equal to the interpreter's own,
+from its cache too, the probe's frames left out; the filter that needs no stack deciding
+before any stack is captured; the event's dict built from the queued call. 3.8-3.13."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def expected(skip):
     return out
 
 def inner(depth):
-    frames, want = core.capture_frames(depth, 1), expected(1)  # one line: one f_lineno
-    return core.format_frames(frames), want
+    stack, want = core.capture_stack(depth, 1), expected(1)  # one line: one f_lineno
+    return stack, want
 
 def outer(n, depth):
     if n:
@@ -46,8 +46,8 @@ p = core.Probe("/nonexistent", "sdk")
 p.away = False
 p.quotas = Quotas("q", [{"hook": "*", "per_minute": 10 ** 6}])
 calls = []
-real = core.capture_frames
-core.capture_frames = lambda *a: calls.append(a) or real(*a)
+real = core.capture_stack
+core.capture_stack = lambda *a: calls.append(a) or real(*a)
 p.filters = RuleTable("f", [{"policy_id": "quiet", "hook": "h", "match": {"args": "^x$"}}])
 p.emit("h", "file", ["x"])
 filtered = (len(p.queue), dict(p.dropped_by), len(calls))
@@ -69,14 +69,14 @@ def test_stack_text_matches_the_interpreter_and_filters_skip_the_stack(version) 
     )
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
-    # every frame above capture_frames' caller, with the interpreter's line numbers
+    # every frame above capture_stack's caller, with the interpreter's line numbers
     assert r["got"] == r["want"] and r["again"] == r["want_again"]
     assert r["got"][0].startswith("inner (")
     assert sum(f.startswith("outer (") for f in r["got"]) == 6
     assert r["short"] == r["want"][:3]
     # a filter that needs no stack drops the call before any stack is captured
     assert r["filtered"] == [0, {"filter": 1}, 0]
-    # a reported call: frames captured once, text made from them, no probe frame in it
+    # a reported call: its stack captured once, no probe frame in it
     assert r["captured"] == 1
     assert r["data"] == {"hook": "h", "kind": "file", "args": ["y"]}
     assert r["stack"] and r["stack"][0].startswith("<module> (<string>:")
