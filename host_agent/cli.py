@@ -322,6 +322,18 @@ def ps(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
     except (AgentUnavailable, ControlError):
         return
     click.echo(_driver_line(status.get("driver", {})))
+    click.echo(_enforce_line(status.get("enforce", {})))
+
+
+def _enforce_line(e: dict[str, Any]) -> str:
+    if e.get("mechanism", "off") == "off":
+        return f"enforce: off ({e.get('reason', 'unknown')})"
+    blocked = sum(v for k, v in e.get("blocked", {}).items() if k != "ring_drops")
+    return (
+        f"enforce: {e['mechanism']}, {e.get('protected', 0)} processes protected, "
+        f"{len(e.get('policy', {}).get('kernel_policies', []))} kernel policies, "
+        f"{blocked} blocked"
+    )
 
 
 def _driver_line(d: dict[str, Any]) -> str:
@@ -361,9 +373,11 @@ def status(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
         jsonl([res])
         return
     driver = res.pop("driver", {})
+    enforce = res.pop("enforce", {})
     for k, v in res.items():
         click.echo(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
     click.echo(_driver_line(driver))
+    click.echo(_enforce_line(enforce))
 
 
 # ---------------------------------------------------------------------------- policy
@@ -423,6 +437,67 @@ def policy_check(file: Path) -> None:
     except ConfigError as e:
         fail(str(e), EXIT_USAGE)
     click.echo(f"{file}: ok, {len(p.policies)} policies, {len(p.quotas)} quotas, uuid {p.uuid}")
+
+
+# ---------------------------------------------------------------------------- enforce
+
+
+@cli.group()
+def enforce() -> None:
+    """Kernel enforcement: status, and protecting a pid by hand (docs/enforcement.md)."""
+
+
+@enforce.command("status")
+@_sub_config
+@socket_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def enforce_status(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
+    """The mechanism in force (or why none), the protected processes and block counters."""
+    s = settings_from(ctx, socket=socket)
+    res = call(s, "enforce.status")
+    if as_json:
+        jsonl([res])
+        return
+    click.echo(_enforce_line(res))
+    for k in ("lsm", "programs", "cgroup", "blocked", "by_policy", "policy"):
+        if res.get(k):
+            click.echo(f"{k}: {json.dumps(res[k])}")
+    table = Table("pid", "runtime", "explicit", "since", box=None)
+    for p in res.get("processes", []):
+        table.add_row(str(p["pid"]), p["runtime"], str(p["explicit"]), _ago(p["since"]))
+    out.print(table)
+
+
+@enforce.command("protect")
+@_sub_config
+@socket_option
+@click.argument("pid", type=int)
+@click.option(
+    "--runtime",
+    type=click.Choice(["python", "jvm", "golang", "nodejs", "php"]),
+    default="golang",
+    show_default=True,
+    help="scopes the policies that apply",
+)
+@click.pass_context
+def enforce_protect(ctx: click.Context, socket: Path | None, pid: int, runtime: str) -> None:
+    """Put PID under kernel enforcement until `unprotect` or its exit."""
+    s = settings_from(ctx, socket=socket)
+    res = call(s, "enforce.protect", pid=pid, runtime=runtime)
+    click.echo(f"pid {res['pid']} ({res['runtime']}) protected: {res['mechanism']}")
+
+
+@enforce.command("unprotect")
+@_sub_config
+@socket_option
+@click.argument("pid", type=int)
+@click.pass_context
+def enforce_unprotect(ctx: click.Context, socket: Path | None, pid: int) -> None:
+    """Take PID out of kernel enforcement."""
+    s = settings_from(ctx, socket=socket)
+    res = call(s, "enforce.unprotect", pid=pid)
+    click.echo(f"pid {res['pid']} unprotected")
 
 
 # ---------------------------------------------------------------------------- config

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from host_agent.enforce import EnforceError
 from host_agent.server import ControlFailure, PeerConnection
 from injector.process import ProcessError
 from rasp.protocol.schema import AgentExit, Block, Config, Filter, QuotaFrame
@@ -46,6 +47,9 @@ class Control:
             "push": self.push,
             "attach.expect": self.attach_expect,
             "attach.wait": self.attach_wait,
+            "enforce.status": self.enforce_status,
+            "enforce.protect": self.enforce_protect,
+            "enforce.unprotect": self.enforce_unprotect,
         }
 
     async def dispatch(self, command: str, args: dict[str, Any], conn: PeerConnection) -> Any:
@@ -71,6 +75,12 @@ class Control:
         for t in aa.rows() if aa is not None else []:
             # auto-attach state joins the probe's row, or stands alone before any hello
             rows.setdefault(t["pid"], {"state": "not connected"}).update(t)
+        enforcer = self.agent.enforcer
+        for p in enforcer.rows():
+            # kernel-enforced processes; an explicitly protected one may have no probe at all
+            row = rows.setdefault(p["pid"], {"pid": p["pid"], "runtime": p["runtime"]})
+            row.setdefault("state", "kernel-enforced")
+            row["enforce"] = p["mechanism"]
         return list(rows.values())
 
     async def stats(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +115,29 @@ class Control:
                 raise ControlFailure(f"no probe connected for pid {pid}")
         sent = sum(1 for r in targets if r.conn is not None and r.conn.send(message))
         return {"sent": sent}
+
+    async def enforce_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        enforcer = self.agent.enforcer
+        return {**enforcer.stats(), "processes": enforcer.rows()}
+
+    async def enforce_protect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Put a pid under kernel enforcement by hand (ops, tests): it stays protected until
+        `enforce.unprotect` or its exit, whatever its probe does."""
+        pid = _pid(args)
+        assert pid is not None
+        runtime = str(args.get("runtime", "golang"))
+        try:
+            rec = self.agent.enforcer.protect(pid, runtime, explicit=True)
+        except EnforceError as e:
+            raise ControlFailure(str(e)) from None
+        return {"pid": rec.pid, "runtime": rec.runtime, "mechanism": self.agent.enforcer.mechanism}
+
+    async def enforce_unprotect(self, args: dict[str, Any]) -> dict[str, Any]:
+        pid = _pid(args)
+        assert pid is not None
+        if not self.agent.enforcer.unprotect(pid):
+            raise ControlFailure(f"pid {pid} is not protected")
+        return {"pid": pid}
 
     async def attach_expect(self, args: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(args)

@@ -23,15 +23,17 @@ from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
+from host_agent.enforce import EnforceError, KernelEnforcer, compile_policy
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
-from host_agent.registry import ProbeRecord, Registry
-from host_agent.rules import RuleSet, load_rules
+from host_agent.registry import ProbeRecord, Registry, process_fields
+from host_agent.rules import RuleSet, load_rules, with_detect
 from host_agent.server import PeerConnection, SocketInUse, bind_socket
 from host_agent.settings import Settings
 from host_agent.sinks import SinkRunner, build
 from host_agent.yamlfile import ConfigError
+from injector.process import ProcessError, read_process
 
 if TYPE_CHECKING:
     from host_agent.autoattach import AutoAttacher
@@ -58,6 +60,7 @@ class Agent:
         self.pipeline: Pipeline
         self.driver: HostDriver
         self.attachments: Attachments
+        self.enforcer: KernelEnforcer
         self._server: asyncio.AbstractServer | None = None
         self.autoattach: AutoAttacher | None = None
         self._stop = asyncio.Event()
@@ -92,6 +95,18 @@ class Agent:
                 r.close()
             self.attachments.close()
             raise
+        # kernel blocking: never fatal, the agent runs on without it (stats say why)
+        self.enforcer = KernelEnforcer(
+            s.enforce, s.kernel_enforce, submit=self.pipeline.submit_host, facts=self._facts
+        )
+        self.enforcer.start(loop)
+        try:
+            self.enforcer.load_policy(self.policy)  # its limits were checked by run()
+        except EnforceError as e:
+            log.error("kernel enforcement off: the policy tables could not be written: %s", e)
+            self.enforcer.stop()
+            self.enforcer.reason = f"policy tables not written: {e}"
+        self.registry.listeners.append(self.enforcer.on_probe)
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
         if s.auto_attach:
@@ -100,13 +115,14 @@ class Agent:
             self.autoattach = AutoAttacher(self)
             self.autoattach.start()
         log.info(
-            "rasp-agent %s listening on %s (store %s, policy %s %s, driver %s)",
+            "rasp-agent %s listening on %s (store %s, policy %s %s, driver %s, enforce %s)",
             __version__,
             s.socket,
             s.store,
             self.policy.source,
             self.policy.uuid,
             self.driver.mode,
+            self.enforcer.mechanism,
         )
 
     def request_stop(self) -> None:
@@ -128,6 +144,7 @@ class Agent:
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()
+        self.enforcer.stop()  # destroys every link: nothing stays on the cgroup root
         self.driver.stop()  # detaches every program; its last events join the final flush
         self.pipeline.flush()
         for r in self.runners:
@@ -160,9 +177,16 @@ class Agent:
     def push_policy(self, rec: ProbeRecord) -> None:
         if rec.conn is None:
             return
-        for frame in self.policy.frames_for(rec.runtime):
+        frames = self.policy.frames_for(rec.runtime)
+        detect = self.rules.detect_rules(rec.process.get("exe", ""))
+        pushed = self.policy.uuid
+        if detect:
+            # detection rules in block mode ride on the block table; its uuid names both, so
+            # a heartbeat tells which rules a probe has in force
+            frames, pushed = with_detect(frames, detect)
+        for frame in frames:
             rec.conn.send(frame)
-        rec.pushed_policy = self.policy.uuid
+        rec.pushed_policy = pushed
 
     def reload(self) -> tuple[bool, str]:
         """SIGHUP: reload the policy and the detection rules; each keeps its old version
@@ -188,9 +212,12 @@ class Agent:
         new.whitelisted = self.rules.whitelisted
         self.rules = new
         self.pipeline.rules = new
+        probes = self.registry.connected()
+        for rec in probes:  # block-mode rules and their exemptions travel with the block table
+            self.push_policy(rec)
         msg = (
             f"rules loaded from {path}: {len(new.overrides)} overrides, "
-            f"{len(new.whitelist)} whitelist entries"
+            f"{len(new.whitelist)} whitelist entries, pushed to {len(probes)} probes"
         )
         log.info(msg)
         return True, msg
@@ -201,11 +228,17 @@ class Agent:
             return False, "no policy file configured (--policy / RAMPART_POLICY)"
         try:
             new = load_policy(path)
+            compiled = compile_policy(new, self.settings.kernel_enforce)
         except ConfigError as e:
             log.error("policy reload refused, keeping %s: %s", self.policy.uuid, e)
             return False, f"{e} (policy {self.policy.uuid} stays in force)"
         self.policy = new
         self.pipeline.policy = new
+        try:
+            self.enforcer.load_policy(compiled)
+        except EnforceError as e:  # a map write failed: say so, the probes have the new policy
+            log.error("kernel tables not updated: %s", e)
+            return False, f"policy {new.uuid} loaded, but the kernel tables were not: {e}"
         probes = self.registry.connected()
         for rec in probes:
             self.push_policy(rec)
@@ -230,7 +263,19 @@ class Agent:
             **dict(self.stats),
             **self.pipeline.stats(),
             "driver": self.driver.stats(),
+            "enforce": self.enforcer.stats(),
         }
+
+    def _facts(self, pid: int) -> dict[str, Any] | None:
+        """The `process` object of a kernel block event: the driver's cache, else /proc."""
+        facts = self.driver.process_facts(pid)
+        if facts is None:
+            rec = self.registry.probes.get(pid)
+            facts = rec.process if rec is not None and rec.process else None
+        if facts is None:
+            with contextlib.suppress(ProcessError):
+                facts = process_fields(read_process(pid))
+        return facts
 
 
 def load_initial_policy(settings: Settings) -> PolicySet:
@@ -259,6 +304,7 @@ def run(settings: Settings) -> int:
     """Run the agent until SIGTERM/SIGINT. Returns the process exit code."""
     try:
         policy = load_initial_policy(settings)
+        compile_policy(policy, settings.kernel_enforce)  # the kernel's limits, before start
         rules = load_rules(settings.rules) if settings.rules is not None else RuleSet()
     except ConfigError as e:
         log.error("%s", e)

@@ -104,6 +104,8 @@ class Pipeline:
         }
         if d.ret is not None:
             event["ret"] = d.ret
+        if d.bypass:
+            event["bypass"] = True
         if d.class_id is not None:
             event["class_id"] = d.class_id
             event["method_id"] = d.method_id

@@ -116,6 +116,8 @@ class Registry:
     def __init__(self) -> None:
         self.probes: OrderedDict[int, ProbeRecord] = OrderedDict()
         self._waiters: dict[int, list[asyncio.Future[ProbeRecord]]] = {}
+        #: told ("add" | "gone", pid, runtime) as probes come and go (kernel enforcement)
+        self.listeners: list[Callable[[str, int, str], None]] = []
 
     def connected(self) -> list[ProbeRecord]:
         return [r for r in self.probes.values() if r.conn is not None]
@@ -128,6 +130,8 @@ class Registry:
             if not fut.done():
                 fut.set_result(rec)
         self._trim()
+        for listener in self.listeners:
+            listener("add", rec.pid, rec.runtime)
         return old if old is not None and old.conn is not None else None
 
     def gone(self, rec: ProbeRecord, state: str, reason: str) -> None:
@@ -136,6 +140,9 @@ class Registry:
             rec.state = state
         if reason and not rec.reason:
             rec.reason = reason
+        if self.probes.get(rec.pid) is rec:  # not a connection a newer one replaced
+            for listener in self.listeners:
+                listener("gone", rec.pid, rec.runtime)
 
     def _trim(self) -> None:
         while len(self.probes) > KEEP_GONE:

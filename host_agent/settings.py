@@ -162,6 +162,17 @@ class Settings(BaseModel):
     driver_object: Path | None = Field(
         None, description="BPF object to load (default: build/bpf/rampart.bpf.o of this checkout)"
     )
+    enforce: Literal["auto", "lsm", "cgroup", "off"] = Field(
+        "auto",
+        description="kernel blocking for protected processes (docs/enforcement.md): auto = BPF "
+        "LSM where the kernel loads it, else cgroup connect/sendmsg + exec tracepoint; lsm or "
+        "cgroup = only that; off. Without BPF the agent runs on without it (one log line)",
+    )
+    kernel_enforce: list[str] = Field(
+        default_factory=lambda: ["golang"],
+        description="runtimes whose attached processes are put under kernel enforcement "
+        "(golang has no in-process blocking; others opt in)",
+    )
     proc_cache_size: int = Field(
         32768, ge=64, description="processes the cache keeps (exited ones are evicted first)"
     )
@@ -221,7 +232,7 @@ class Settings(BaseModel):
                 raise ValueError(f"{p!r}: an absolute path prefix of less than 64 bytes")
         return v
 
-    @field_validator("auto_attach")
+    @field_validator("auto_attach", "kernel_enforce")
     @classmethod
     def _runtimes(cls, v: list[str]) -> list[str]:
         bad = [r for r in v if r not in RUNTIMES]

@@ -13,6 +13,10 @@ target's fds), so a 9229 held by another process is never mistaken for the targe
 port node wants is taken, node fails to open the inspector (it prints "address already in
 use" on its own stderr): we report who holds it.
 
+Two layers (docs/nodejs-probe.md): by default the Frida native layer
+(`rasp/nodejs/native_agent.py`) goes in first, then the JS layer is started with the native
+layer's channel. The native layer failing never fails the JS layer: it is reported on stderr.
+
 The inspector listens in the target's network namespace (a container's loopback), so the
 HTTP and websocket work runs in a dedicated thread that first joins that namespace with
 setns(2); setns affects only the calling thread, the rest of the injector stays put.
@@ -29,6 +33,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -446,20 +451,53 @@ def wait_closed(pid: int, listener: Listener, timeout: float = CLOSE_WITHIN) -> 
         time.sleep(0.005)
 
 
+LAYERS = ("js", "native")
+
+
 class NodeAttacher:
     runtime = "nodejs"
     #: how long the last run took from SIGUSR1 to the inspector verified closed (benchmarks)
     last_ms = 0.0
+    #: how long the native layer's injection took (Frida attach + load + detach), ms
+    last_native_ms = 0.0
+    #: which layers `attach` injects (`rasp-attach --layers`)
+    layers: tuple[str, ...] = LAYERS
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        call = f"start({json.dumps({'socket': str(socket), 'mode': 'attached'})})"
-        self.run(target, call, timeout)
+        opts: dict[str, Any] = {"socket": str(socket), "mode": "attached"}
+        # refusals first: a native layer in a process the JS layer cannot join reports nothing
+        self.preflight(target.pid)
+        if "native" in self.layers:
+            native = self.attach_native(target.pid, timeout)
+            if native is not None:
+                opts["native"] = native
+        value = self.run(target, f"start({json.dumps(opts)})", timeout)
+        status = value.get("native") if isinstance(value, dict) else None
+        if "native" in opts and status not in ("ok", "already"):
+            warn(f"pid {target.pid}: native layer not connected to the JS layer: {status}")
+
+    def attach_native(self, pid: int, timeout: float) -> dict[str, Any] | None:
+        """Inject the Frida native layer; None (and a warning) when it cannot go in."""
+        from rasp.nodejs import native_agent  # frida is heavy: only when asked for
+
+        try:
+            loaded = native_agent.load(pid, timeout)
+        except native_agent.ProbeLoadError as e:
+            if e.gone:
+                raise AttachError(EXIT_FAIL, str(e)) from None
+            warn(f"native layer not attached ({e}); attaching the JS layer alone")
+            return None
+        except Exception as e:  # frida missing or broken: the JS layer still goes in
+            warn(f"native layer not attached ({type(e).__name__}: {e}); JS layer alone")
+            return None
+        self.last_native_ms = loaded.elapsed_ms
+        return loaded.for_js()
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         self.run(target, "stop()", timeout)
 
-    def run(self, target: Detection, call: str, timeout: float) -> Any:
-        pid = target.pid
+    def preflight(self, pid: int) -> InspectorOptions:
+        """The refusals that need no signal: raises AttachError, else the inspector options."""
         try:
             info = read_process(pid)
         except ProcessError as e:
@@ -477,6 +515,11 @@ class NodeAttacher:
                 f"pid {pid} (nodejs) does not handle SIGUSR1 (yet?): the signal would kill it; "
                 "retry once it has started",
             )
+        return opts
+
+    def run(self, target: Detection, call: str, timeout: float) -> Any:
+        pid = target.pid
+        opts = self.preflight(pid)
         before = own_listeners(pid)
         want = opts.port if opts.port else (None if opts.port == 0 else DEFAULT_PORT)
         # an inspector the app opened itself (--inspect): use it, and leave it open
@@ -524,6 +567,10 @@ class NodeAttacher:
                 raise failure
             raise AttachError(EXIT_FAIL, f"pid {pid}: inspector: {failure}") from failure
         return value
+
+
+def warn(message: str) -> None:
+    print(f"rasp-attach: warning: {message}", file=sys.stderr, flush=True)
 
 
 ATTACHER = NodeAttacher()

@@ -30,6 +30,13 @@ RUNTIME_CHOICES = ["auto", "python", "jvm", "golang", "nodejs", "php"]
 @click.option("--detach", is_flag=True, help="unload the probe where the runtime allows it")
 @click.option("--detect-only", is_flag=True, help="only report which runtime the pid runs")
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
+@click.option(
+    "--layers",
+    type=click.Choice(["all", "js"]),
+    default="all",
+    show_default=True,
+    help="nodejs: all = JS layer + Frida native layer; js = the JS layer alone",
+)
 def cli(
     pid: int,
     runtime: str,
@@ -39,8 +46,13 @@ def cli(
     detach: bool,
     detect_only: bool,
     as_json: bool,
+    layers: str,
 ) -> None:
     """Attach a Rampart probe to a running process without restarting it."""
+    if layers == "js":
+        from injector.attach_nodejs import ATTACHER as node_attacher
+
+        node_attacher.layers = ("js",)
     try:
         settings = load_settings(config, {"socket": socket})
     except ConfigError as e:

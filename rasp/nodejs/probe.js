@@ -11,8 +11,10 @@ const Module = require('module');
 const { Kit, capArgs, blockedError } = require('./lib/kit');
 const { Client } = require('./lib/client');
 const { compileTable, firstMatch, Quota } = require('./lib/policy');
+const { DetectTable } = require('./lib/detect');
 const context = require('./lib/context');
 const loader = require('./lib/loader');
+const { Native } = require('./lib/native');
 
 const PROBE_VERSION = '0.1.0';
 const KEY = Symbol.for('rampart.nodejs.probe');
@@ -32,30 +34,38 @@ const FAMILIES = [
   context,
 ];
 
-function frameOf(f) {
-  const fn = f.getFunctionName() || f.getMethodName() || '<anonymous>';
-  const file = f.getFileName() || f.getEvalOrigin() || '<unknown>';
-  return `${fn} (${file}:${f.getLineNumber()}:${f.getColumnNumber()})`;
-}
+// V8 hands the CallSites to this instead of formatting them (set only around our capture)
+const RAW_FRAMES = (_, frames) => frames;
 
-/** The JS stack above `skip` (innermost first), without touching the app's stack settings. */
+/** The JS stack above `skip` (innermost first), without touching the app's stack settings.
+ * One pass over V8's CallSites: the probe's own frames (the request-context wrapper) are
+ * skipped by file before anything is formatted; each frame costs ~4 calls into V8. */
 function captureStack(skip, depth) {
   if (depth <= 0) return [];
   const holder = {};
   const limit = Error.stackTraceLimit;
   const prepare = Error.prepareStackTrace;
   Error.stackTraceLimit = depth;
-  Error.prepareStackTrace = (_, frames) => frames;
+  Error.prepareStackTrace = RAW_FRAMES;
+  let frames;
   try {
     Error.captureStackTrace(holder, skip);
-    const frames = holder.stack;
-    if (!Array.isArray(frames)) return [];
-    // the probe's own frames (the request-context wrapper) are not the app's
-    return frames.filter((f) => !(f.getFileName() || '').startsWith(PROBE_DIR)).map(frameOf);
+    frames = holder.stack;
   } finally {
     Error.prepareStackTrace = prepare;
     Error.stackTraceLimit = limit;
   }
+  const out = [];
+  if (!Array.isArray(frames)) return out;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i];
+    const file = f.getFileName();
+    if (file !== undefined && file !== null && file.startsWith(PROBE_DIR)) continue;
+    const fn = f.getFunctionName() || f.getMethodName() || '<anonymous>';
+    out.push(`${fn} (${file || f.getEvalOrigin() || '<unknown>'}:${f.getLineNumber()}:${
+      f.getColumnNumber()})`);
+  }
+  return out;
 }
 
 /**
@@ -77,6 +87,7 @@ class Probe {
     this.stopped = false;
     this.stackDepth = DEFAULT_STACK_DEPTH;
     this.blockRules = [];
+    this.detect = new DetectTable(); // detection rules in block mode (the block frame's detect)
     this.filterRules = [];
     this.quota = new Quota();
     this.disabled = new Set();
@@ -85,6 +96,10 @@ class Probe {
     this.kit = new Kit(this);
     this.missing = [];
     this.client = null;
+    // the native layer's records, when rasp-attach injected it (opts.native: its channel)
+    this.native = null;
+    this.nativeStatus = 'not attached';
+    this.nativeOpts = opts.native;
     this.onExit = () => {
       if (this.client) this.client.sendExit('process exit');
     };
@@ -100,6 +115,7 @@ class Probe {
       }
     }
     syncESM();
+    if (this.nativeOpts) this.adoptNative(this.nativeOpts);
     this.client = new Client({
       socket: this.socket,
       envelope: { runtime_version: process.versions.node, probe_version: PROBE_VERSION },
@@ -118,12 +134,40 @@ class Probe {
   }
 
   hookNames() {
-    return this.kit.hooks.filter((h) => h.active).map((h) => h.name);
+    const js = this.kit.hooks.filter((h) => h.active).map((h) => h.name);
+    return this.native !== null && this.native.active ? js.concat(this.native.hooks) : js;
+  }
+
+  /** Take the native layer's channel; never fatal (the JS layer works alone). */
+  adoptNative(opts) {
+    try {
+      if (this.native === null) this.native = new Native(this);
+      this.nativeStatus = this.native.adopt(opts);
+    } catch (e) {
+      this.nativeStatus = `failed: ${e && e.message}`;
+    }
+    if (this.native !== null && !this.native.active) this.native = null;
+  }
+
+  /** A native call no JS hook saw: reported (quota and filter rules apply; not blockable,
+   * the call has already happened). */
+  reportBypass(ev) {
+    if (this.stopped || this.disabled.has(ev.hook)) return;
+    if (!this.quota.take(ev.hook)) {
+      this.drop('quota');
+      return;
+    }
+    if (this.filterRules.length && firstMatch(this.filterRules, ev)) {
+      this.drop('filter');
+      return;
+    }
+    this.client.enqueue(ev);
   }
 
   summary(already) {
     return { already_running: already, mode: this.mode, socket: this.socket,
-      hooks: this.hookNames(), missing: this.missing, probe_version: PROBE_VERSION };
+      hooks: this.hookNames(), missing: this.missing, probe_version: PROBE_VERSION,
+      native: this.nativeStatus };
   }
 
   guard(fn) {
@@ -146,32 +190,57 @@ class Probe {
       const raw = Reflect.apply(argsOf, self, args);
       if (raw === null) return null;
       const withinQuota = this.quota.take(hook.name);
-      if (!withinQuota && !this.blockRules.length) {
+      // detection checks run only for a kind a block-mode rule looks at (inside a request)
+      const detecting = this.detect.covers(hook.kind);
+      if (!withinQuota && !this.blockRules.length && !detecting) {
         this.drop('quota');
         return null;
       }
       const ev = { hook: hook.name, kind: hook.kind, args: capArgs(raw),
         stack: captureStack(skip, this.stackDepth) };
       const rule = this.blockRules.length ? firstMatch(this.blockRules, ev) : null;
-      if (rule) {
+      let policyId = rule ? rule.policyId : null;
+      let request;
+      if (!policyId && detecting) {
+        request = context.current();
+        if (request) policyId = this.detectCheck(ev, request);
+      }
+      if (policyId) {
         ev.blocked = true;
-        ev.policy_id = rule.policyId;
+        ev.policy_id = policyId;
         this.counters.blocked++;
       }
       // quota cuts reporting, never blocking; a blocked call is always reported if it fits
       if (!withinQuota) this.drop('quota');
-      else if (!rule && this.filterRules.length && firstMatch(this.filterRules, ev)) this.drop('filter');
+      else if (!policyId && this.filterRules.length && firstMatch(this.filterRules, ev)) this.drop('filter');
       else {
-        const request = context.current();
+        if (request === undefined) request = context.current();
         if (request) ev.request = request;
         this.client.enqueue(ev);
       }
-      return rule ? blockedError(hook.name, rule.policyId) : null;
+      return policyId ? blockedError(hook.name, policyId) : null;
     } catch (e) {
       hook.fail(e);
       return null;
     } finally {
       this.depth--;
+    }
+  }
+
+  /** The detection rule that blocks the event, or null; a check that throws lets it through. */
+  detectCheck(ev, request) {
+    try {
+      return this.detect.check(ev.kind, ev.hook, ev.args, request);
+    } catch (e) {
+      if (!this.detectFailed) {
+        this.detectFailed = true;
+        this.guard(() => {
+          try {
+            fs.writeSync(2, `rampart: detection check failed: ${e && e.message}\n`);
+          } catch (e2) { /* stderr closed */ }
+        });
+      }
+      return null;
     }
   }
 
@@ -201,6 +270,11 @@ class Probe {
       }
       case 7: {
         this.blockRules = compileTable(d.blocks).rules;
+        try {
+          this.detect = new DetectTable(d.detect);
+        } catch (e) {
+          this.detect = new DetectTable(); // an exemption JS cannot compile: no block mode
+        }
         this.uuids.block = d.uuid;
         break;
       }
@@ -226,6 +300,7 @@ class Probe {
       this.socket = opts.socket;
       this.client.socket = opts.socket;
     }
+    if (opts && opts.native) this.adoptNative(opts.native);
     this.client.rehello();
   }
 
@@ -234,6 +309,7 @@ class Probe {
     this.stopped = true;
     this.kit.uninstall();
     syncESM();
+    if (this.native !== null) this.native.close(); // the native layer then unhooks itself
     this.client.sendExit(reason);
     this.client.close();
     process.removeListener('exit', this.onExit);

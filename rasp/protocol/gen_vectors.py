@@ -95,6 +95,20 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("trace_full", "to_agent", _env(2, TRACE_FULL, runtime_version="3.11.7", time=T)),
     ("trace_minimal", "to_agent", _env(2, {"hook": "open", "kind": "file"})),
     (
+        "trace_bypass",
+        "to_agent",
+        _env(
+            2,
+            {
+                "hook": "uv_spawn",
+                "kind": "process",
+                "args": ["/bin/sh", "-c", "id"],
+                "bypass": True,
+            },
+            runtime="nodejs",
+        ),
+    ),
+    (
         "trace_unicode_args",
         "to_agent",
         _env(
@@ -159,6 +173,28 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     ("block_empty_table", "from_agent", {"message_type": 7, "data": {"uuid": "", "blocks": []}}),
+    (
+        "block_with_detect",
+        "from_agent",
+        {
+            "message_type": 7,
+            "data": {
+                "uuid": "b2",
+                "blocks": [],
+                "detect": [
+                    {"rule": "sqli.input"},
+                    {"rule": "cmdi.input", "exempt": [{"request_path": "^/admin/"}]},
+                    {
+                        "rule": "path.traversal",
+                        "exempt": [{"path": "^/srv/app/tmp/.*$", "args": "report"}],
+                    },
+                    {"rule": "ssrf.internal"},
+                    {"rule": "sqli.stacked"},
+                    {"rule": "a.rule-this-probe-does-not-know"},
+                ],
+            },
+        },
+    ),
     (
         "quota",
         "from_agent",

@@ -15,7 +15,7 @@ from tests.agentproc import AgentProc
 @pytest.fixture
 def agent_factory() -> Iterator[Callable[..., AgentProc]]:
     """Build (not start) agents in a fresh directory each; all are stopped at teardown.
-    The eBPF driver is off unless the test passes `--driver on|auto`.
+    The eBPF driver and kernel enforcement are off unless the test turns them on.
 
     The directory is world-traversable (0755), because some tests connect as another uid.
     """
@@ -31,6 +31,9 @@ def agent_factory() -> Iterator[Callable[..., AgentProc]]:
         # without the driver unless a test asks (`--driver on`): the store then holds only
         # what the test sent, not every exec on the host
         full_env["RAMPART_DRIVER"] = "off"
+        # kernel enforcement likewise (tests/integration/test_enforce.py turns it on): its
+        # programs would sit on the cgroup root for every agent of the suite
+        full_env["RAMPART_ENFORCE"] = "off"
         full_env.update(env or {})
         a = AgentProc(
             dir=d,

@@ -18,6 +18,7 @@ from injector import attach_nodejs
 from injector.attach import EXIT_UNSUPPORTED, AttachError
 from injector.attach_nodejs import ATTACHER, DEFAULT_PORT, own_listeners, tcp_listeners
 from injector.detect import detect
+from rasp.nodejs import native_agent
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
 
 APPS = Path(__file__).resolve().parents[1] / "apps" / "nodejs"
@@ -226,6 +227,7 @@ def test_disable_sigusr1_is_refused_without_a_signal(spawn, agent, tmp_path) -> 
     assert "--disable-sigusr1 in NODE_OPTIONS" in res.stderr and "register.js" in res.stderr
     assert len(res.stderr.splitlines()) == 1
     assert p.poll() is None
+    assert not native_agent.running(p.pid)  # refused before the native layer went in
 
 
 def test_a_node_without_a_sigusr1_handler_is_not_signalled(spawn, agent, tmp_path) -> None:
@@ -242,6 +244,7 @@ def test_a_node_without_a_sigusr1_handler_is_not_signalled(spawn, agent, tmp_pat
     assert res.returncode == 1, res
     assert "does not handle SIGUSR1 (yet?)" in res.stderr
     assert p.poll() is None
+    assert not native_agent.running(p.pid)
 
 
 def test_inspector_port_held_by_another_process_is_reported(spawn, agent) -> None:

@@ -5,7 +5,7 @@
 // or slow, events are dropped and counted (docs/probe-contract.md).
 
 const net = require('net');
-const { FrameReader, ProtocolError, encode, decodeFromAgent } = require('./framing');
+const { FrameReader, ProtocolError, encode, encodeMany, decodeFromAgent } = require('./framing');
 
 const QUEUE_MAX = 10000; // events waiting for the socket
 const HIGH_WATER = 1 << 20; // bytes the socket may hold unsent before we stop writing
@@ -162,14 +162,14 @@ class Client {
     this.guard(() => {
       while (this.queue.length && sock.writableLength < HIGH_WATER) {
         const batch = this.queue.splice(0, BATCH_MAX);
-        let bufs;
+        let buf;
         try {
-          bufs = batch.map(encode);
+          buf = encodeMany(batch);
         } catch (e) {
           this.drop('error', batch.length);
           continue;
         }
-        sock.write(bufs.length === 1 ? bufs[0] : Buffer.concat(bufs));
+        sock.write(buf);
         this.counters.sent += batch.length;
       }
     });

@@ -29,10 +29,19 @@ function addParams(params, entries) {
   }
 }
 
-/** The current request as the protocol's `request` object, or null outside requests. */
+/** The current request as the protocol's `request` object, or null outside requests. Built
+ * once per request and shared by its events (rebuilt once a body parser has set req.body). */
 function current() {
   const store = als.getStore();
   if (!store) return null;
+  const hasBody = Boolean(store.req.body);
+  if (store.built !== undefined && store.builtWithBody === hasBody) return store.built;
+  store.built = build(store);
+  store.builtWithBody = hasBody;
+  return store.built;
+}
+
+function build(store) {
   const req = store.req;
   const path = req.originalUrl || req.url || '/';
   const hdrs = req.headers || {};

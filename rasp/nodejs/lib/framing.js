@@ -26,6 +26,29 @@ function encode(message) {
   return out;
 }
 
+/** Frames for many messages in one buffer: one allocation and no intermediate copies (the
+ * JSON text is written in place), where encode() per message allocates and copies twice. */
+function encodeMany(messages) {
+  const n = messages.length;
+  const texts = new Array(n);
+  const sizes = new Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const t = JSON.stringify(messages[i]);
+    texts[i] = t;
+    sizes[i] = Buffer.byteLength(t, 'utf8');
+    total += 4 + sizes[i];
+  }
+  const out = Buffer.allocUnsafe(total);
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    out.writeUInt32BE(sizes[i], off);
+    out.write(texts[i], off + 4, sizes[i], 'utf8');
+    off += 4 + sizes[i];
+  }
+  return out;
+}
+
 /** Splits a byte stream into payloads; a length prefix over the limit fails before the body. */
 class FrameReader {
   constructor(maxFrame = MAX_FRAME) {
@@ -128,6 +151,7 @@ const TraceData = struct({
   blocked: opt(bool, false), policy_id: opt(nullable(str()), null),
   request: opt(nullable(Request), null), ret: opt(nullable(str()), null),
   class_id: opt(nullable(int()), null), method_id: opt(nullable(int()), null),
+  bypass: opt(bool, false),
 });
 const HelloData = struct({
   mode: req(oneOf(['attached', 'sdk'])), hooks: opt(list(ShortStr), () => []),
@@ -168,7 +192,17 @@ const FROM_AGENT = {
     stack_depth: opt(nullable(int(0, 256)), null), settings: opt(dict(any), () => ({})),
   }))),
   6: control(req(struct({ uuid: req(Uuid), filters: opt(list(Rule), () => []) }))),
-  7: control(req(struct({ uuid: req(Uuid), blocks: opt(list(Rule), () => []) }))),
+  7: control(req(struct({
+    uuid: req(Uuid), blocks: opt(list(Rule), () => []),
+    // detection rules in block mode (docs/detection.md); unknown rule ids are kept, and ignored
+    detect: opt(list(struct({
+      rule: req(str(1, 64)),
+      exempt: opt(list(struct({
+        request_path: opt(nullable(Regex), null), args: opt(nullable(Regex), null),
+        path: opt(nullable(Regex), null),
+      })), () => []),
+    })), () => []),
+  }))),
   8: control(req(struct({
     uuid: req(Uuid),
     quotas: opt(list(struct({ hook: req(str(1, 256)), per_minute: req(Count) })), () => []),
@@ -218,5 +252,5 @@ const decodeToAgent = (payload) => decodeWith(TO_AGENT, payload);
 
 module.exports = {
   MAX_FRAME, PROTOCOL_VERSION, RUNTIMES, KINDS, ProtocolError, FrameReader, encode,
-  decodeFromAgent, decodeToAgent,
+  encodeMany, decodeFromAgent, decodeToAgent,
 };

@@ -108,6 +108,8 @@ class Kit {
       const wrapper = function (...args) {
         const err = probe.check(hook, argsOf, this, args, wrapper);
         if (err) return refuse(mode, err, this, args);
+        // tell the native layer's matcher this call came through JS (before libuv sees it)
+        if (probe.native !== null) probe.native.saw(hook, args);
         if (!quiet) return Reflect.apply(orig, this, args);
         probe.depth++;
         try {

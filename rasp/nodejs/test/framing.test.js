@@ -81,3 +81,13 @@ test('encode writes the length big-endian and compact UTF-8 JSON', () => {
   assert.strictEqual(f.readUInt32BE(0), f.length - 4);
   assert.strictEqual(f.subarray(4).toString('utf8'), '{"a":"é"}');
 });
+
+test('encodeMany gives the same bytes as encode frame by frame', () => {
+  const { encode, encodeMany } = require('../lib/framing');
+  const msgs = [
+    { message_type: 2, pid: 7, runtime: 'nodejs', data: { hook: 'fs.open', kind: 'file', args: ['/tmp/café ☃ 😀'] } },
+    { message_type: 1, pid: 7, runtime: 'nodejs', data: { sent: 1 } },
+  ];
+  assert.deepStrictEqual(encodeMany(msgs), Buffer.concat(msgs.map(encode)));
+  assert.strictEqual(encodeMany([]).length, 0);
+});

@@ -19,6 +19,7 @@ import threading
 import time
 
 from . import context, wire
+from .detect import DetectTable
 from .rules import Quotas, RuleTable
 
 log = logging.getLogger("rampart.probe")
@@ -124,6 +125,8 @@ class Probe:
         self.stack_by_hook: dict = {}
         self.filters = RuleTable()
         self.blocks = RuleTable()
+        #: detection rules in block mode (the block frame's `detect`), by event kind
+        self.detect = DetectTable()
         self.quotas = Quotas()
         self.config_uuid = ""
         self.failed_once: set = set()
@@ -198,22 +201,24 @@ class Probe:
         """Report one sink call; raises RampartBlocked if a block rule refuses it.
 
         Order (docs/probe-contract.md): block rules (synchronous, before the sink runs) ->
-        quota -> drop now if the agent is away or the queue is full -> filter rules -> stack
-        -> enqueue. Quotas limit what is *reported*; they never let through a call that a
-        block rule refuses. Filter rules that do not look at the stack run before it is
-        captured, so a filtered call never pays for it; the event's dict is built on the
-        shipper thread. The only audit events raised in here are frame/code reads, which no hook
-        handles, so this cannot recurse."""
+        detection rules in block mode (inside a request) -> quota -> drop now if the agent is
+        away or the queue is full -> filter rules -> stack -> enqueue. Quotas limit what is
+        *reported*; they never let through a call that a block rule refuses. Filter rules
+        that do not look at the stack run before it is captured, so a filtered call never
+        pays for it; the event's dict is built on the shipper thread. The only audit events
+        raised in here are frame/code reads, which no hook handles, so this cannot recurse."""
         if not self.enabled or hook in self.hooks_disabled or _tls.busy:
             return
         stack = None
         policy_id = None
         blocks = self.blocks
         cands = None if blocks.empty else blocks.candidates(hook)
+        normalised = False
         if cands:
             args = [
                 a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]
             ]
+            normalised = True
             if blocks.wants_stack:
                 stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
             for r in cands:
@@ -221,6 +226,26 @@ class Probe:
                     policy_id = r.policy_id
                     self.blocked += 1
                     break
+        detect = self.detect
+        if policy_id is None and kind in detect.by_kind:
+            # block mode on detections: only inside a request (input correlation needs its
+            # parameters), so events outside requests never pay for it
+            req = context.current.get()
+            if req is not None:
+                if not normalised:
+                    args = [
+                        a if a.__class__ is str and len(a) <= ARG_MAX else _s(a)
+                        for a in args[:ARGS_MAX]
+                    ]
+                    normalised = True
+                try:
+                    policy_id = detect.check(kind, hook, args, req.to_dict())
+                except Exception as e:  # a check that fails lets the call through
+                    if "detect" not in self.failed_once:
+                        self.failed_once.add("detect")
+                        log.warning("rampart: detection check failed: %r", e)
+                if policy_id is not None:
+                    self.blocked += 1
         if not self.quotas.allow(hook):
             self.drop("quota")
         elif self.away:
@@ -228,7 +253,7 @@ class Probe:
         elif len(self.queue) >= QUEUE_MAX:
             self.drop("queue_full")
         else:
-            if not cands:  # not normalised yet: a dropped call never pays for it
+            if not normalised:  # a call dropped before this point never pays for it
                 args = [
                     a if a.__class__ is str and len(a) <= ARG_MAX else _s(a)
                     for a in args[:ARGS_MAX]
@@ -314,6 +339,11 @@ class Probe:
             self.beat_now = True  # tell the agent at once which tables are in force
         if mt == wire.BLOCK:
             self.blocks = RuleTable(data["uuid"], data.get("blocks", []))
+            try:
+                self.detect = DetectTable(data.get("detect") or ())
+            except Exception as e:  # an exemption re cannot compile: no block mode
+                self.detect = DetectTable()
+                log.warning("rampart: detection rules refused: %r", e)
         elif mt == wire.FILTER:
             self.filters = RuleTable(data["uuid"], data.get("filters", []))
         elif mt == wire.QUOTA:

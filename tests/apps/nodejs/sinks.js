@@ -12,6 +12,25 @@ const vm = require('vm');
 // Captured at module load, before any attach: the JS-level hooks on the module object cannot
 // see calls through this reference; the spawn_sync binding hook does.
 const { execSync } = require('child_process');
+// Also captured at load: the JS fs hook replaces fs.readFileSync on the module object, so
+// this reference keeps the original, and only the native layer (uv_fs_open) sees its reads.
+const { readFileSync } = require('fs');
+// Below the JS layer altogether: libuv's process handle, as node's internals use it.
+const { Process } = process.binding('process_wrap');
+
+/** Run `/bin/sh -c cmd` through process_wrap (no child_process involved); resolves its code. */
+function rawSpawn(cmd) {
+  return new Promise((resolve, reject) => {
+    const p = new Process();
+    p.onexit = (code) => {
+      p.close();
+      resolve(`exit ${code}`);
+    };
+    const err = p.spawn({ file: '/bin/sh', args: ['/bin/sh', '-c', cmd], envPairs: [],
+      stdio: [{ type: 'ignore' }, { type: 'ignore' }, { type: 'ignore' }] });
+    if (err) reject(new Error(`spawn failed: ${err}`));
+  });
+}
 
 const SINKS = {
   ping: async () => 'pong',
@@ -24,6 +43,13 @@ const SINKS = {
     fs.readFile(q.path, 'utf8', (err, data) => (err ? reject(err) : resolve(data)));
   }),
   readsync: async (q) => fs.readFileSync(q.path, 'utf8'),
+  capturedread: async (q) => readFileSync(q.path, 'utf8'),
+  // a burst: many hooked calls with one argument before the event loop turns
+  readloop: async (q) => {
+    for (let i = 0; i < Number(q.n); i++) fs.readFileSync(q.path);
+    return 'done';
+  },
+  rawspawn: (q) => rawSpawn(q.cmd),
   readpromise: (q) => fs.promises.readFile(q.path, 'utf8'),
   write: async (q) => {
     fs.writeFileSync(q.path, q.data || '');

@@ -1,0 +1,183 @@
+'use strict';
+// The JS layer's end of the native layer (../native_agent.js, injected with Frida): it reads
+// the native hooks' records from a socketpair (the "channel") in this process, matches each against the calls the
+// JS hooks saw, and reports the unmatched ones as `bypass` events (docs/nodejs-probe.md).
+//
+// Why matching here is sound: a JS-originated sink call passes through our JS wrapper
+// *before* libuv is asked (the wrapper runs first, on the same thread), and the native
+// record only reaches us afterwards through the channel. So when a record arrives, the JS
+// layer has already noted that call if it saw it at all. The note is (sink kind, argument):
+// the file path, the spawned file, the connect port, the looked-up host. Per key we keep a
+// count of notes not yet consumed and the time of the last one; a record consumes one if
+// the last note is at most WINDOW_MS older than the record; with none left, it is a bypass. Notes are one per libuv call: only the JS hooks that end in exactly one such call
+// take notes (net.Socket.connect, not http.request; dns.lookup, not the c-ares resolvers),
+// and a call our policy refused takes none; a note nothing consumed expires.
+
+const net = require('net');
+const fs = require('fs');
+
+const WINDOW_MS = 10000;
+const SEEN_MAX = 4096; // keys kept (oldest go first)
+const LINE_MAX = 256 * 1024;
+const PROBE_DIR = require('path').dirname(__dirname) + '/';
+const LOOKUPS = new Set(['dns.lookup', 'dns.promises.lookup']);
+
+function pathKey(v) {
+  if (typeof v === 'string') return v;
+  if (Buffer.isBuffer(v)) return v.toString('utf8');
+  if (v && typeof v === 'object' && v.protocol === 'file:' && typeof v.pathname === 'string') {
+    try { return decodeURIComponent(v.pathname); } catch (e) { return v.pathname; }
+  }
+  return null;
+}
+
+/** The note key for one JS hook call: kind + the argument the native hook also sees;
+ * null when the call is not one that ends in one libuv call of ours. */
+function keyOf(hook, args) {
+  const a0 = args[0];
+  switch (hook.kind) {
+    case 'file': {
+      const p = pathKey(a0);
+      return p === null ? null : `file:${p}`;
+    }
+    case 'process':
+      return a0 && typeof a0 === 'object' && typeof a0.file === 'string' ? `process:${a0.file}` : null;
+    case 'dns':
+      // net resolves host names through dns.lookup (the module's property): noted there
+      return LOOKUPS.has(hook.name) && typeof a0 === 'string' ? `dns:${a0}` : null;
+    case 'network': {
+      // net.Socket.connect(options | [options, cb] | port, host): the port (the native side
+      // sees the resolved address, not the host name); IPC paths are not TCP
+      if (hook.name !== 'net.Socket.connect') return null;
+      let o = Array.isArray(a0) ? a0[0] : a0;
+      if (o && typeof o === 'object') {
+        if (o.path) return null;
+        o = o.port;
+      }
+      if (o === undefined || o === null || (typeof o !== 'number' && !/^\d+$/.test(o))) return null;
+      return `network:${Number(o)}`;
+    }
+    default:
+      return null;
+  }
+}
+
+/** The note key of one native record, or null when the record is not about the app. */
+function recordKey(r) {
+  const a = r.a || [];
+  switch (r.h) {
+    case 'uv_fs_open':
+      // node's module resolution reads package.json files natively (internalModuleReadJSON):
+      // the runtime loading code, not the app touching a file
+      if (a[0].startsWith(PROBE_DIR) || a[0].endsWith('/package.json') || a[0] === 'package.json') return null;
+      return `file:${a[0]}`;
+    case 'uv_spawn': return `process:${a[0]}`;
+    case 'uv_tcp_connect': return `network:${Number(a[1])}`;
+    case 'uv_getaddrinfo': return `dns:${a[0]}`;
+    default: return undefined; // unknown hook: always a bypass
+  }
+}
+
+class Native {
+  constructor(probe) {
+    this.probe = probe;
+    this.seen = new Map(); // key -> {n: notes not yet consumed, t: ms of the last one}
+    this.sock = null;
+    this.fd = -1;
+    this.hooks = [];
+    this.since = Date.now(); // records older than the JS layer are its own loading
+    this.buf = '';
+    this.matched = 0;
+    this.bypassed = 0;
+  }
+
+  get active() { return this.sock !== null; }
+
+  /** Take the channel end the native layer told rasp-attach about: {fd, ino, hooks}; say
+   * "ok" on it, so the native layer knows it is read (else it unhooks after 30 s). */
+  adopt(opts) {
+    if (!opts || !Number.isInteger(opts.fd) || opts.fd < 0) return 'no native layer';
+    if (this.sock !== null && this.fd === opts.fd) return 'already';
+    // fd numbers are reused: only take the fd if it is the very socket the native layer made
+    let link = '';
+    try { link = fs.readlinkSync(`/proc/self/fd/${opts.fd}`); } catch (e) { return `fd ${opts.fd}: ${e.code}`; }
+    if (link !== `socket:[${opts.ino}]`) return `fd ${opts.fd} is ${link}, not the native layer's channel`;
+    this.close();
+    const sock = new net.Socket({ fd: opts.fd, readable: true, writable: true });
+    sock.unref();
+    sock.setEncoding('utf8');
+    sock.on('data', (chunk) => this.probe.guard(() => this.feed(chunk)));
+    sock.on('error', () => {});
+    sock.on('close', () => { if (this.sock === sock) { this.sock = null; this.fd = -1; } });
+    sock.write('ok\n');
+    this.sock = sock;
+    this.fd = opts.fd;
+    this.hooks = Array.isArray(opts.hooks) ? opts.hooks.filter((h) => typeof h === 'string') : [];
+    return 'ok';
+  }
+
+  /** On the app's thread, from every JS hook wrapper the call went through: note it. */
+  saw(hook, args) {
+    const k = keyOf(hook, args);
+    if (k === null) return;
+    const seen = this.seen;
+    const note = seen.get(k);
+    if (note === undefined) {
+      seen.set(k, { n: 1, t: Date.now() });
+      if (seen.size > SEEN_MAX) seen.delete(seen.keys().next().value); // the oldest key
+    } else {
+      note.n++;
+      note.t = Date.now();
+    }
+  }
+
+  /** Consume a live note for `k`; false when there is none. */
+  consume(k, t) {
+    const note = this.seen.get(k);
+    if (note === undefined) return false;
+    if (note.t < t - WINDOW_MS) {
+      this.seen.delete(k); // stale: calls that never reached libuv
+      return false;
+    }
+    if (--note.n === 0) this.seen.delete(k);
+    return true;
+  }
+
+  feed(chunk) {
+    const buf = this.buf + chunk;
+    let start = 0;
+    let nl;
+    // one pass with an index (slicing the rest off after every line copied it: quadratic)
+    while ((nl = buf.indexOf('\n', start)) >= 0) {
+      let r;
+      try { r = JSON.parse(buf.slice(start, nl)); } catch (e) { r = null; this.probe.drop('error'); }
+      start = nl + 1;
+      if (r !== null) this.onRecord(r);
+    }
+    this.buf = start === 0 ? buf : buf.slice(start);
+    if (this.buf.length > LINE_MAX) this.buf = '';
+  }
+
+  onRecord(r) {
+    if (!r || typeof r.h !== 'string' || !Array.isArray(r.a) || !(r.t > this.since)) return;
+    const key = recordKey(r);
+    if (key === null) return;
+    if (key !== undefined && this.consume(key, r.t)) {
+      this.matched++;
+      return;
+    }
+    this.bypassed++;
+    this.probe.reportBypass({ hook: r.h, kind: r.k, args: r.a.map(String), stack: [], bypass: true }, r.t);
+  }
+
+  close() {
+    if (this.sock !== null) {
+      const s = this.sock;
+      this.sock = null;
+      this.fd = -1;
+      s.destroy(); // closes our end: the native layer sees no reader and unhooks itself
+    }
+  }
+}
+
+module.exports = { Native, keyOf, recordKey, WINDOW_MS };

@@ -1,0 +1,94 @@
+'use strict';
+// The native layer's matcher (lib/native.js), pure logic: which JS hook calls take a note,
+// which native records consume one, and what becomes a bypass event.
+const test = require('node:test');
+const assert = require('node:assert');
+const { Native, keyOf, recordKey, WINDOW_MS } = require('../lib/native');
+
+const hook = (name, kind) => ({ name, kind });
+
+function matcher() {
+  const reported = [];
+  const probe = { reportBypass: (ev) => reported.push(ev), drop: () => {}, guard: (fn) => fn() };
+  const n = new Native(probe);
+  n.since = 0;
+  return { n, reported };
+}
+
+const rec = (h, k, a, t = Date.now()) => ({ h, k, a, t });
+
+test('JS calls note the argument the native hook also sees', () => {
+  assert.strictEqual(keyOf(hook('fs.readFileSync', 'file'), ['/etc/passwd']), 'file:/etc/passwd');
+  assert.strictEqual(keyOf(hook('fs.open', 'file'), [Buffer.from('/tmp/x')]), 'file:/tmp/x');
+  assert.strictEqual(keyOf(hook('fs.readFile', 'file'), [new URL('file:///tmp/a%20b')]), 'file:/tmp/a b');
+  assert.strictEqual(keyOf(hook('fs.readFile', 'file'), [3]), null); // an fd: no open
+  assert.strictEqual(keyOf(hook('child_process.spawn', 'process'), [{ file: '/bin/sh' }]), 'process:/bin/sh');
+  assert.strictEqual(keyOf(hook('net.Socket.connect', 'network'), [[{ host: 'a', port: 80 }]]), 'network:80');
+  assert.strictEqual(keyOf(hook('net.Socket.connect', 'network'), [8080, 'localhost']), 'network:8080');
+  assert.strictEqual(keyOf(hook('net.Socket.connect', 'network'), [{ path: '/run/x.sock' }]), null);
+  // http.request ends in net.Socket.connect (or in no connect at all, keep-alive): no note
+  assert.strictEqual(keyOf(hook('http.request', 'network'), [{ port: 80 }]), null);
+  assert.strictEqual(keyOf(hook('dns.lookup', 'dns'), ['example.test']), 'dns:example.test');
+  assert.strictEqual(keyOf(hook('dns.resolve4', 'dns'), ['example.test']), null); // c-ares
+});
+
+test('native records map to the same keys; module resolution reads are not the app', () => {
+  assert.strictEqual(recordKey(rec('uv_fs_open', 'file', ['/etc/passwd', '0'])), 'file:/etc/passwd');
+  assert.strictEqual(recordKey(rec('uv_fs_open', 'file', ['/app/node_modules/x/package.json', '0'])), null);
+  assert.strictEqual(recordKey(rec('uv_spawn', 'process', ['/bin/sh', '-c', 'id'])), 'process:/bin/sh');
+  assert.strictEqual(recordKey(rec('uv_tcp_connect', 'network', ['127.0.0.1', '80'])), 'network:80');
+  assert.strictEqual(recordKey(rec('uv_getaddrinfo', 'dns', ['example.test'])), 'dns:example.test');
+});
+
+test('a native call the JS layer noted is matched once; the next one is a bypass', () => {
+  const { n, reported } = matcher();
+  n.saw(hook('fs.readFileSync', 'file'), ['/etc/passwd']);
+  n.onRecord(rec('uv_fs_open', 'file', ['/etc/passwd', '0']));
+  assert.deepStrictEqual(reported, []);
+  n.onRecord(rec('uv_fs_open', 'file', ['/etc/passwd', '0']));
+  assert.strictEqual(reported.length, 1);
+  assert.deepStrictEqual(reported[0], {
+    hook: 'uv_fs_open', kind: 'file', args: ['/etc/passwd', '0'], stack: [], bypass: true,
+  });
+  assert.strictEqual(n.matched, 1);
+  assert.strictEqual(n.bypassed, 1);
+});
+
+test('a burst of JS calls is matched call for call, however many wait', () => {
+  const { n, reported } = matcher();
+  for (let i = 0; i < 5000; i++) n.saw(hook('fs.readFileSync', 'file'), ['/etc/hostname']);
+  for (let i = 0; i < 5000; i++) n.onRecord(rec('uv_fs_open', 'file', ['/etc/hostname', '0']));
+  assert.deepStrictEqual(reported, []);
+  n.onRecord(rec('uv_fs_open', 'file', ['/etc/hostname', '0']));
+  assert.strictEqual(reported.length, 1);
+});
+
+test('a note older than the window does not hide a bypass', () => {
+  const { n, reported } = matcher();
+  n.saw(hook('child_process.spawn', 'process'), [{ file: '/bin/sh' }]);
+  n.onRecord(rec('uv_spawn', 'process', ['/bin/sh', '-c', 'id'], Date.now() + WINDOW_MS + 1000));
+  assert.strictEqual(reported.length, 1);
+});
+
+test('records from before the JS layer started are its own loading, not events', () => {
+  const { n, reported } = matcher();
+  n.since = Date.now();
+  n.onRecord(rec('uv_fs_open', 'file', ['/app/probe.js', '0'], n.since - 5));
+  assert.deepStrictEqual(reported, []);
+});
+
+test('records arrive as lines, split anywhere', () => {
+  const { n, reported } = matcher();
+  const line = JSON.stringify(rec('uv_spawn', 'process', ['/bin/sh', '-c', 'x'])) + '\n';
+  n.feed(line.slice(0, 10));
+  assert.strictEqual(reported.length, 0);
+  n.feed(line.slice(10) + line);
+  assert.strictEqual(reported.length, 2);
+});
+
+test('adopt refuses an fd that is not the channel it was told about', () => {
+  const { n } = matcher();
+  assert.match(n.adopt({ fd: 0, ino: 1, hooks: [] }), /not the native layer's channel|fd 0/);
+  assert.strictEqual(n.active, false);
+  assert.strictEqual(n.adopt({}), 'no native layer');
+});

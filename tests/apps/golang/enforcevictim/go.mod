@@ -1,0 +1,3 @@
+module rampart.test/enforcevictim
+
+go 1.21
