@@ -6,7 +6,8 @@ attach latency.
    attached live to one of them; `wrk` on loopback against `/bench` (one file read and one
    SQL query per request), runs alternated A/B/A/B in the same session; ratio = with/without.
 2. ns per hooked call: `sys.audit("os.system", ...)` in a loop, 20 frames deep, with the
-   probe minus without it. App-thread cost: events built, policy-checked and queued, with
+   probe minus without it, in CPU time of the calling thread (thread_time: robust to a
+   loaded machine), best of 7 loops. App-thread cost: events built, policy-checked and queued, with
    the shipper thread stopped so nothing else competes for the GIL; total CPU per event:
    the same with the shipper sending to a real agent (encoding and socket writes included).
    Each with stack capture off and at the default depth (32); plus the cost of an audit
@@ -15,6 +16,11 @@ attach latency.
    whole `rasp-attach` command (including its own interpreter start-up).
 
     .venv/bin/python bench/python_overhead.py [--seconds 5] [--rounds 3] [--json]
+        [--baseline REF] [--calls-only]
+
+--baseline REF also measures the ns per call of the probe as it is in git REF (`git archive`
+of rasp/python into a temp dir), in the same run, interleaved with this tree's: before/after
+figures taken side by side. --calls-only skips attach latency and throughput.
 """
 
 from __future__ import annotations
@@ -48,16 +54,17 @@ N = 5000  # per timed loop: below the probe's queue bound, so every event is que
 def deep(n, fn):
     return deep(n - 1, fn) if n else fn()
 def loop(event):
-    t = time.perf_counter_ns()
+    # CPU time of this thread: other processes on a loaded machine do not inflate it
+    t = time.thread_time_ns()
     for _ in range(N):
         sys.audit(event, "true")
-    return (time.perf_counter_ns() - t) / N
+    return (time.thread_time_ns() - t) / N
 def drained(p):
     while p is not None and p.queue:
         time.sleep(0.005)
 def best(event, p=None):
     out = []
-    for _ in range(15):
+    for _ in range(7):
         drained(p)
         out.append(deep(20, lambda: loop(event)))
     return min(out)
@@ -87,12 +94,18 @@ if sys.argv[2] != "-":
     def hot(depth):
         p.stack_depth = depth
         r = []
-        for _ in range(15):
+        for _ in range(7):
             p.queue.clear()
             r.append(deep(20, lambda: loop("os.system")))
         return min(r)
     out["hit_with_nostack"] = hot(0)
     out["hit_with_stack32"] = hot(32)
+    # the no-report path: a filter rule drops the event (stack depth 32 configured)
+    from rampart_probe.rules import RuleTable
+    p.filters = RuleTable("f", [{"policy_id": "quiet", "hook": "os.system",
+                                 "match": {"args": "^true$"}}])
+    out["hit_with_filtered"] = hot(32)
+    p.filters = RuleTable()
     p.queue.clear()
     p.kick()  # the shipper again: total CPU per event, shipping included
     while not p.connected or p.quotas.uuid == "bench":
@@ -193,6 +206,47 @@ def measured(port: int, worker: int, seconds: float) -> tuple[float, float]:
     return rps, (cpu_s(worker) - c) / n * 1e6
 
 
+def baseline_probe(ref: str, dest: Path) -> Path:
+    """rasp/python as it is in git `ref`, extracted into dest."""
+    dest.mkdir()
+    tar = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "rasp/python"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+    return dest / "rasp" / "python"
+
+
+def calls_figures(script: Path, probe_dir: Path, sock: Path) -> dict:
+    def run(target: str) -> dict:
+        res = subprocess.run(
+            [sys.executable, str(script), str(probe_dir), target],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(res.stdout)
+
+    base, calls = run("-"), run(str(sock))
+    return {
+        "ns_audit_event_without_probe": round(base["hit_without"], 1),
+        "ns_unhooked_event_added": round(calls["miss_with"] - calls["miss_without"], 1),
+        "ns_hooked_call_no_stack": round(calls["hit_with_nostack"] - calls["hit_without"], 1),
+        "ns_hooked_call_stack32": round(calls["hit_with_stack32"] - calls["hit_without"], 1),
+        "ns_filtered_call": round(calls["hit_with_filtered"] - calls["hit_without"], 1),
+        "cpu_ns_per_event_no_stack": round(calls["cpu_nostack"] - base["hit_without"]),
+        "cpu_ns_per_event_stack32": round(calls["cpu_stack32"] - base["hit_without"]),
+        "calls_dropped_by": calls["dropped_by"],
+    }
+
+
+def finish(out: dict, a: argparse.Namespace) -> None:
+    if a.json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:34} {v}")
+
+
 def start_agent(d: Path) -> tuple[subprocess.Popen, Path]:
     sock = d / "probe.sock"
     agent = subprocess.Popen(
@@ -200,7 +254,7 @@ def start_agent(d: Path) -> tuple[subprocess.Popen, Path]:
         stdout=subprocess.DEVNULL,
         stderr=open(d / "agent.log", "wb"),  # noqa: SIM115 - lives as long as the agent
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a loaded machine starts it slowly
     while time.monotonic() < deadline:
         try:
             control(sock, "ping", timeout=1)
@@ -225,6 +279,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--baseline", metavar="REF", help="also measure the probe of git REF")
+    ap.add_argument("--calls-only", action="store_true", help="only the ns-per-call figures")
+    ap.add_argument(
+        "--call-rounds", type=int, default=3, help="ns-per-call runs, min kept (0: none)"
+    )
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: run `make setup`")
@@ -235,31 +294,22 @@ def main() -> None:
         agent, sock = start_agent(d)
         procs.append(agent)
 
-        # --- ns per hooked call
+        # --- ns per hooked call (this tree's probe, and the baseline's, interleaved)
         script = d / "calls.py"
         script.write_text(CALLS_SCRIPT)
-        base = json.loads(
-            subprocess.run(
-                [sys.executable, str(script), str(PROBE_DIR), "-"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        res = subprocess.run(
-            [sys.executable, str(script), str(PROBE_DIR), str(sock)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        calls = json.loads(res.stdout)
-        out["ns_audit_event_without_probe"] = round(base["hit_without"], 1)
-        out["ns_unhooked_event_added"] = round(calls["miss_with"] - calls["miss_without"], 1)
-        out["ns_hooked_call_no_stack"] = round(calls["hit_with_nostack"] - calls["hit_without"], 1)
-        out["ns_hooked_call_stack32"] = round(calls["hit_with_stack32"] - calls["hit_without"], 1)
-        out["cpu_ns_per_event_no_stack"] = round(calls["cpu_nostack"] - base["hit_without"])
-        out["cpu_ns_per_event_stack32"] = round(calls["cpu_stack32"] - base["hit_without"])
-        out["calls_dropped_by"] = calls["dropped_by"]
+        dirs = {"": PROBE_DIR}
+        if a.baseline:
+            dirs["before_"] = baseline_probe(a.baseline, d / "baseline")
+        runs: dict = {k: [] for k in dirs}
+        for _ in range(a.call_rounds):
+            for prefix, probe_dir in dirs.items():
+                runs[prefix].append(calls_figures(script, probe_dir, sock))
+        for prefix, figs in runs.items():
+            for k in figs[0] if figs else ():
+                vals = [f[k] for f in figs]
+                out[prefix + k] = min(vals) if isinstance(vals[0], (int, float)) else vals[-1]
+        if a.calls_only:
+            return finish(out, a)
 
         # --- attach latency (probe already imported by nobody: a fresh app each time)
         lat_api, lat_cli = [], []
@@ -319,11 +369,7 @@ def main() -> None:
         for p in procs:
             stop(p)
         shutil.rmtree(d, ignore_errors=True)
-    if a.json:
-        print(json.dumps(out))
-        return
-    for k, v in out.items():
-        print(f"{k:32} {v}")
+    finish(out, a)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def free_port() -> int:
     return port
 
 
-def start_gunicorn(spawn, *extra: str):
-    """Flask under gunicorn, one worker; returns (master, port)."""
+def start_gunicorn(
+    spawn, *extra: str, app: str = "tests.apps.python.flask_app:app", env: dict | None = None
+):
+    """A WSGI app (Flask unless told) under gunicorn, one worker; returns (master, port)."""
     port = free_port()
     argv = [
         str(VENV_BIN / "gunicorn"),
@@ -68,9 +70,9 @@ def start_gunicorn(spawn, *extra: str):
         "--chdir",
         str(REPO),
         *extra,
-        "tests.apps.python.flask_app:app",
+        app,
     ]
-    master = spawn(argv)
+    master = spawn(argv, env=env) if env is not None else spawn(argv)
     wait_for(lambda: get(port, "/health", timeout=1)[0] == 200, 30, "gunicorn up")
     return master, port
 

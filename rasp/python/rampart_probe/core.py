@@ -201,32 +201,43 @@ class Probe:
         """Report one sink call; raises RampartBlocked if a block rule refuses it.
 
         Order (docs/probe-contract.md): block rules (synchronous, before the sink runs) ->
-        quota -> drop now if the agent is away or the queue is full (before paying for the
-        stack) -> stack -> filter rules -> enqueue. Quotas limit what is *reported*; they
-        never let through a call that a block rule refuses. The only audit event raised in
-        here is sys._getframe's, which no hook handles, so this cannot recurse."""
+        detection rules in block mode (inside a request) -> quota -> drop now if the agent is
+        away or the queue is full -> filter rules -> stack -> enqueue. Quotas limit what is
+        *reported*; they never let through a call that a block rule refuses. Filter rules
+        that do not look at the stack run before it is captured, so a filtered call never
+        pays for it; the event's dict is built on the shipper thread. The only audit events
+        raised in here are frame/code reads, which no hook handles, so this cannot recurse."""
         if not self.enabled or hook in self.hooks_disabled or _tls.busy:
             return
-        args = [a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]]
         stack = None
         policy_id = None
         blocks = self.blocks
-        if not blocks.empty:
-            cands = blocks.candidates(hook)
-            if cands:
-                if blocks.wants_stack:
-                    stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
-                for r in cands:
-                    if r.matches(hook, kind, args, stack or []):
-                        policy_id = r.policy_id
-                        self.blocked += 1
-                        break
+        cands = None if blocks.empty else blocks.candidates(hook)
+        normalised = False
+        if cands:
+            args = [
+                a if a.__class__ is str and len(a) <= ARG_MAX else _s(a) for a in args[:ARGS_MAX]
+            ]
+            normalised = True
+            if blocks.wants_stack:
+                stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
+            for r in cands:
+                if r.matches(hook, kind, args, stack or []):
+                    policy_id = r.policy_id
+                    self.blocked += 1
+                    break
         detect = self.detect
         if policy_id is None and kind in detect.by_kind:
             # block mode on detections: only inside a request (input correlation needs its
             # parameters), so events outside requests never pay for it
             req = context.current.get()
             if req is not None:
+                if not normalised:
+                    args = [
+                        a if a.__class__ is str and len(a) <= ARG_MAX else _s(a)
+                        for a in args[:ARGS_MAX]
+                    ]
+                    normalised = True
                 try:
                     policy_id = detect.check(kind, hook, args, req.to_dict())
                 except Exception as e:  # a check that fails lets the call through
@@ -242,22 +253,28 @@ class Probe:
         elif len(self.queue) >= QUEUE_MAX:
             self.drop("queue_full")
         else:
-            if stack is None:
+            if not normalised:  # a call dropped before this point never pays for it
+                args = [
+                    a if a.__class__ is str and len(a) <= ARG_MAX else _s(a)
+                    for a in args[:ARGS_MAX]
+                ]
+            filters = self.filters
+            if not filters.empty and filters.wants_stack and stack is None:
                 stack = capture_stack(self.stack_by_hook.get(hook, self.stack_depth), 2)
-            if not self.filters.empty and self.filters.first_match(hook, kind, args, stack):
+            if not filters.empty and filters.first_match(hook, kind, args, stack or ()):
                 self.drop("filter")
             else:
-                data = {"hook": hook, "kind": kind, "args": args}
-                if policy_id is not None:
-                    data["blocked"] = True
-                    data["policy_id"] = policy_id
+                if stack is None:
+                    by_hook = self.stack_by_hook
+                    depth = by_hook.get(hook, self.stack_depth) if by_hook else self.stack_depth
+                    stack = capture_stack(depth, 2) if depth > 0 else []
                 req = context.current.get()
                 if req is not None:
                     try:
-                        data["request"] = req.to_dict()
+                        req = req.to_dict()
                     except Exception:
-                        pass
-                self.queue.append((int(time.time() * 1000), data, stack))
+                        req = None
+                self.queue.append((time.time(), hook, kind, args, policy_id, req, stack))
         if policy_id is not None:
             raise RampartBlocked(hook, policy_id)
 
@@ -461,8 +478,7 @@ class Probe:
             parts = []
             prefix = self.trace_prefix()
             while q and len(parts) < BATCH_MAX:
-                ms, data, stack = q.popleft()
-                parts.append(wire.encode_trace(prefix, ms, data, stack))
+                parts.append(wire.encode_trace(prefix, *_event(q.popleft())))
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
             sent_any = True
@@ -488,6 +504,18 @@ class Probe:
         t = self.thread
         if t is not None and t.is_alive() and self.pid == os.getpid():
             t.join(1.0)
+
+
+def _event(entry: tuple) -> tuple:
+    """A queued call (Probe.emit) -> (ms, event data, stack) for wire.encode_trace."""
+    t, hook, kind, args, policy_id, req, stack = entry
+    data = {"hook": hook, "kind": kind, "args": args}
+    if policy_id is not None:
+        data["blocked"] = True
+        data["policy_id"] = policy_id
+    if req is not None:
+        data["request"] = req
+    return int(t * 1000), data, stack
 
 
 def _nspid() -> int:

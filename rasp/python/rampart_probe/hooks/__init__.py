@@ -9,5 +9,6 @@ from __future__ import annotations
 MODULES = (
     "rampart_probe.hooks.audit",  # PEP 578 audit events: process, file, network, dns, code, ...
     "rampart_probe.hooks.dbapi",  # sqlite3 (and DB-API drivers) execute/executemany -> sql
+    "rampart_probe.hooks.sqldrivers",  # psycopg2, psycopg 3, pymysql, MySQLdb -> sql
     "rampart_probe.hooks.web",  # request context: WSGI, Flask, http.server
 )

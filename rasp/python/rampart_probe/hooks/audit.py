@@ -170,8 +170,8 @@ def _hook(event, args):
     if spec is None:
         return
     probe = _probe
-    if probe is None or not probe.enabled or core._tls.busy:
-        return
+    if probe is None or not probe.enabled or event in probe.hooks_disabled or core._tls.busy:
+        return  # before extracting anything: a muted hook costs a set lookup
     kind, extract, importing = spec
     try:
         if importing and _from_importlib():

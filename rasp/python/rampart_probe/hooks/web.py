@@ -2,6 +2,8 @@
 
 - Flask: `flask.Flask.__call__` (type-level, so it holds for apps created before the attach
   and for middleware that replaced `app.wsgi_app`); gunicorn workers call it per request.
+- Django: `django.core.handlers.wsgi.WSGIHandler.__call__` (type-level, like Flask), under
+  gunicorn, uwsgi-style servers or runserver.
 - any WSGI app served by wsgiref: `wsgiref.handlers.BaseHandler.run`.
 - `http.server` handlers: `BaseHTTPRequestHandler.handle_one_request` (query only: the body
   belongs to the app's own reader).
@@ -63,6 +65,16 @@ def _patch_flask(flask) -> None:
         return call_wsgi(original.__get__(self), environ, start_response)
 
     patching.replace(Flask, "__call__", __call__)
+
+
+def _patch_django(wsgi) -> None:
+    Handler = wsgi.WSGIHandler
+    original = Handler.__call__
+
+    def __call__(self, environ, start_response):
+        return call_wsgi(original.__get__(self), environ, start_response)
+
+    patching.replace(Handler, "__call__", __call__)
 
 
 def _patch_wsgiref(handlers) -> None:
@@ -149,6 +161,7 @@ def install(probe) -> list:
     global _probe
     _probe = probe
     patching.when_imported("flask", _patch_flask)
+    patching.when_imported("django.core.handlers.wsgi", _patch_django)
     patching.when_imported("wsgiref.handlers", _patch_wsgiref)
     patching.when_imported("http.server", _patch_http_server)
     for name in UVICORN_CYCLES:
