@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from host_agent.fifo import FifoError, open_pair
 from host_agent.server import ControlFailure, PeerConnection
 from injector.process import ProcessError
 from rasp.protocol.schema import AgentExit, Block, Config, Filter, QuotaFrame
@@ -46,6 +47,7 @@ class Control:
             "push": self.push,
             "attach.expect": self.attach_expect,
             "attach.wait": self.attach_wait,
+            "attach.fifo": self.attach_fifo,
         }
 
     async def dispatch(self, command: str, args: dict[str, Any], conn: PeerConnection) -> Any:
@@ -63,6 +65,7 @@ class Control:
             "pid": os.getpid(),
             "version": __version__,
             "socket": str(self.agent.settings.socket),
+            "jvm_transport": self.agent.settings.jvm_transport,  # rasp-attach's JVM route
         }
 
     async def ps(self, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,6 +118,15 @@ class Control:
             raise ControlFailure(str(e)) from None
         rec = self.agent.registry.probes.get(pid)
         return {"connected": rec is not None and rec.conn is not None}
+
+    async def attach_fifo(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The FIFO pair a JDK 8-15 probe talks over (host_agent/fifo.py): its directory."""
+        pid = _pid(args)
+        assert pid is not None
+        try:
+            return {"dir": str(open_pair(self.agent, pid))}
+        except FifoError as e:
+            raise ControlFailure(str(e)) from None
 
     async def attach_wait(self, args: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(args)

@@ -23,6 +23,7 @@ from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
+from host_agent.fifo import clear_stale
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -35,6 +36,7 @@ from host_agent.yamlfile import ConfigError
 
 if TYPE_CHECKING:
     from host_agent.autoattach import AutoAttacher
+    from host_agent.fifo import FifoPair
 
 log = logging.getLogger("rampart.agent")
 
@@ -60,6 +62,7 @@ class Agent:
         self.attachments: Attachments
         self._server: asyncio.AbstractServer | None = None
         self.autoattach: AutoAttacher | None = None
+        self.fifos: dict[int, FifoPair] = {}  # JDK 8-15 probes: host_agent/fifo.py
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ start / stop
@@ -92,6 +95,7 @@ class Agent:
                 r.close()
             self.attachments.close()
             raise
+        clear_stale(s.socket)
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
         if s.auto_attach:
@@ -125,6 +129,8 @@ class Agent:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        for pair in list(self.fifos.values()):
+            pair.close()
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()

@@ -22,7 +22,8 @@ import java.util.concurrent.atomic.AtomicLong;
  *
  * <p>Agent arguments: {@code key=value} pairs separated by {@code ;}, values percent-encoded
  * ({@code %3B} for ;): {@code socket} (agent socket path, default /run/rampart/probe.sock, or
- * RAMPART_SOCKET), {@code action} ({@code attach}, the default, or {@code detach}).
+ * RAMPART_SOCKET), {@code action} ({@code attach}, the default, or {@code detach}), {@code fifo}
+ * (the directory of the FIFO pair the agent made for this pid: the route on JDK 8-15).
  */
 public final class Probe {
     public static final String VERSION = "0.1.0";
@@ -45,11 +46,11 @@ public final class Probe {
     private final AtomicInteger hellos = new AtomicInteger();
     private volatile String lastRefusal;
 
-    private Probe(Instrumentation inst, String mode, String socket) {
+    private Probe(Instrumentation inst, String mode, String socket, String fifo) {
         this.inst = inst;
         this.mode = mode;
         this.pid = ownPid();
-        this.transport = new Transport(this, socket);
+        this.transport = new Transport(this, socket, fifo);
     }
 
     /** Entry point from {@link Agent}: mode is "attached" (agentmain) or "sdk" (premain). */
@@ -65,15 +66,18 @@ public final class Probe {
             current.transport.helloAgain = true; // docs/probe-contract.md: a second start says hello again
             return "already running";
         }
-        if (!Transport.supported()) {
+        String fifo = opts.get("fifo");
+        if (fifo != null && fifo.isEmpty()) fifo = null;
+        if (fifo == null && !Transport.supported()) {
             throw new IllegalStateException("Java " + System.getProperty("java.version")
-                    + " has no Unix-domain SocketChannel (needs JDK 16+): the probe cannot reach the agent");
+                    + " has no Unix-domain SocketChannel (JDK 16+) and no FIFO pair was given"
+                    + " (fifo=DIR): the probe cannot reach the agent; attach with rasp-attach");
         }
         String socket = opts.get("socket");
         if (socket == null || socket.isEmpty()) socket = System.getenv("RAMPART_SOCKET");
         if (socket == null || socket.isEmpty()) socket = DEFAULT_SOCKET;
         long t0 = System.nanoTime();
-        Probe p = new Probe(inst, mode, socket);
+        Probe p = new Probe(inst, mode, socket, fifo);
         long retransformNs = p.start();
         current = p;
         Log.info("probe " + VERSION + " started (" + mode + ") in "
