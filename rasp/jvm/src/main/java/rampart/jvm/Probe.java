@@ -252,9 +252,50 @@ public final class Probe {
         return sb.toString();
     }
 
-    /** The Java stack, innermost first, without the probe's own frames. */
+    /**
+     * The Java stack, innermost first, without the probe's own frames. Only the backtrace is
+     * taken here, on the app's thread ({@code new Throwable()}: the VM records methods and
+     * bytecode indexes); turning it into text ({@code getStackTrace()}: StackTraceElement
+     * objects, names, line numbers — most of an event's cost) waits until someone reads the
+     * list: the sender thread as it encodes the event, or a policy rule that matches on the
+     * stack.
+     */
     static List<String> stack(int depth) {
-        StackTraceElement[] st = new Throwable().getStackTrace();
+        return new LazyStack(new Throwable(), depth);
+    }
+
+    static final class LazyStack extends java.util.AbstractList<String> {
+        private Throwable trace;
+        private final int depth;
+        private List<String> frames;
+
+        LazyStack(Throwable trace, int depth) {
+            this.trace = trace;
+            this.depth = depth;
+        }
+
+        // one thread at a time: the app's thread hands the event to the sender through the
+        // queue (a happens-before edge), and does not touch it after
+        private List<String> frames() {
+            if (frames == null) {
+                frames = format(trace.getStackTrace(), depth);
+                trace = null;
+            }
+            return frames;
+        }
+
+        @Override
+        public String get(int i) {
+            return frames().get(i);
+        }
+
+        @Override
+        public int size() {
+            return frames().size();
+        }
+    }
+
+    static List<String> format(StackTraceElement[] st, int depth) {
         List<String> out = new ArrayList<String>(Math.min(depth, st.length));
         for (StackTraceElement e : st) {
             if (out.size() >= depth) break;
