@@ -23,7 +23,7 @@ from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
-from host_agent.fifo import clear_stale
+from host_agent.fifo import clear_stale, fifo_root
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -131,6 +131,8 @@ class Agent:
                 conn.transport.close()
         for pair in list(self.fifos.values()):
             pair.close()
+        with contextlib.suppress(OSError):  # only when empty: never another agent's pairs
+            os.rmdir(fifo_root(self.settings.socket))
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()
