@@ -91,7 +91,7 @@ def get(port: int, path: str) -> str:
         return r.read().decode()
 
 
-def attach_timed(agent: AgentProc, pid: int, timeout: float = 10.0) -> dict[str, float]:
+def attach_timed(agent: AgentProc, pid: int, jar: Path, timeout: float = 10.0) -> dict[str, float]:
     """The attacher's steps one by one, timed (same code path as rasp-attach)."""
     control(agent.socket, "attach.expect", {"pid": pid, "runtime": "jvm"})
     ids = _ids(pid)
@@ -99,7 +99,7 @@ def attach_timed(agent: AgentProc, pid: int, timeout: float = 10.0) -> dict[str,
     sock = start_listener(pid, ids.nspid, timeout)
     t1 = time.perf_counter()
     options = f"action=attach;socket={agent.socket}"
-    _check_reply(pid, _request(sock, ["load", "instrument", "false", f"{AGENT_JAR}={options}"], 10))
+    _check_reply(pid, _request(sock, ["load", "instrument", "false", f"{jar}={options}"], 10))
     t2 = time.perf_counter()
     control(agent.socket, "attach.wait", {"pid": pid, "timeout": timeout}, timeout=timeout + 5)
     t3 = time.perf_counter()
@@ -117,11 +117,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--jar", type=Path, default=AGENT_JAR, help="agent jar (e.g. an older build to compare)"
+    )
     args = ap.parse_args()
+    jar = args.jar.resolve()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: run `make setup`")
-    if not AGENT_JAR.is_file():
-        raise SystemExit(f"{AGENT_JAR} missing: run `make setup`")
+    if not jar.is_file():
+        raise SystemExit(f"{jar} missing: run `make setup`")
 
     work = Path(tempfile.mkdtemp(prefix="rampart-bench-jvm-"))
     classes = work / "classes"
@@ -131,6 +135,9 @@ def main() -> None:
     data = work / "data.txt"
     data.write_text("hello\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    # the probe is measured, not the eBPF driver: on a busy machine the driver's stream of
+    # every process's events slows the agent's answers (attach.wait) and takes CPU from both
+    env["RAMPART_DRIVER"] = "off"
     agent = AgentProc(
         dir=work,
         socket=work / "probe.sock",
@@ -147,7 +154,7 @@ def main() -> None:
         probed, probed_port = start_jvm(classes, work / "probed.err")
         jvms += [plain, probed]
         time.sleep(1.0)  # let both finish start-up work before the first attach
-        first = attach_timed(agent, probed.pid)
+        first = attach_timed(agent, probed.pid, jar)
         # the probe logs its own start-up time and the retransform part of it
         m = re.search(
             r"started \(attached\) in (\d+) ms, retransform (\d+) ms",
@@ -159,7 +166,7 @@ def main() -> None:
         ids = _ids(probed.pid)
         t0 = time.perf_counter()
         sock = start_listener(probed.pid, ids.nspid, 10)
-        _request(sock, ["load", "instrument", "false", f"{AGENT_JAR}=action=attach"], 10)
+        _request(sock, ["load", "instrument", "false", f"{jar}=action=attach"], 10)
         second_load_ms = (time.perf_counter() - t0) * 1e3
 
         read = f"/read?path={data}"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from host_agent.enforce import EnforceError
+from host_agent.fifo import FifoError, open_pair
 from host_agent.server import ControlFailure, PeerConnection
 from injector.process import ProcessError
 from rasp.protocol.schema import AgentExit, Block, Config, Filter, QuotaFrame
@@ -50,6 +51,7 @@ class Control:
             "enforce.status": self.enforce_status,
             "enforce.protect": self.enforce_protect,
             "enforce.unprotect": self.enforce_unprotect,
+            "attach.fifo": self.attach_fifo,
         }
 
     async def dispatch(self, command: str, args: dict[str, Any], conn: PeerConnection) -> Any:
@@ -67,6 +69,7 @@ class Control:
             "pid": os.getpid(),
             "version": __version__,
             "socket": str(self.agent.settings.socket),
+            "jvm_transport": self.agent.settings.jvm_transport,  # rasp-attach's JVM route
         }
 
     async def ps(self, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -148,6 +151,15 @@ class Control:
             raise ControlFailure(str(e)) from None
         rec = self.agent.registry.probes.get(pid)
         return {"connected": rec is not None and rec.conn is not None}
+
+    async def attach_fifo(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The FIFO pair a JDK 8-15 probe talks over (host_agent/fifo.py): its directory."""
+        pid = _pid(args)
+        assert pid is not None
+        try:
+            return {"dir": str(open_pair(self.agent, pid))}
+        except FifoError as e:
+            raise ControlFailure(str(e)) from None
 
     async def attach_wait(self, args: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(args)

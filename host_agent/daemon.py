@@ -24,6 +24,7 @@ from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
 from host_agent.enforce import EnforceError, KernelEnforcer, compile_policy
+from host_agent.fifo import clear_stale, fifo_root
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -37,6 +38,7 @@ from injector.process import ProcessError, read_process
 
 if TYPE_CHECKING:
     from host_agent.autoattach import AutoAttacher
+    from host_agent.fifo import FifoPair
 
 log = logging.getLogger("rampart.agent")
 
@@ -63,6 +65,7 @@ class Agent:
         self.enforcer: KernelEnforcer
         self._server: asyncio.AbstractServer | None = None
         self.autoattach: AutoAttacher | None = None
+        self.fifos: dict[int, FifoPair] = {}  # JDK 8-15 probes: host_agent/fifo.py
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ start / stop
@@ -107,6 +110,7 @@ class Agent:
             self.enforcer.stop()
             self.enforcer.reason = f"policy tables not written: {e}"
         self.registry.listeners.append(self.enforcer.on_probe)
+        clear_stale(s.socket)
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
         if s.auto_attach:
@@ -141,6 +145,10 @@ class Agent:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        for pair in list(self.fifos.values()):
+            pair.close()
+        with contextlib.suppress(OSError):  # only when empty: never another agent's pairs
+            os.rmdir(fifo_root(self.settings.socket))
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()

@@ -133,6 +133,11 @@ class Settings(BaseModel):
         description="attach helper command (default: this installation's rasp-attach); "
         "it gets --pid, --socket, --timeout and --json",
     )
+    jvm_transport: Literal["auto", "fifo"] = Field(
+        "auto",
+        description="how attached JVMs reach the agent: auto = the Unix socket on JDK 16+, a "
+        "FIFO pair bound to the pid on JDK 8-15; fifo = the FIFO pair on every JDK",
+    )
     driver: Literal["auto", "on", "off"] = Field(
         "auto",
         description="eBPF driver: auto = on when root with BTF, else /proc (one log line says "

@@ -45,6 +45,7 @@ from urllib.parse import quote
 from injector.attach import EXIT_DENIED, EXIT_FAIL, EXIT_UNSUPPORTED, AttachError
 from injector.detect import Detection
 from injector.process import PROC
+from rasp.protocol.client import control
 
 #: The agent jar `make setup` builds (scripts/build.d/30-jvm-agent.sh).
 # published by scripts/build.d/30-jvm-agent.sh (copy + rename: never rewritten under a JVM)
@@ -62,25 +63,59 @@ class JvmAttacher:
         self.jar = jar
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        self.load(target, f"action=attach;socket={_quote(str(socket))}", timeout)
+        options = f"action=attach;socket={_quote(str(socket))}"
+        # JDK 8-15 have no Unix-domain sockets: the agent makes a FIFO pair bound to this pid
+        # (host_agent/fifo.py); `jvm_transport: fifo` takes that route on every JDK
+        forced = control(socket, "ping", timeout=timeout).get("jvm_transport") == "fifo"
+        if forced or self.spec_version(target, timeout) < 16:
+            fifo = control(socket, "attach.fifo", {"pid": target.pid}, timeout=timeout)["dir"]
+            options += f";fifo={_quote(fifo)}"
+        self.load(target, options, timeout)
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         self.load(target, "action=detach", timeout)
 
+    def spec_version(self, target: Detection, timeout: float) -> int:
+        """The JVM's `java.specification.version` as a major number (1.8 -> 8), asked of
+        its attach listener (`properties`), so no guess from paths."""
+        reply = self._request(target, ["properties"], timeout).decode("utf-8", "replace")
+        for line in reply.splitlines():
+            if line.startswith("java.specification.version="):
+                value = line.split("=", 1)[1].strip().removeprefix("1.")
+                major = value.split(".")[0]
+                if major.isdigit():
+                    return int(major)
+        raise AttachError(EXIT_FAIL, f"pid {target.pid}: the JVM did not tell its version")
+
     def load(self, target: Detection, options: str, timeout: float) -> str:
         """Loads the agent jar into the JVM with `options`; returns the JVM's reply text."""
-        pid = target.pid
         jar = self.jar.resolve()
         if not jar.is_file():
             raise AttachError(EXIT_FAIL, f"JVM agent jar {jar} is missing: run `make setup`")
-        ids = _ids(pid)
         data = jar.read_bytes()  # with our own ids: the JVM's user may not read it
+        reply = self._request(
+            target, ["load", "instrument", "false"], timeout, (jar, data, options)
+        )
+        return _check_reply(target.pid, reply)
+
+    def _request(
+        self,
+        target: Detection,
+        command: list[str],
+        timeout: float,
+        agent: tuple[Path, bytes, str] | None = None,
+    ) -> bytes:
+        """Starts the listener if needed and sends one command; `agent` (jar, its bytes,
+        options) appends `<jar as the JVM sees it>=<options>` to a `load`."""
+        pid = target.pid
+        ids = _ids(pid)
         with _as_user(ids.uid, ids.gid):
-            seen_as = jar_in_target(pid, jar, data)
+            if agent is not None:
+                jar, data, options = agent
+                command = [*command, f"{jar_in_target(pid, jar, data)}={options}"]
             sock_path = start_listener(pid, ids.nspid, timeout)
-            command = ["load", "instrument", "false", f"{seen_as}={options}"]
             try:
-                reply = _request(sock_path, command, timeout)
+                return _request(sock_path, command, timeout)
             except ConnectionRefusedError:
                 # A socket file nobody listens on: left by a JVM that died with the same
                 # pid. HotSpot recreates its socket when a trigger comes and the file is
@@ -88,8 +123,7 @@ class JvmAttacher:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock_path)
                 sock_path = start_listener(pid, ids.nspid, timeout)
-                reply = _request(sock_path, command, timeout)
-        return _check_reply(pid, reply)
+                return _request(sock_path, command, timeout)
 
 
 ATTACHER = JvmAttacher()

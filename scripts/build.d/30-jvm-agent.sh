@@ -18,6 +18,4 @@ fi
 # The first build downloads ASM and the Maven plugins into ~/.m2 (Maven Central).
 (cd rasp/jvm && mvn -q -B -Dstyle.color=never package -DskipTests)
 test -f "$built" && test -f rasp/jvm/target/test-apps-lib/tomcat-embed-core.jar
-mkdir -p build/jvm
-cp "$built" "build/jvm/.rampart-jvm-agent.jar.$$"
-mv -f "build/jvm/.rampart-jvm-agent.jar.$$" "$published"
+bash scripts/publish-file.sh "$built" "$published"  # copy + rename (see above)

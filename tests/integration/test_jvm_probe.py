@@ -132,6 +132,7 @@ def jvm_agent() -> Iterator[AgentProc]:
         d.chmod(0o755)
         (d / "policy.yaml").write_text(POLICY)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+        env["RAMPART_DRIVER"] = "off"
         a = AgentProc(
             dir=d,
             socket=d / "probe.sock",

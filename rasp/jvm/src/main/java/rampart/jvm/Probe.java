@@ -22,7 +22,8 @@ import java.util.concurrent.atomic.AtomicLong;
  *
  * <p>Agent arguments: {@code key=value} pairs separated by {@code ;}, values percent-encoded
  * ({@code %3B} for ;): {@code socket} (agent socket path, default /run/rampart/probe.sock, or
- * RAMPART_SOCKET), {@code action} ({@code attach}, the default, or {@code detach}).
+ * RAMPART_SOCKET), {@code action} ({@code attach}, the default, or {@code detach}), {@code fifo}
+ * (the directory of the FIFO pair the agent made for this pid: the route on JDK 8-15).
  */
 public final class Probe {
     public static final String VERSION = "0.1.0";
@@ -45,11 +46,11 @@ public final class Probe {
     private final AtomicInteger hellos = new AtomicInteger();
     private volatile String lastRefusal;
 
-    private Probe(Instrumentation inst, String mode, String socket) {
+    private Probe(Instrumentation inst, String mode, String socket, String fifo) {
         this.inst = inst;
         this.mode = mode;
         this.pid = ownPid();
-        this.transport = new Transport(this, socket);
+        this.transport = new Transport(this, socket, fifo);
     }
 
     /** Entry point from {@link Agent}: mode is "attached" (agentmain) or "sdk" (premain). */
@@ -65,15 +66,18 @@ public final class Probe {
             current.transport.helloAgain = true; // docs/probe-contract.md: a second start says hello again
             return "already running";
         }
-        if (!Transport.supported()) {
+        String fifo = opts.get("fifo");
+        if (fifo != null && fifo.isEmpty()) fifo = null;
+        if (fifo == null && !Transport.supported()) {
             throw new IllegalStateException("Java " + System.getProperty("java.version")
-                    + " has no Unix-domain SocketChannel (needs JDK 16+): the probe cannot reach the agent");
+                    + " has no Unix-domain SocketChannel (JDK 16+) and no FIFO pair was given"
+                    + " (fifo=DIR): the probe cannot reach the agent; attach with rasp-attach");
         }
         String socket = opts.get("socket");
         if (socket == null || socket.isEmpty()) socket = System.getenv("RAMPART_SOCKET");
         if (socket == null || socket.isEmpty()) socket = DEFAULT_SOCKET;
         long t0 = System.nanoTime();
-        Probe p = new Probe(inst, mode, socket);
+        Probe p = new Probe(inst, mode, socket, fifo);
         long retransformNs = p.start();
         current = p;
         Log.info("probe " + VERSION + " started (" + mode + ") in "
@@ -277,9 +281,50 @@ public final class Probe {
         return sb.toString();
     }
 
-    /** The Java stack, innermost first, without the probe's own frames. */
+    /**
+     * The Java stack, innermost first, without the probe's own frames. Only the backtrace is
+     * taken here, on the app's thread ({@code new Throwable()}: the VM records methods and
+     * bytecode indexes); turning it into text ({@code getStackTrace()}: StackTraceElement
+     * objects, names, line numbers — most of an event's cost) waits until someone reads the
+     * list: the sender thread as it encodes the event, or a policy rule that matches on the
+     * stack.
+     */
     static List<String> stack(int depth) {
-        StackTraceElement[] st = new Throwable().getStackTrace();
+        return new LazyStack(new Throwable(), depth);
+    }
+
+    static final class LazyStack extends java.util.AbstractList<String> {
+        private Throwable trace;
+        private final int depth;
+        private List<String> frames;
+
+        LazyStack(Throwable trace, int depth) {
+            this.trace = trace;
+            this.depth = depth;
+        }
+
+        // one thread at a time: the app's thread hands the event to the sender through the
+        // queue (a happens-before edge), and does not touch it after
+        private List<String> frames() {
+            if (frames == null) {
+                frames = format(trace.getStackTrace(), depth);
+                trace = null;
+            }
+            return frames;
+        }
+
+        @Override
+        public String get(int i) {
+            return frames().get(i);
+        }
+
+        @Override
+        public int size() {
+            return frames().size();
+        }
+    }
+
+    static List<String> format(StackTraceElement[] st, int depth) {
         List<String> out = new ArrayList<String>(Math.min(depth, st.length));
         for (StackTraceElement e : st) {
             if (out.size() >= depth) break;

@@ -19,8 +19,9 @@ import java.util.concurrent.TimeUnit;
  * waiting), one daemon thread that connects, says hello, writes batches and heartbeats, and
  * one daemon reader thread per connection that applies the tables the agent pushes.
  *
- * <p>Unix-domain SocketChannel exists from JDK 16 on; it is reached by reflection because the
- * probe is compiled for Java 8. On older JDKs the probe does not start (documented limit).
+ * <p>Two routes, same frames and semantics: the agent's Unix socket (Unix-domain
+ * SocketChannel, JDK 16+, reached by reflection because the probe is compiled for Java 8),
+ * or the FIFO pair the agent made for this pid (JDK 8-15, or forced: {@link FifoLink}).
  */
 final class Transport {
     static final int QUEUE = 4096;
@@ -30,19 +31,22 @@ final class Transport {
 
     private final Probe probe;
     private final String socketPath;
+    /** the agent's FIFO pair directory for this pid, or null for the Unix socket */
+    private final String fifoDir;
     final ArrayBlockingQueue<Map<String, Object>> queue = new ArrayBlockingQueue<Map<String, Object>>(QUEUE);
     private final Thread sender;
     private volatile boolean running = true;
-    private volatile SocketChannel channel;
+    private volatile Link channel;
     /** set by the reader when the connection broke; the sender reconnects */
     private volatile boolean broken;
     /** a second attach asks for a fresh hello with already_running: true */
     volatile boolean helloAgain;
     volatile boolean connected;
 
-    Transport(Probe probe, String socketPath) {
+    Transport(Probe probe, String socketPath, String fifoDir) {
         this.probe = probe;
         this.socketPath = socketPath;
+        this.fifoDir = fifoDir;
         sender = new Thread(new Runnable() {
             @Override
             public void run() {
@@ -96,12 +100,13 @@ final class Transport {
                         nextConnect = immediate ? 0 : now + nextDelay();
                         immediate = false;
                     }
-                    if (now < nextConnect) {
+                    if (now < nextConnect && !helloAgain) { // a second attach cuts the wait short
                         dropQueued();
                         Thread.sleep(Math.min(100, nextConnect - now));
                         continue;
                     }
                     try {
+                        helloAgain = false; // this connection's hello says already_running
                         connect();
                         nextHeartbeat = System.currentTimeMillis() + HEARTBEAT_MS;
                     } catch (IOException e) {
@@ -181,13 +186,27 @@ final class Transport {
     }
 
     private void writeFully(ByteBuffer buf) throws IOException {
-        SocketChannel ch = channel;
+        Link ch = channel;
         if (ch == null) throw new IOException("not connected");
-        while (buf.hasRemaining()) ch.write(buf);
+        ch.write(buf);
     }
 
+    /** the reader of the previous connection (FIFO route: waited for before reconnecting) */
+    private Thread lastReader;
+
     private void connect() throws IOException {
-        SocketChannel ch = openUnix(socketPath);
+        if (fifoDir != null && lastReader != null) {
+            // A FIFO session ends when the agent sees our writer go: it then closes its end of
+            // `down` (our old reader sees end-of-file and exits) and makes fresh FIFOs. Opening
+            // the paths before that would reach the old inodes, so wait for the old reader.
+            try {
+                lastReader.join(FifoLink.OPEN_TIMEOUT_MS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted");
+            }
+        }
+        final Link ch = fifoDir != null ? FifoLink.open(fifoDir) : new SocketLink(openUnix(socketPath));
         channel = ch;
         broken = false;
         write(Protocol.encode(probe.hello(probe.helloCount() > 0)));
@@ -201,6 +220,7 @@ final class Transport {
         }, "rampart-reader");
         reader.setDaemon(true);
         reader.start();
+        lastReader = reader;
     }
 
     static SocketChannel openUnix(String path) throws IOException {
@@ -228,22 +248,8 @@ final class Transport {
         }
     }
 
-    private void read(final SocketChannel ch) {
-        InputStream in = new InputStream() {
-            private final ByteBuffer one = ByteBuffer.allocate(1);
-
-            @Override
-            public int read() throws IOException {
-                one.clear();
-                int n = ch.read(one);
-                return n <= 0 ? -1 : one.get(0) & 0xff;
-            }
-
-            @Override
-            public int read(byte[] b, int off, int len) throws IOException {
-                return ch.read(ByteBuffer.wrap(b, off, len));
-            }
-        };
+    private void read(final Link ch) {
+        InputStream in = ch.input();
         try {
             while (running && channel == ch) {
                 byte[] body = Protocol.readFrame(in, Protocol.MAX_FRAME);
@@ -270,15 +276,9 @@ final class Transport {
 
     private void closeChannel() {
         connected = false;
-        SocketChannel ch = channel;
+        Link ch = channel;
         channel = null;
-        if (ch != null) {
-            try {
-                ch.close();
-            } catch (IOException ignored) {
-                // closing a broken socket
-            }
-        }
+        if (ch != null) ch.close();
     }
 
     /** Stops the sender; sends {@code exit} first if connected (best effort, bounded). */
@@ -290,7 +290,7 @@ final class Transport {
         } catch (InterruptedException ignored) {
             Thread.currentThread().interrupt();
         }
-        SocketChannel ch = channel;
+        Link ch = channel;
         if (ch != null && connected) {
             try {
                 // the sender has stopped: this thread is the only writer now
@@ -300,5 +300,56 @@ final class Transport {
             }
         }
         closeChannel();
+    }
+
+    /** One connection to the agent: a byte stream each way. */
+    interface Link {
+        /** writes all of buf, blocking this (the sender) thread only */
+        void write(ByteBuffer buf) throws IOException;
+
+        InputStream input();
+
+        void close();
+    }
+
+    static final class SocketLink implements Link {
+        private final SocketChannel ch;
+
+        SocketLink(SocketChannel ch) {
+            this.ch = ch;
+        }
+
+        @Override
+        public void write(ByteBuffer buf) throws IOException {
+            while (buf.hasRemaining()) ch.write(buf);
+        }
+
+        @Override
+        public InputStream input() {
+            return new InputStream() {
+                private final ByteBuffer one = ByteBuffer.allocate(1);
+
+                @Override
+                public int read() throws IOException {
+                    one.clear();
+                    int n = ch.read(one);
+                    return n <= 0 ? -1 : one.get(0) & 0xff;
+                }
+
+                @Override
+                public int read(byte[] b, int off, int len) throws IOException {
+                    return ch.read(ByteBuffer.wrap(b, off, len));
+                }
+            };
+        }
+
+        @Override
+        public void close() {
+            try {
+                ch.close();
+            } catch (IOException ignored) {
+                // closing a broken socket
+            }
+        }
     }
 }
