@@ -170,6 +170,14 @@ class FifoPeer(PeerConnection):
             return
         super()._hello(msg)
 
+    def _second_hello(self, msg: Any) -> None:
+        # A probe that closes `up` and opens it again before the agent has read the
+        # end-of-file (a second attach makes the JVM probe reconnect at once) keeps the same
+        # FIFO inode, so both hellos arrive on one stream. The writer can only be the bound
+        # pid (checked again in _hello), so this is a re-hello, not a protocol error: refusing
+        # it would end the session and lose the frames already written behind it.
+        self._hello(msg)
+
 
 class FifoPair:
     """The FIFO channel bound to one pid; serves one session at a time."""

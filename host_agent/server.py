@@ -279,7 +279,7 @@ class PeerConnection(asyncio.Protocol):
                 self.probe.state = "exited"
                 self.probe.reason = msg.data.reason or "probe exited"
             elif cls is Hello:
-                self.refuse("protocol", "hello sent twice on one connection")
+                self._second_hello(msg)
             return
         if self.role == "control":
             if msg.__class__ is not ControlRequest:
@@ -299,6 +299,9 @@ class PeerConnection(asyncio.Protocol):
             self._control(msg)
         else:
             self.refuse("protocol", "the first frame must be a hello")
+
+    def _second_hello(self, msg: Hello) -> None:
+        self.refuse("protocol", "hello sent twice on one connection")
 
     def _hello(self, msg: Hello) -> None:
         agent = self.agent
