@@ -46,6 +46,8 @@ class Control:
             "push": self.push,
             "attach.expect": self.attach_expect,
             "attach.wait": self.attach_wait,
+            "golang.attach": self.golang_attach,
+            "golang.detach": self.golang_detach,
         }
 
     async def dispatch(self, command: str, args: dict[str, Any], conn: PeerConnection) -> Any:
@@ -125,3 +127,14 @@ class Control:
         except TimeoutError:
             raise ControlFailure(f"no hello from pid {pid} within {timeout:g} s") from None
         return rec.row()
+
+    async def golang_attach(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Uprobes on a Go process (host_agent/goprobes.py); the agent owns them."""
+        pid = _pid(args)
+        assert pid is not None
+        return self.agent.goprobes.attach(pid)
+
+    async def golang_detach(self, args: dict[str, Any]) -> dict[str, Any]:
+        pid = _pid(args)
+        assert pid is not None
+        return self.agent.goprobes.detach(pid)

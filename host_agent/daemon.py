@@ -23,6 +23,7 @@ from driver.loader import DriverError
 from host_agent import __version__
 from host_agent.attachments import Attachments
 from host_agent.control import Control
+from host_agent.goprobes import GoProbes
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -48,6 +49,7 @@ class Agent:
         self.rules = rules or RuleSet()
         self.registry = Registry()
         self.control = Control(self)
+        self.goprobes = GoProbes(self)
         self.connections: set[PeerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats: Counter[str] = Counter()
@@ -128,6 +130,7 @@ class Agent:
         self._watch.cancel()
         for t in list(self.tasks):
             t.cancel()
+        self.goprobes.stop()  # removes every Go uprobe; its last events join the flush
         self.driver.stop()  # detaches every program; its last events join the final flush
         self.pipeline.flush()
         for r in self.runners:
@@ -230,6 +233,7 @@ class Agent:
             **dict(self.stats),
             **self.pipeline.stats(),
             "driver": self.driver.stats(),
+            "golang": self.goprobes.stats(),
         }
 
 
