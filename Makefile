@@ -34,6 +34,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/php_overhead.py
 	$(PY) bench/driver.py
 	$(PY) bench/node_overhead.py
+	$(PY) bench/go_overhead.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -132,7 +132,7 @@ class Control:
         """Uprobes on a Go process (host_agent/goprobes.py); the agent owns them."""
         pid = _pid(args)
         assert pid is not None
-        return self.agent.goprobes.attach(pid)
+        return await self.agent.goprobes.attach(pid)
 
     async def golang_detach(self, args: dict[str, Any]) -> dict[str, Any]:
         pid = _pid(args)

@@ -82,30 +82,21 @@ class GoProbes:
 
     # ------------------------------------------------------------------ attach / detach
 
-    def attach(self, pid: int) -> dict[str, Any]:
-        """Attach the hooks to Go process `pid`; a second call is a no-op saying so."""
+    async def attach(self, pid: int) -> dict[str, Any]:
+        """Attach the hooks to Go process `pid`; a second call is a no-op saying so. Reading
+        the binary (symbols, DWARF: about a second for a 10 MB binary) runs on a worker
+        thread, so the agent keeps serving its probes meanwhile."""
         if pid in self.targets:
             return {**self._row(self.targets[pid]), "already": True}
         try:
             start = start_time(pid)
         except ProcessError as e:
             raise ControlFailure(str(e)) from None
-        try:
-            binary = symbols.inspect(symbols.process_binary(pid), ALL_SYMBOLS)
-        except symbols.SymbolError as e:
-            raise ControlFailure(f"pid {pid}: {e}") from None
-        minor = (symbols.parse_version(binary.version) or (1, 26))[1]
-        offsets = field_offsets.resolve(binary.path, minor, binary.has_dwarf)
-        by_hook: dict[int, int] = {}
-        missing: list[str] = []
-        for i, hook in enumerate(HOOKS):
-            off = next((binary.offsets[s] for s in hook.symbols if s in binary.offsets), None)
-            if off is None:
-                missing.append(hook.name)
-            else:
-                by_hook[i] = off
-        if not by_hook:
-            raise ControlFailure(f"pid {pid}: none of the hooked Go functions is in {binary.path}")
+        binary, offsets, by_hook, missing = await asyncio.to_thread(_resolve, pid)
+        if pid in self.targets:  # attached by a concurrent request meanwhile
+            return {**self._row(self.targets[pid]), "already": True}
+        if start_time_or_none(pid) != start:
+            raise ControlFailure(f"pid {pid}: the process exited while its binary was read")
         self._ensure_loaded()
         assert self.uprobes is not None
         try:
@@ -280,6 +271,37 @@ class GoProbes:
             "kernel_drops": up.kernel_drops() if up else 0,
             "queue_drops": up.queue_drops if up else 0,
         }
+
+
+def _resolve(
+    pid: int,
+) -> tuple[symbols.GoBinary, field_offsets.FieldOffsets, dict[int, int], list[str]]:
+    """The binary of `pid`, its struct offsets, hook index -> entry offset, and the hooks
+    whose functions it does not contain (ControlFailure when it cannot be probed at all)."""
+    try:
+        binary = symbols.inspect(symbols.process_binary(pid), ALL_SYMBOLS)
+    except symbols.SymbolError as e:
+        raise ControlFailure(f"pid {pid}: {e}") from None
+    minor = (symbols.parse_version(binary.version) or (1, 26))[1]
+    offsets = field_offsets.resolve(binary.path, minor, binary.has_dwarf)
+    by_hook: dict[int, int] = {}
+    missing: list[str] = []
+    for i, hook in enumerate(HOOKS):
+        off = next((binary.offsets[s] for s in hook.symbols if s in binary.offsets), None)
+        if off is None:
+            missing.append(hook.name)
+        else:
+            by_hook[i] = off
+    if not by_hook:
+        raise ControlFailure(f"pid {pid}: none of the hooked Go functions is in {binary.path}")
+    return binary, offsets, by_hook, missing
+
+
+def start_time_or_none(pid: int) -> int | None:
+    try:
+        return start_time(pid)
+    except ProcessError:
+        return None
 
 
 def _uid(pid: int) -> int:

@@ -64,6 +64,8 @@ def from_dwarf(elf: ELFFile) -> dict[str, int]:
     members: dict[tuple[str, str], int] = {}
     dwarf = elf.get_dwarf_info()
     for cu in dwarf.iter_CUs():
+        if len(members) >= len(FIELDS) and all(tf in members for tf in FIELDS.values()):
+            break
         top = cu.get_top_DIE()
         name = top.attributes.get("DW_AT_name")
         # Go emits one compile unit per package, named by its import path

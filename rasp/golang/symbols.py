@@ -57,7 +57,8 @@ class GoBinary:
     stripped: bool  # no .symtab: entries came from .gopclntab
     pclntab: str  # pclntab layout ("1.20", ...)
     has_dwarf: bool
-    #: function name -> file offset of its entry, for the names asked for
+    #: function name -> file offset to probe (its entry, or past Go's stack-check prologue:
+    #: probe_skip), for the names asked for
     offsets: dict[str, int] = field(default_factory=dict)
 
 
@@ -223,10 +224,40 @@ def inspect(path: str | Path, functions: Iterable[str]) -> GoBinary:
             sec = elf.get_section_by_name(".gopclntab")
             magic = struct.unpack("<I", sec.data()[:4])[0]
             layout = PCLN_MAGIC.get(magic, "?")
+        for name, off in list(offsets.items()):
+            f.seek(off)
+            offsets[name] = off + probe_skip(f.read(16))
         has_dwarf = elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None
         if not has_dwarf:
             has_dwarf = elf.get_section_by_name(".zdebug_info") is not None
         return GoBinary(path, version, module, stripped, layout, has_dwarf, offsets)
+
+
+#: Go's stack-check prologue, which leaves every argument register (and r14) untouched:
+#: `cmp rsp, [r14+0x10]`, or `lea r12, [rsp-N]; cmp r12, [r14+0x10]` (disp8 / disp32)
+_PROLOGUES = (
+    re.compile(rb"\x49\x3b\x66\x10", re.S),
+    re.compile(rb"\x4c\x8d\x64\x24.\x4d\x3b\x66\x10", re.S),
+    re.compile(rb"\x4c\x8d\xa4\x24....\x4d\x3b\x66\x10", re.S),
+)
+
+
+def probe_skip(code: bytes) -> int:
+    """Bytes to skip from a Go function's entry to put the uprobe on its `jbe morestack`.
+
+    The kernel emulates a conditional jump in place, but executes `cmp`/`lea` out of line
+    with a second trap (single-step): probing the jump halves the cost of a hit. Nothing the
+    probe reads has changed by then (the prologue only sets flags and r12), and when the
+    stack must grow, morestack re-enters the function from its entry, so the jump runs (and
+    fires) twice, as the entry itself would. 0 when the code is not this prologue."""
+    for pattern in _PROLOGUES:
+        m = pattern.match(code)
+        if m is None:
+            continue
+        after = code[m.end() : m.end() + 2]
+        if after[:1] == b"\x76" or after == b"\x0f\x86":  # jbe rel8 / rel32
+            return m.end()
+    return 0
 
 
 def process_binary(pid: int) -> str:

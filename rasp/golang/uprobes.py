@@ -33,7 +33,9 @@ log = logging.getLogger("rampart.golang")
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OBJECT = REPO / "build" / "bpf" / "golang.bpf.o"
-POLL_MS = 100
+#: the BPF side wakes the reader only when 64 KiB wait (gorasp.h go_submit): this bounds
+#: the delay of a lone event
+POLL_MS = 50
 QUEUE_LIMIT = 100_000
 RECORD_SIZE = ctypes.sizeof(go_event)
 

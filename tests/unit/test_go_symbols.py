@@ -49,10 +49,10 @@ def test_every_hook_resolves_in_every_build(builds: dict[str, Path]) -> None:
     # -s -w drops symbols and DWARF only: the code, hence every entry offset, is the same; the
     # stripped build's offsets come from .gopclntab alone
     assert found["stripped"].offsets == found["static"].offsets
-    with open(builds["static"], "rb") as f:
-        magic = f.read()  # the file's bytes at an entry are the function's first instruction
-    sub_rsp_or_stack_check = magic[found["static"].offsets["os.OpenFile"]]
-    assert sub_rsp_or_stack_check in (0x49, 0x48, 0x4C, 0x55)  # REX prefix / push rbp
+    # every probe point is the `jbe morestack` after Go's stack check (symbols.probe_skip)
+    code = builds["static"].read_bytes()
+    for off in found["static"].offsets.values():
+        assert code[off] == 0x76 or code[off : off + 2] == b"\x0f\x86", hex(off)
 
 
 def test_pclntab_matches_symtab_for_every_function(builds: dict[str, Path]) -> None:
@@ -109,6 +109,15 @@ def test_older_pclntab_layouts(layout: str) -> None:
     table = symbols.parse_pclntab(_fake_pclntab(layout, funcs, 0x401000))
     assert table.layout == layout
     assert table.entries == dict(funcs)
+
+
+def test_probe_skip() -> None:
+    jbe8, jbe32 = b"\x76\x61", b"\x0f\x86\xb7\x03\x00\x00"
+    assert symbols.probe_skip(b"\x49\x3b\x66\x10" + jbe8) == 4
+    assert symbols.probe_skip(b"\x4c\x8d\x64\x24\xd0\x4d\x3b\x66\x10" + jbe32) == 9
+    assert symbols.probe_skip(b"\x4c\x8d\xa4\x24\x58\xff\xff\xff\x4d\x3b\x66\x10" + jbe32) == 12
+    assert symbols.probe_skip(b"\x49\x3b\x66\x10\x90\x90") == 0  # no jbe: stay at entry
+    assert symbols.probe_skip(b"\x55\x48\x89\xe5") == 0  # assembly without stack check
 
 
 def test_pre_116_and_unknown_pclntab_refused() -> None:

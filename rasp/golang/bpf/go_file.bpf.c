@@ -11,9 +11,10 @@ SEC("uprobe")
 int go_open_file(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!go_proc_of(tgid))
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);
@@ -26,9 +27,10 @@ SEC("uprobe")
 int go_path1(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!go_proc_of(tgid))
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);
@@ -40,9 +42,10 @@ SEC("uprobe")
 int go_path2(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!go_proc_of(tgid))
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);

@@ -19,30 +19,11 @@ SEC("uprobe")
 int go_serve_http(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct go_proc *p = go_proc_of(tgid);
-	if (!p)
+	if (!go_proc_of(tgid))
 		return 0;
-	__u64 req = ctx->di;
-	__u64 url = 0;
-	bpf_probe_read_user(&url, sizeof(url), (void *)(req + p->req_url));
-	struct go_event *e = go_reserve(ctx, tgid);
-	if (!e)
-		return 0;
-	__u64 id = bpf_ktime_get_ns();
 	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
-	bpf_map_update_elem(&go_requests, &key, &id, BPF_ANY);
-	e->req_id = id;
-	go_str_at(e, 0, req + p->req_method);
-	if (url) {
-		go_str_at(e, 1, url + p->url_path);
-		go_str_at(e, 2, url + p->url_query);
-	} else {
-		go_str(e, 1, 0, 0);
-		go_str(e, 2, 0, 0);
-	}
-	go_str_at(e, 3, req + p->req_remote);
-	go_str_at(e, 4, req + p->req_host);
-	go_submit(e);
+	struct go_req r = {.id = bpf_ktime_get_ns(), .req = ctx->di, .sent = 0};
+	bpf_map_update_elem(&go_requests, &key, &r, BPF_ANY);
 	return 0;
 }
 

@@ -11,9 +11,10 @@ SEC("uprobe")
 int go_sql(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!go_proc_of(tgid))
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->di, ctx->si);

@@ -56,6 +56,18 @@ struct go_gkey {
 	__u64 g;
 };
 
+/* The request a goroutine is serving. Its record is written only when a sink fires in it
+ * (`sent`), read then from the *http.Request, which lives until the handler returns: a
+ * request that reaches no sink costs two map operations and no record. */
+struct go_req {
+	__u64 id;
+	__u64 req; /* *net/http.Request */
+	__u32 sent;
+	__u32 _pad;
+};
+
+#define GO_REQUEST_HOOK 0 /* rasp/golang/hooks.py REQUEST_HOOK: records of the request itself */
+
 #ifdef GO_DEFINE_MAPS
 #define GO_MAP
 #else
@@ -78,7 +90,7 @@ struct go_requests_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct go_gkey);
-	__type(value, __u64);
+	__type(value, struct go_req);
 };
 struct go_drops_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -105,27 +117,6 @@ static __always_inline void go_count_drop(void)
 		(*n)++;
 }
 
-/* Reserve a record for the current goroutine, header filled, request id looked up. */
-static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, __u32 tgid)
-{
-	struct go_event *e = bpf_ringbuf_reserve(&go_events, sizeof(*e), 0);
-	if (!e) {
-		go_count_drop();
-		return 0;
-	}
-	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
-	__u64 *req = bpf_map_lookup_elem(&go_requests, &key);
-	e->tgid = tgid;
-	e->tid = (__u32)bpf_get_current_pid_tgid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->g = ctx->r14;
-	e->req_id = req ? *req : 0;
-	e->hook = (__u32)bpf_get_attach_cookie(ctx);
-	e->nstr = 0;
-	e->num = 0;
-	return e;
-}
-
 /* Copy the Go string (ptr, len) into slot i (a constant at every call site). */
 static __always_inline void go_str(struct go_event *e, __u32 i, __u64 ptr, __u64 len)
 {
@@ -148,9 +139,80 @@ static __always_inline void go_str_at(struct go_event *e, __u32 i, __u64 addr)
 	go_str(e, i, hdr[0], hdr[1]);
 }
 
+/* Wake the agent's reader only when GO_WAKEUP_BYTES wait: a wakeup per record (the default,
+ * adaptive mode wakes whenever the reader has caught up) costs the hooked thread an irq_work
+ * and the reader a context switch each time; measured by bench/go_overhead.py it tripled the
+ * per-hit cost. The reader polls every 50 ms anyway (rasp/golang/uprobes.py POLL_MS). */
+#define GO_WAKEUP_BYTES (64 << 10)
+
 static __always_inline void go_submit(struct go_event *e)
 {
-	bpf_ringbuf_submit(e, 0);
+	__u64 waiting = bpf_ringbuf_query(&go_events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, waiting >= GO_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline struct go_event *go_alloc(struct pt_regs *ctx, __u32 tgid)
+{
+	struct go_event *e = bpf_ringbuf_reserve(&go_events, sizeof(*e), 0);
+	if (!e) {
+		go_count_drop();
+		return 0;
+	}
+	e->tgid = tgid;
+	e->tid = (__u32)bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->g = ctx->r14;
+	e->req_id = 0;
+	e->hook = (__u32)bpf_get_attach_cookie(ctx);
+	e->nstr = 0;
+	e->num = 0;
+	return e;
+}
+
+/* The request's record: method, URL path, raw query, remote address, Host. */
+static __always_inline void go_emit_request(struct pt_regs *ctx, struct go_proc *p, __u32 tgid,
+					    struct go_req *r)
+{
+	struct go_event *e = go_alloc(ctx, tgid);
+	if (!e)
+		return;
+	e->hook = GO_REQUEST_HOOK;
+	e->req_id = r->id;
+	__u64 req = r->req;
+	__u64 url = 0;
+	bpf_probe_read_user(&url, sizeof(url), (void *)(req + p->req_url));
+	go_str_at(e, 0, req + p->req_method);
+	if (url) {
+		go_str_at(e, 1, url + p->url_path);
+		go_str_at(e, 2, url + p->url_query);
+	} else {
+		go_str(e, 1, 0, 0);
+		go_str(e, 2, 0, 0);
+	}
+	go_str_at(e, 3, req + p->req_remote);
+	go_str_at(e, 4, req + p->req_host);
+	go_submit(e);
+}
+
+/* Reserve a sink record for the current goroutine, header filled; the request it serves (if
+ * any) is written first, once. */
+static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct go_proc *p,
+						   __u32 tgid)
+{
+	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
+	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
+	__u64 id = 0;
+	if (r) {
+		id = r->id;
+		if (!r->sent) {
+			r->sent = 1;
+			go_emit_request(ctx, p, tgid, r);
+		}
+	}
+	struct go_event *e = go_alloc(ctx, tgid);
+	if (e)
+		e->req_id = id;
+	return e;
 }
 
 #endif

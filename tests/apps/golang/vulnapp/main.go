@@ -11,6 +11,8 @@
 //	/lookup?host=      net.LookupHost(host)                          net.(*Resolver).LookupHost
 //	/sql?name=         db.Query("SELECT ... '" + name + "'")        database/sql.(*DB).QueryContext
 //	/sqlexec?name=     db.Exec, and Conn/Tx variants with ?via=conn|tx
+//	/spin?n=           n x os.Remove of a missing file; replies the ns it took (the
+//	                   benchmark's per-hit cost: bench/go_overhead.py)
 //
 // Prints "listening <port>" once it serves (port 0 picks a free one: -addr 127.0.0.1:0).
 package main
@@ -25,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"time"
 
 	_ "rampart/tests/vulnapp/fakedb"
@@ -119,6 +122,14 @@ func main() {
 			_, err = db.Exec(q)
 		}
 		reply(w, err, "executed")
+	})
+	mux.HandleFunc("/spin", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			os.Remove("/nonexistent/rampart-spin")
+		}
+		fmt.Fprint(w, time.Since(start).Nanoseconds())
 	})
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

@@ -59,4 +59,3 @@ func (r *rows) Next(dest []driver.Value) error {
 	dest[0] = r.value
 	return nil
 }
-
