@@ -49,7 +49,20 @@ def _all(strs: list[str], num: int) -> list[str]:
 
 
 def _dial(strs: list[str], num: int) -> list[str]:
-    """[address, network]: the address first, as the SSRF detector reads args[0]."""
+    """[host, port, network] of DialContext's (network, "host:port"), as the driver's connect
+    events: the host first (the SSRF detector reads args[0]) and the port apart, so a request
+    parameter that only chose the port is not taken for the one that chose the target."""
+    if len(strs) < 2:
+        return list(strs)
+    network, address = strs[0], strs[1]
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return [address, "", network]
+    return [host.removeprefix("[").removesuffix("]"), port, network]
+
+
+def _lookup(strs: list[str], num: int) -> list[str]:
+    """[host, network] of lookupIPAddr's (network, host)."""
     return [strs[1], strs[0]] if len(strs) > 1 else list(strs)
 
 
@@ -82,7 +95,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("net.(*Dialer).DialContext", ("net.(*Dialer).DialContext",), "go_dial", "network",
          _dial),
     Hook("net.(*Resolver).lookupIPAddr", ("net.(*Resolver).lookupIPAddr",), "go_dial", "dns",
-         _dial),
+         _lookup),
     Hook("net.(*Resolver).LookupHost", ("net.(*Resolver).LookupHost",), "go_lookup_host", "dns",
          _first),
     *_SQL,

@@ -30,14 +30,14 @@ import pytest
 import yaml
 
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
-from tests.conftest import REPO, Spawner
+from tests.conftest import REPO, GoBuild, Spawner
 from tests.integration.test_jvm_probe import H2_JAR, jvm_classes, remove_listener_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CORPUS = REPO / "tests" / "data" / "matrix" / "attacks.yaml"
 APPS = REPO / "tests" / "apps"
-RUNTIMES = ("python", "jvm", "nodejs", "php")
+RUNTIMES = ("python", "jvm", "nodejs", "php", "golang")
 MATRIX = yaml.safe_load(CORPUS.read_text())["classes"]
 
 __all__ = ["jvm_classes"]  # a session fixture, imported to be used here
@@ -104,7 +104,9 @@ def _ready_line(p: subprocess.Popen[bytes]) -> int:
     return int(line[1])
 
 
-def _start(rt: str, spawn: Spawner, cwd: Path, classes: Path) -> tuple[subprocess.Popen, int]:
+def _start(
+    rt: str, spawn: Spawner, cwd: Path, classes: Path, go_app: Path
+) -> tuple[subprocess.Popen, int]:
     if rt == "python":
         argv = [sys.executable, str(APPS / "python" / "http_server_app.py")]
         p = spawn(argv, stdout=subprocess.PIPE, cwd=cwd)
@@ -117,6 +119,10 @@ def _start(rt: str, spawn: Spawner, cwd: Path, classes: Path) -> tuple[subproces
         argv = ["node", "--inspect-port=0", str(APPS / "nodejs" / "http_app.js")]
         p = spawn(argv, stdout=subprocess.PIPE, cwd=cwd)
         return p, _ready_line(p)
+    if rt == "golang":  # tests/apps/golang/vulnapp: prints "listening <port>"
+        p = spawn([str(go_app)], stdout=subprocess.PIPE, cwd=cwd)
+        assert p.stdout is not None
+        return p, int(p.stdout.readline().split()[1])
     port = _closed_port()
     p = spawn(["php", "-S", f"127.0.0.1:{port}", str(APPS / "php" / "app.php")], cwd=cwd)
     _wait_port(port, p)
@@ -150,7 +156,9 @@ def _agent(d: Path, **env_extra: str) -> AgentProc:
 
 
 @contextlib.contextmanager
-def _running_apps(spawn: Spawner, classes: Path, env: dict[str, str]) -> Iterator[tuple]:
+def _running_apps(
+    spawn: Spawner, classes: Path, env: dict[str, str], go_app: Path
+) -> Iterator[tuple]:
     """(agent, runtime -> {"pid", "port", "proc"}): an agent, and one app per runtime started
     in a scratch directory (holding report.txt) and attached to it, all in parallel."""
     with tempfile.TemporaryDirectory(prefix="rampart-matrix-") as td:
@@ -161,7 +169,7 @@ def _running_apps(spawn: Spawner, classes: Path, env: dict[str, str]) -> Iterato
         (cwd / "report.txt").write_text("quarterly report\n")
 
         def attached(rt: str) -> dict:
-            p, port = _start(rt, spawn, cwd, classes)
+            p, port = _start(rt, spawn, cwd, classes, go_app)
             _attach(agent, p.pid)
             return {"pid": p.pid, "port": port, "proc": p}
 
@@ -181,16 +189,17 @@ def _running_apps(spawn: Spawner, classes: Path, env: dict[str, str]) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def observe(spawn_module: Spawner, jvm_classes: Path) -> Iterator[tuple]:
+def observe(spawn_module: Spawner, jvm_classes: Path, go_build: GoBuild) -> Iterator[tuple]:
     """Detectors on (the default): mode "observe"."""
-    with _running_apps(spawn_module, jvm_classes, {}) as running:
+    with _running_apps(spawn_module, jvm_classes, {}, go_build("vulnapp")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def off(spawn_module: Spawner, jvm_classes: Path) -> Iterator[tuple]:
+def off(spawn_module: Spawner, jvm_classes: Path, go_build: GoBuild) -> Iterator[tuple]:
     """Detectors switched off on a second agent with its own apps: mode "off"."""
-    with _running_apps(spawn_module, jvm_classes, {"RAMPART_DETECTORS": "false"}) as running:
+    detectors_off = {"RAMPART_DETECTORS": "false"}
+    with _running_apps(spawn_module, jvm_classes, detectors_off, go_build("vulnapp")) as running:
         yield running
 
 

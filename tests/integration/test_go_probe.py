@@ -113,11 +113,14 @@ def test_attach_events_request_context_detach(
     assert sq["args"] == ["SELECT id FROM users WHERE name = 'alice' OR '1'='1'"]
     assert sq["request"]["params"] == {"name": ["alice' OR '1'='1"]}
     assert any(d["rule"] == "sqli.input" for d in sq.get("detections", []))
+    res = agent.cli("events", "--store", str(agent.store), "--json", "--runtime", "golang")
+    listed = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
+    assert any(e["hook"] == "database/sql.(*DB).QueryContext" for e in listed), res.stdout[-500:]
     (tx,) = golang_events(agent, "database/sql.(*Tx).ExecContext")
     assert tx["args"] == ["UPDATE users SET seen = 1 WHERE name = 'bob'"]
 
     (dial,) = golang_events(agent, "net.(*Dialer).DialContext")
-    assert dial["kind"] == "network" and dial["args"] == [f"127.0.0.1:{port}", "tcp"]
+    assert dial["kind"] == "network" and dial["args"] == ["127.0.0.1", str(port), "tcp"]
     assert dial["request"]["params"]["port"] == [str(port)]
 
     (ren,) = golang_events(agent, "os.Rename")
