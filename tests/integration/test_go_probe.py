@@ -4,21 +4,24 @@ read back from the agent's store with their args and request context."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from injector.attach import EXIT_FAIL, EXIT_NO_AGENT, EXIT_PROCESS, EXIT_UNSUPPORTED
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
-from tests.conftest import GoBuild
+from tests.conftest import REPO, GoBuild
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="uprobes need root")
 
@@ -197,3 +200,63 @@ def test_bad_input(go_build: GoBuild, spawn: Any, agent: AgentProc, tmp_path: Pa
     res = rasp_attach("--pid", str(op.pid), "--socket", str(tmp_path / "none.sock"))
     assert res.returncode == EXIT_NO_AGENT
     assert agent.alive()
+
+
+def test_no_bpf_clear_errors(tmp_path: Path) -> None:
+    """Without the BPF object, and without privileges: one line each, before anything loads."""
+    from rasp.golang.uprobes import GoProbeError, GoUprobes
+
+    with pytest.raises(GoProbeError, match=r"BPF object .*missing\.o not found: build it"):
+        GoUprobes(object_path=tmp_path / "missing.o").load()
+    code = (
+        "from rasp.golang.uprobes import GoUprobes, GoProbeError\n"
+        "try:\n    GoUprobes().load()\nexcept GoProbeError as e:\n    print(e)\n"
+    )
+    res = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert res.stdout.strip() == (
+        "eBPF unavailable: needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    ), res.stderr
+
+
+def test_listeners_and_detach_of_unknown_pid(go_build: GoBuild, spawn: Any, tmp_path: Path):
+    """GoProbes.on_attached / on_detached (where kernel-side enforcement joins) are called with
+    the pid; a listener that raises does not break attach. The process and the uprobes are
+    real; the agent around GoProbes is reduced to the three attributes it uses."""
+    from host_agent.goprobes import GoProbes
+    from host_agent.registry import Registry
+    from host_agent.server import ControlFailure
+
+    proc, base = start_app(spawn, go_build("vulnapp"), tmp_path)
+    submitted: list[Any] = []
+    agent = SimpleNamespace(
+        registry=Registry(),
+        pipeline=SimpleNamespace(submit=lambda rec, trace: submitted.append(trace)),
+        driver=None,
+    )
+    probes = GoProbes(agent)  # type: ignore[arg-type]
+    calls: list[tuple[str, int]] = []
+
+    def broken(pid: int) -> None:
+        raise RuntimeError("listener bug")
+
+    probes.on_attached += [broken, lambda pid: calls.append(("attached", pid))]
+    probes.on_detached.append(lambda pid: calls.append(("detached", pid)))
+
+    async def run() -> None:
+        row = await probes.attach(proc.pid)
+        assert row["already"] is False and agent.registry.probes[proc.pid].runtime == "golang"
+        assert (await probes.attach(proc.pid))["already"] is True
+        await asyncio.to_thread(get, base, "/sql", name="listener")
+        probes.detach(proc.pid)  # drains what was recorded before removing the uprobes
+        with pytest.raises(ControlFailure, match="no Go probe attached"):
+            probes.detach(proc.pid)
+        probes.stop()
+
+    asyncio.run(run())
+    assert calls == [("attached", proc.pid), ("detached", proc.pid)]
+    assert [t.data.hook for t in submitted] == ["database/sql.(*DB).QueryContext"]
+    assert submitted[0].data.request.params == {"name": ["listener"]}
