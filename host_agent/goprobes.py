@@ -137,13 +137,14 @@ class GoProbes:
         return {**self._row(target), "already": False}
 
     def detach(self, pid: int, reason: str = "detached") -> dict[str, Any]:
-        target = self.targets.pop(pid, None)
+        target = self.targets.get(pid)
         if target is None:
             raise ControlFailure(f"pid {pid}: no Go probe attached")
         if self.uprobes is not None:
             self.uprobes.flush()
             self._drain()  # events recorded before the detach are not lost
             self.uprobes.detach(pid)
+        del self.targets[pid]
         target.record.state = "exited" if reason == "exited" else "detached"
         target.record.reason = reason
         self._notify(self.on_detached, pid)

@@ -53,11 +53,14 @@ class go_uprobe_opts(ctypes.Structure):
 
 
 def decode(raw: bytes) -> tuple[go_event, list[str], bool]:
-    """(record, its strings, whether any was truncated)."""
-    e = go_event.from_buffer_copy(raw[: ctypes.sizeof(go_event)])
+    """(record, its strings, whether any was truncated). A record holds only the string slots
+    its hook fills (gorasp.h GO_RECORD_SIZE): pad it back to the full layout."""
+    full = ctypes.sizeof(go_event)
+    e = go_event.from_buffer_copy(raw[:full].ljust(full, b"\0"))
+    slots = (min(len(raw), full) - go_event.str.offset) // GO_STR_MAX
     strs: list[str] = []
     truncated = False
-    for i in range(min(e.nstr, GO_SLOTS)):
+    for i in range(min(e.nstr, GO_SLOTS, max(slots, 0))):
         n = e.len[i]
         strs.append(bytes(e.str[i])[:n].decode("utf-8", "replace"))
         truncated |= e.full_len[i] > n

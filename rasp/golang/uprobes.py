@@ -27,7 +27,7 @@ from typing import Any
 from driver import libbpf
 from driver.loader import DriverError, check_environment
 from rasp.golang.hooks import HOOKS, PROGRAMS
-from rasp.golang.records import go_event, go_proc, go_uprobe_opts
+from rasp.golang.records import GO_STR_MAX, go_event, go_proc, go_uprobe_opts
 
 log = logging.getLogger("rampart.golang")
 
@@ -38,6 +38,8 @@ DEFAULT_OBJECT = REPO / "build" / "bpf" / "golang.bpf.o"
 POLL_MS = 50
 QUEUE_LIMIT = 100_000
 RECORD_SIZE = ctypes.sizeof(go_event)
+#: the shortest record: header and one string slot (gorasp.h GO_RECORD_SIZE)
+MIN_RECORD = go_event.str.offset + GO_STR_MAX
 
 
 class GoProbeError(Exception):
@@ -145,10 +147,10 @@ class GoUprobes:
         def on_sample(_ctx: int, data: int, size: int) -> int:
             if len(self._queue) >= QUEUE_LIMIT:
                 self.queue_drops += 1  # the agent is far behind: count, never grow
-            elif size < RECORD_SIZE:
+            elif not MIN_RECORD <= size <= RECORD_SIZE:
                 self.malformed += 1
             else:
-                self._queue.append(ctypes.string_at(data, RECORD_SIZE))
+                self._queue.append(ctypes.string_at(data, size))
             return 0
 
         self._cb = libbpf.SAMPLE_FN(on_sample)

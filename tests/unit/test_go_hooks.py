@@ -51,3 +51,8 @@ def test_decode_lengths_and_truncation() -> None:
     ev, strs, truncated = decode(raw)
     assert (ev.tgid, ev.hook, ev.num) == (7, 3, -1)
     assert strs[0] == "abc" and len(strs[1]) == GO_STR_MAX - 1 and truncated
+    # a record of one slot (as the BPF side writes for one-string hooks): the second slot
+    # the header claims is not there, and is not read
+    short = raw[: go_event.str.offset + GO_STR_MAX]
+    ev, strs, truncated = decode(short)
+    assert strs == ["abc"] and not truncated

@@ -17,7 +17,7 @@ int go_cmd_start(struct pt_regs *ctx)
 	__u64 cmd = ctx->ax;
 	__u64 args[2] = {0, 0}; /* slice data pointer, length */
 	bpf_probe_read_user(args, sizeof(args), (void *)(cmd + p->cmd_args));
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, GO_SLOTS);
 	if (!e)
 		return 0;
 	go_str_at(e, 0, cmd + p->cmd_path);

@@ -14,7 +14,7 @@ int go_open_file(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 1);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);
@@ -30,7 +30,7 @@ int go_path1(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 1);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);
@@ -45,7 +45,7 @@ int go_path2(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 2);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->ax, ctx->bx);

@@ -15,7 +15,7 @@ int go_dial(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 2);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->di, ctx->si);
@@ -31,7 +31,7 @@ int go_lookup_host(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 1);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->di, ctx->si);

@@ -14,7 +14,7 @@ int go_sql(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	struct go_event *e = go_reserve(ctx, p, tgid);
+	struct go_event *e = go_reserve(ctx, p, tgid, 1);
 	if (!e)
 		return 0;
 	go_str(e, 0, ctx->di, ctx->si);

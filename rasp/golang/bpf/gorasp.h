@@ -151,9 +151,15 @@ static __always_inline void go_submit(struct go_event *e)
 	bpf_ringbuf_submit(e, waiting >= GO_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline struct go_event *go_alloc(struct pt_regs *ctx, __u32 tgid)
+/* A record with room for `slots` strings only (a constant at every call site): the strings
+ * come last, so a record of 2 slots is the first 1,128 bytes of the full 4,208-byte layout,
+ * and the reader pads it back (rasp/golang/records.py decode). Most hooks read 1 or 2
+ * strings: a quarter of the ring-buffer traffic. */
+#define GO_RECORD_SIZE(slots) (offsetof(struct go_event, str) + (slots) * GO_STR_MAX)
+
+static __always_inline struct go_event *go_alloc(struct pt_regs *ctx, __u32 tgid, __u32 slots)
 {
-	struct go_event *e = bpf_ringbuf_reserve(&go_events, sizeof(*e), 0);
+	struct go_event *e = bpf_ringbuf_reserve(&go_events, GO_RECORD_SIZE(slots), 0);
 	if (!e) {
 		go_count_drop();
 		return 0;
@@ -173,7 +179,7 @@ static __always_inline struct go_event *go_alloc(struct pt_regs *ctx, __u32 tgid
 static __always_inline void go_emit_request(struct pt_regs *ctx, struct go_proc *p, __u32 tgid,
 					    struct go_req *r)
 {
-	struct go_event *e = go_alloc(ctx, tgid);
+	struct go_event *e = go_alloc(ctx, tgid, 5);
 	if (!e)
 		return;
 	e->hook = GO_REQUEST_HOOK;
@@ -197,7 +203,7 @@ static __always_inline void go_emit_request(struct pt_regs *ctx, struct go_proc 
 /* Reserve a sink record for the current goroutine, header filled; the request it serves (if
  * any) is written first, once. */
 static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct go_proc *p,
-						   __u32 tgid)
+						   __u32 tgid, __u32 slots)
 {
 	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
 	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
@@ -209,7 +215,7 @@ static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct g
 			go_emit_request(ctx, p, tgid, r);
 		}
 	}
-	struct go_event *e = go_alloc(ctx, tgid);
+	struct go_event *e = go_alloc(ctx, tgid, slots);
 	if (e)
 		e->req_id = id;
 	return e;
