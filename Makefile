@@ -32,8 +32,10 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/python_overhead.py
 	$(PY) bench/jvm_overhead.py
 	$(PY) bench/php_overhead.py
+	$(PY) bench/php_hook_cost.py
 	$(PY) bench/driver.py
 	$(PY) bench/node_overhead.py
+	$(PY) bench/detection.py
 	$(PY) bench/go_overhead.py
 
 lint: $(STAMP) ## ruff check + format check

@@ -1,17 +1,19 @@
 """PHP probe overhead: php-fpm throughput with and without the probe, and attach latency.
 
-Two identical php-fpm pools (static, 2 workers each) serve tests/apps/php/app.php on
-loopback; one gets the probe with `rasp-attach`. A FastCGI loader (threads, one connection
-per request, as nginx does by default) alternates between the pools in rounds, so both see
-the same machine load, and prints requests/s for each and the ratio. Endpoints:
+Three identical php-fpm pools (static, 2 workers each) serve tests/apps/php/app.php on
+loopback: one without the probe, one with the probe as it ships, one with the probe reading
+arguments and stacks from JS (`RASP_PHP_NATIVE=0`, the probe before its C collector; what
+runs if the CModule cannot compile). A FastCGI loader (threads, one connection per request, as
+nginx does by default) alternates between the pools in rounds, so all see the same machine
+load, and prints requests/s for each and the ratios to the pool without. Endpoints:
 
 - `ok`: no sink is called (the cost of having the probe in the process at all);
 - `read`: `file_get_contents('/etc/hostname')` on every request, a hooked sink: one event per
   call until the default quota (12,000 per hook and minute) drops the rest, counted.
 
-Attach latency: `php_agent.load()` (Frida attach + script load + start + detach) on a php CLI
-process, a `php -S` server and a php-fpm worker, and `rasp-attach` wall time for a whole
-php-fpm (master + workers + starting the watcher).
+Attach latency: `php_agent.load()` (Frida attach + script load + start + detach, each phase
+printed) on a php CLI process, a `php -S` server (with and without opcache) and a php-fpm
+worker, and `rasp-attach` wall time for a whole php-fpm (master + workers + the watcher).
 
 Usage: .venv/bin/python bench/php_overhead.py [--seconds 3] [--rounds 3] [--threads 4]
 """
@@ -107,13 +109,15 @@ def measure(port: int, op: str, seconds: float, threads: int) -> float:
     return done / (time.monotonic() - t0)
 
 
-def timed_load(agent: AgentProc, pid: int) -> float:
+def timed_load(agent: AgentProc, pid: int) -> str:
     agent.control("attach.expect", pid=pid, runtime="php")
-    return load(pid, agent.socket).elapsed_ms
+    loaded = load(pid, agent.socket)
+    phases = ", ".join(f"{k} {v:.0f}" for k, v in loaded.phases.items())
+    return f"{loaded.elapsed_ms:.0f} ms ({phases})"
 
 
-def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
+def attach_latency(agent: AgentProc, d: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         cli = subprocess.Popen(["php", str(LOOP)], stdout=subprocess.PIPE)
@@ -127,6 +131,16 @@ def attach_latency(agent: AgentProc, d: Path) -> dict[str, float]:
         procs.append(srv)
         time.sleep(0.5)
         out["php -S"] = timed_load(agent, srv.pid)
+        # opcache's shared memory (128 MB by default) is what makes Frida's attach to php -S
+        # slow (docs/php-probe.md, "Attach latency"): the same server without it
+        port = free_port()
+        srv = subprocess.Popen(
+            ["php", "-d", "opcache.enable=0", "-S", f"127.0.0.1:{port}", str(APP)],
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(srv)
+        time.sleep(0.5)
+        out["php -S, opcache off"] = timed_load(agent, srv.pid)
         fpm, _ = start_fpm(d, "latency")
         procs.append(fpm)
         out["php-fpm worker"] = timed_load(agent, fpm_workers(fpm.pid)[0])
@@ -155,11 +169,22 @@ def main() -> None:
             jsonl=d / "events.jsonl",
             policy=d / "policy.yaml",
             log=d / "agent.log",
-            env={k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")},
+            # the probe's cost, not the eBPF driver's (it would store every exec on the host)
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")},
+                "RAMPART_DRIVER": "off",
+            },
         ).start()
-        plain, plain_port = start_fpm(d, "plain")
-        probed, probed_port = start_fpm(d, "probed")
+        pools: list[tuple[str, subprocess.Popen[bytes], int]] = []
         try:
+            for name, label in (
+                ("plain", "without"),
+                ("probed", "with"),
+                ("probedjs", "with (JS reads)"),
+            ):
+                pool, port = start_fpm(d, name)
+                pools.append((label, pool, port))
+            probed, probed_js = pools[1][1], pools[2][1]
             t0 = time.monotonic()
             res = subprocess.run(
                 [RASP_ATTACH, "--pid", str(probed.pid), "--socket", str(agent.socket)],
@@ -168,38 +193,44 @@ def main() -> None:
             )
             fpm_attach_ms = (time.monotonic() - t0) * 1000
             assert res.returncode == 0, res.stderr
+            res = subprocess.run(
+                [RASP_ATTACH, "--pid", str(probed_js.pid), "--socket", str(agent.socket)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "RASP_PHP_NATIVE": "0"},
+            )
+            assert res.returncode == 0, res.stderr
             for op in ("ok", "read"):
-                measure(plain_port, op, 0.5, args.threads)  # warm up both pools
-                measure(probed_port, op, 0.5, args.threads)
-                base, with_probe = [], []
-                cpu = {plain.pid: [0.0, 0.0], probed.pid: [0.0, 0.0]}  # cpu s, requests
+                for _, _, port in pools:
+                    measure(port, op, 0.5, args.threads)  # warm up every pool
+                rates: dict[str, list[float]] = {name: [] for name, _, _ in pools}
+                cpu = {name: [0.0, 0.0] for name, _, _ in pools}  # cpu s, requests
                 for _ in range(args.rounds):
-                    for pool, port, out in (
-                        (plain, plain_port, base),
-                        (probed, probed_port, with_probe),
-                    ):
+                    for name, pool, port in pools:
                         c0 = pool_cpu(pool.pid)
                         rate = measure(port, op, args.seconds, args.threads)
-                        cpu[pool.pid][0] += pool_cpu(pool.pid) - c0
-                        cpu[pool.pid][1] += rate * args.seconds
-                        out.append(rate)
-                b, w = sum(base) / len(base), sum(with_probe) / len(with_probe)
-                cb = cpu[plain.pid][0] / cpu[plain.pid][1] * 1e6
-                cw = cpu[probed.pid][0] / cpu[probed.pid][1] * 1e6
-                print(
-                    f"php-fpm {op:5s}: req/s without {b:6.0f}, with {w:6.0f} (ratio {w / b:.2f});"
-                    f" CPU per request without {cb:5.0f} us, with {cw:5.0f} us"
-                    f" (ratio {cb / cw:.2f})"
-                )
+                        cpu[name][0] += pool_cpu(pool.pid) - c0
+                        cpu[name][1] += rate * args.seconds
+                        rates[name].append(rate)
+                b = sum(rates["without"]) / len(rates["without"])
+                cb = cpu["without"][0] / cpu["without"][1] * 1e6
+                print(f"php-fpm {op:5s}: without {b:6.0f} req/s, CPU {cb:4.0f} us/request")
+                for name, _, _ in pools[1:]:
+                    w = sum(rates[name]) / len(rates[name])
+                    cw = cpu[name][0] / cpu[name][1] * 1e6
+                    print(
+                        f"  {name:16s} {w:6.0f} req/s (ratio {w / b:.2f}),"
+                        f" CPU {cw:4.0f} us/request (+{cw - cb:.0f} us)"
+                    )
             rows = {r["pid"]: r for r in agent.control("ps")}
             events = sum(r["events"] for r in rows.values())
             drops = sum(r["drops"] for r in rows.values())
             print(f"events stored {events}, dropped by the probes (quota etc.) {drops}")
             print(f"rasp-attach php-fpm (master + 2 workers + watcher): {fpm_attach_ms:.0f} ms")
-            for what, ms in attach_latency(agent, d).items():
-                print(f"attach {what}: {ms:.0f} ms")
+            for what, timing in attach_latency(agent, d).items():
+                print(f"attach {what}: {timing}")
         finally:
-            for p in (plain, probed):
+            for _, p, _ in pools:
                 p.send_signal(signal.SIGTERM)
                 p.wait(20)
             agent.stop()

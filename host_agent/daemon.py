@@ -28,7 +28,7 @@ from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
 from host_agent.registry import ProbeRecord, Registry
-from host_agent.rules import RuleSet, load_rules
+from host_agent.rules import RuleSet, load_rules, with_detect
 from host_agent.server import PeerConnection, SocketInUse, bind_socket
 from host_agent.settings import Settings
 from host_agent.sinks import SinkRunner, build
@@ -163,9 +163,16 @@ class Agent:
     def push_policy(self, rec: ProbeRecord) -> None:
         if rec.conn is None:
             return
-        for frame in self.policy.frames_for(rec.runtime):
+        frames = self.policy.frames_for(rec.runtime)
+        detect = self.rules.detect_rules(rec.process.get("exe", ""))
+        pushed = self.policy.uuid
+        if detect:
+            # detection rules in block mode ride on the block table; its uuid names both, so
+            # a heartbeat tells which rules a probe has in force
+            frames, pushed = with_detect(frames, detect)
+        for frame in frames:
             rec.conn.send(frame)
-        rec.pushed_policy = self.policy.uuid
+        rec.pushed_policy = pushed
 
     def reload(self) -> tuple[bool, str]:
         """SIGHUP: reload the policy and the detection rules; each keeps its old version
@@ -191,9 +198,12 @@ class Agent:
         new.whitelisted = self.rules.whitelisted
         self.rules = new
         self.pipeline.rules = new
+        probes = self.registry.connected()
+        for rec in probes:  # block-mode rules and their exemptions travel with the block table
+            self.push_policy(rec)
         msg = (
             f"rules loaded from {path}: {len(new.overrides)} overrides, "
-            f"{len(new.whitelist)} whitelist entries"
+            f"{len(new.whitelist)} whitelist entries, pushed to {len(probes)} probes"
         )
         log.info(msg)
         return True, msg

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from host_agent.detectors.base import Finding
 from host_agent.detectors.catalog import RULES
 from host_agent.yamlfile import load, loads, unique_ids, validate
+from rasp.protocol.schema import DETECT_RULES, Block, BlockData, DetectExempt, DetectRule
+
+_NAMESPACE = uuid.UUID("0b5e2d1c-9a4f-4c1e-8d33-5f0e6a7b2c19")  # block-table uuids with rules
 
 Severity = Literal["low", "medium", "high", "critical"]
 
@@ -43,11 +48,20 @@ class RuleOverride(BaseModel):
     id: str
     enabled: bool = True
     severity: Severity | None = None
-    # "block" needs the detector inside the probe, on the app's thread; until a probe carries
-    # one, the file refuses it rather than pretend
-    action: Literal["alert"] = "alert"
+    # "block" needs the check inside the probe, on the app's thread: only the rules probes
+    # carry a check for (DETECT_RULES) may block; the file refuses the others
+    action: Literal["alert", "block"] = "alert"
 
     _id = field_validator("id")(_known)
+
+    @model_validator(mode="after")
+    def _blockable(self) -> RuleOverride:
+        if self.action == "block" and self.id not in DETECT_RULES:
+            raise ValueError(
+                f"rule {self.id!r} cannot block (probes check only {', '.join(DETECT_RULES)} "
+                "on the app's thread); use action: alert"
+            )
+        return self
 
 
 class WhitelistEntry(BaseModel):
@@ -118,6 +132,87 @@ class RuleSet:
                 f = Finding(f.rule, o.severity, f.technique, f.message, f.param, f.value)
             out.append(f)
         return out
+
+    def detect_rules(self, exe: str) -> list[DetectRule]:
+        """The block-mode rules for a probe whose process runs `exe` ("" when unknown), with
+        the whitelist entries that concern them as exemptions. The process condition is
+        settled here: an entry for another program is left out, one for this program (or an
+        unknown one: exempting too much never blocks a whitelisted finding) drops it."""
+        out = []
+        for rid, o in sorted(self.overrides.items()):
+            if o.action != "block" or not o.enabled:
+                continue
+            exempt = []
+            for w in self.whitelist:
+                e = w.entry
+                if e.rule not in ("*", rid):
+                    continue
+                if e.process and exe and not fnmatch.fnmatchcase(exe, e.process):
+                    continue
+                exempt.append(
+                    DetectExempt(
+                        request_path=e.request_path,
+                        args=e.args,
+                        path=glob_regex(e.path) if e.path else None,
+                    )
+                )
+            out.append(DetectRule(rule=rid, exempt=exempt))
+        return out
+
+
+def with_detect(frames: list[Any], detect: list[DetectRule]) -> tuple[list[Any], str]:
+    """The policy's frames with `detect` added to its block table, and that table's uuid
+    (derived from the policy's and the rules', so it changes when either does)."""
+    out: list[Any] = []
+    block_uuid = ""
+    for f in frames:
+        if isinstance(f, Block):
+            canonical = msgspec.json.encode(detect).decode()
+            block_uuid = str(uuid.uuid5(_NAMESPACE, f.data.uuid + canonical))
+            f = Block(data=BlockData(uuid=block_uuid, blocks=f.data.blocks, detect=detect))
+        out.append(f)
+    return out, block_uuid
+
+
+_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}/")
+
+
+def glob_regex(glob: str) -> str:
+    """An anchored regex in the syntax common to Python, Java and JavaScript that matches what
+    fnmatch.fnmatchcase(name, glob) matches (`*` crosses `/`, as it does there)."""
+    out = ["^"]
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        i += 1
+        if c == "*":
+            out.append("[\\s\\S]*")
+        elif c == "?":
+            out.append("[\\s\\S]")
+        elif c == "[":
+            j = i
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("\\[")  # no closing bracket: a literal "[", as fnmatch reads it
+                continue
+            body = glob[i:j].replace("\\", "\\\\")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        elif c in _REGEX_SPECIAL:
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    out.append("$")
+    return "".join(out)
 
 
 def _parse(data: Any, lines: dict, source: str) -> RuleSet:

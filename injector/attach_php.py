@@ -95,6 +95,8 @@ class PhpAttacher:
             elif e.denied:
                 code = attach_mod.EXIT_DENIED
             raise attach_mod.AttachError(code, str(e)) from None
+        for line in loaded.logs:  # what the probe said while starting (a fallback it took, …)
+            print(f"rasp-attach: pid {target.pid}: probe: {line}", file=sys.stderr)
         if loaded.missing and role == "worker":
             print(
                 f"rasp-attach: pid {target.pid}: not in this PHP build, not hooked: "

@@ -11,6 +11,7 @@ const Module = require('module');
 const { Kit, capArgs, blockedError } = require('./lib/kit');
 const { Client } = require('./lib/client');
 const { compileTable, firstMatch, Quota } = require('./lib/policy');
+const { DetectTable } = require('./lib/detect');
 const context = require('./lib/context');
 const loader = require('./lib/loader');
 
@@ -77,6 +78,7 @@ class Probe {
     this.stopped = false;
     this.stackDepth = DEFAULT_STACK_DEPTH;
     this.blockRules = [];
+    this.detect = new DetectTable(); // detection rules in block mode (the block frame's detect)
     this.filterRules = [];
     this.quota = new Quota();
     this.disabled = new Set();
@@ -146,32 +148,57 @@ class Probe {
       const raw = Reflect.apply(argsOf, self, args);
       if (raw === null) return null;
       const withinQuota = this.quota.take(hook.name);
-      if (!withinQuota && !this.blockRules.length) {
+      // detection checks run only for a kind a block-mode rule looks at (inside a request)
+      const detecting = this.detect.covers(hook.kind);
+      if (!withinQuota && !this.blockRules.length && !detecting) {
         this.drop('quota');
         return null;
       }
       const ev = { hook: hook.name, kind: hook.kind, args: capArgs(raw),
         stack: captureStack(skip, this.stackDepth) };
       const rule = this.blockRules.length ? firstMatch(this.blockRules, ev) : null;
-      if (rule) {
+      let policyId = rule ? rule.policyId : null;
+      let request;
+      if (!policyId && detecting) {
+        request = context.current();
+        if (request) policyId = this.detectCheck(ev, request);
+      }
+      if (policyId) {
         ev.blocked = true;
-        ev.policy_id = rule.policyId;
+        ev.policy_id = policyId;
         this.counters.blocked++;
       }
       // quota cuts reporting, never blocking; a blocked call is always reported if it fits
       if (!withinQuota) this.drop('quota');
-      else if (!rule && this.filterRules.length && firstMatch(this.filterRules, ev)) this.drop('filter');
+      else if (!policyId && this.filterRules.length && firstMatch(this.filterRules, ev)) this.drop('filter');
       else {
-        const request = context.current();
+        if (request === undefined) request = context.current();
         if (request) ev.request = request;
         this.client.enqueue(ev);
       }
-      return rule ? blockedError(hook.name, rule.policyId) : null;
+      return policyId ? blockedError(hook.name, policyId) : null;
     } catch (e) {
       hook.fail(e);
       return null;
     } finally {
       this.depth--;
+    }
+  }
+
+  /** The detection rule that blocks the event, or null; a check that throws lets it through. */
+  detectCheck(ev, request) {
+    try {
+      return this.detect.check(ev.kind, ev.hook, ev.args, request);
+    } catch (e) {
+      if (!this.detectFailed) {
+        this.detectFailed = true;
+        this.guard(() => {
+          try {
+            fs.writeSync(2, `rampart: detection check failed: ${e && e.message}\n`);
+          } catch (e2) { /* stderr closed */ }
+        });
+      }
+      return null;
     }
   }
 
@@ -201,6 +228,11 @@ class Probe {
       }
       case 7: {
         this.blockRules = compileTable(d.blocks).rules;
+        try {
+          this.detect = new DetectTable(d.detect);
+        } catch (e) {
+          this.detect = new DetectTable(); // an exemption JS cannot compile: no block mode
+        }
         this.uuids.block = d.uuid;
         break;
       }

@@ -30,6 +30,8 @@ import frida
 
 AGENT_JS = Path(__file__).with_name("php_agent.js")
 CORE_JS = Path(__file__).with_name("php_agent_core.js")
+#: the block-mode detection checks, shared with the Node.js probe (docs/detection.md)
+DETECT_JS = Path(__file__).resolve().parents[1] / "nodejs" / "lib" / "detect.js"
 PROBE_VERSION = "0.1.0"
 FRIDA_TMP_GLOB = "/tmp/frida-*"
 
@@ -53,6 +55,8 @@ class Loaded:
     elapsed_ms: float
     logs: list[str] = field(default_factory=list)
     already: bool = False
+    #: where elapsed_ms went: attach, script (create + load), start (find + hook), detach
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def poke_name(pid: int) -> str:
@@ -82,14 +86,33 @@ def poke(pid: int, timeout: float = 2.0) -> bool:
 
 
 def source(socket: Path, role: str, runtime_version: str) -> str:
-    config = {
+    config: dict[str, Any] = {
         "socket": str(socket),
         "role": role,
         "runtime_version": runtime_version,
         "probe_version": PROBE_VERSION,
     }
+    # RASP_PHP_NATIVE=0: read arguments and stacks from JS instead of the C collector (the
+    # benchmark's "before"; also what runs when the CModule cannot be compiled)
+    if os.environ.get("RASP_PHP_NATIVE") == "0":
+        config["native"] = False
     # the core first: its 'use strict' must open the script to apply to all of it
-    return CORE_JS.read_text() + f"const RAMPART = {json.dumps(config)};\n" + AGENT_JS.read_text()
+    return (
+        CORE_JS.read_text()
+        + detect_source()
+        + f"const RAMPART = {json.dumps(config)};\n"
+        + AGENT_JS.read_text()
+    )
+
+
+def detect_source() -> str:
+    """rasp/nodejs/lib/detect.js as `RampartDetect`, in a function scope of its own (its
+    top-level names stay out of the agent's); the same text Node.js requires."""
+    return (
+        "const RampartDetect = (function () {\nconst module = { exports: {} };\n"
+        + DETECT_JS.read_text()
+        + "\nreturn module.exports;\n})();\n"
+    )
 
 
 # Frida starts its helper with `--background`: it leaves our process group and is reparented,
@@ -156,10 +179,18 @@ def load(
 ) -> Loaded:
     """Inject and start the probe in `pid`; returns which hooks went in and which are missing."""
     logs: list[str] = []
+    phases: dict[str, float] = {}
     t0 = time.monotonic()
+
+    def lap(name: str, since: float) -> float:
+        now = time.monotonic()
+        phases[name] = (now - since) * 1000
+        return now
+
     if running_probe(pid) and poke(pid):
         return Loaded(pid, [], [], (time.monotonic() - t0) * 1000, already=True)
     with frida_tmp_cleanup():
+        t = time.monotonic()
         try:
             session = frida.attach(pid)
         except frida.ProcessNotFoundError:
@@ -170,6 +201,7 @@ def load(
             if not os.path.exists(f"/proc/{pid}"):
                 raise ProbeLoadError(f"pid {pid}: exited during attach", gone=True) from None
             raise ProbeLoadError(f"pid {pid}: frida could not attach: {e}") from None
+        t = lap("attach", t)
         try:
             script = session.create_script(
                 source(socket, role, runtime_version), name="rampart-php"
@@ -182,9 +214,13 @@ def load(
                     logs.append(f"error: {message.get('description')}")
 
             script.on("message", on_message)
+            # console.log arrives here, not as a message (Frida's default prints it on our stdout)
+            script.set_log_handler(lambda _level, text: logs.append(str(text)))
             script.load()
+            t = lap("script", t)
             info = script.exports_sync.start()
             script.eternalize()
+            t = lap("start", t)
         except frida.RPCException as e:
             raise ProbeLoadError(f"pid {pid}: probe failed to start: {e}") from None
         except Exception as e:  # frida raises several types when the target goes away
@@ -194,10 +230,12 @@ def load(
         finally:
             with contextlib.suppress(Exception):
                 session.detach()
+            lap("detach", t)
     return Loaded(
         pid=pid,
         installed=list(info["installed"]),
         missing=list(info["missing"]),
         elapsed_ms=(time.monotonic() - t0) * 1000,
         logs=logs,
+        phases=phases,
     )

@@ -160,6 +160,28 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("block_empty_table", "from_agent", {"message_type": 7, "data": {"uuid": "", "blocks": []}}),
     (
+        "block_with_detect",
+        "from_agent",
+        {
+            "message_type": 7,
+            "data": {
+                "uuid": "b2",
+                "blocks": [],
+                "detect": [
+                    {"rule": "sqli.input"},
+                    {"rule": "cmdi.input", "exempt": [{"request_path": "^/admin/"}]},
+                    {
+                        "rule": "path.traversal",
+                        "exempt": [{"path": "^/srv/app/tmp/.*$", "args": "report"}],
+                    },
+                    {"rule": "ssrf.internal"},
+                    {"rule": "sqli.stacked"},
+                    {"rule": "a.rule-this-probe-does-not-know"},
+                ],
+            },
+        },
+    ),
+    (
         "quota",
         "from_agent",
         {

@@ -159,11 +159,40 @@ class FilterData(Struct, omit_defaults=True):
     filters: list[Rule] = []
 
 
+#: detection rules probes check on the app's thread today (docs/detection.md, "Block mode");
+#: a probe ignores an id it does not know, so the agent may add rules before every probe has
+#: their checks
+DETECT_RULES = ("sqli.input", "sqli.stacked", "cmdi.input", "path.traversal", "ssrf.internal")
+
+
+class DetectExempt(Struct, omit_defaults=True, frozen=True):
+    """A whitelist entry, as a probe applies it: all its conditions must hold."""
+
+    #: regex searched in the request URL's path
+    request_path: Regex | None = None
+    #: regex searched in the event's args joined by a single space
+    args: Regex | None = None
+    #: regex matched against the first argument (a file path); the agent writes globs as
+    #: anchored regexes
+    path: Regex | None = None
+
+
+class DetectRule(Struct, omit_defaults=True, frozen=True):
+    """A detection rule in block mode: the probe runs its in-probe check on events that have
+    request context and refuses the call on a finding, unless an exemption holds."""
+
+    rule: Annotated[str, Meta(min_length=1, max_length=64)]
+    exempt: list[DetectExempt] = []
+
+
 class BlockData(Struct, omit_defaults=True):
     """Calls matching any rule are refused in the probe before the sink runs."""
 
     uuid: Uuid
     blocks: list[Rule] = []
+    #: detection rules in block mode (a probe that does not know the field ignores it, and
+    #: blocks on policies only)
+    detect: list[DetectRule] = []
 
 
 class Quota(Struct, omit_defaults=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from rasp.protocol.schema import Request
 from tests.agentproc import AgentProc
 
@@ -118,11 +120,12 @@ def test_rules_file_overrides_whitelist_and_aggregated_alerts(agent_factory) -> 
 
 def test_bad_rules_file(agent_factory, tmp_path) -> None:
     bad = tmp_path / "rules.yaml"
-    bad.write_text("rules:\n  - id: sqli.input\n    action: block\n")
+    # only the rules probes carry a check for may block (docs/detection.md, "Block mode")
+    bad.write_text("rules:\n  - id: path.sensitive\n    action: block\n")
     a = agent_factory(args=["--rules", str(bad)])
     a.start(wait=False)
     assert a.proc.wait(30) == 2
-    assert f"{bad}:3: rules.0.action: Input should be 'alert'" in a.log_text()
+    assert f"{bad}:2: rules.0: Value error, rule 'path.sensitive' cannot block" in a.log_text()
     # at reload, a bad file keeps the rules in force
     good = agent_factory(args=["--rules", str(bad)])
     bad.write_text(RULES)
@@ -131,3 +134,51 @@ def test_bad_rules_file(agent_factory, tmp_path) -> None:
     res = good.cli("policy", "reload", "--socket", str(good.socket))
     assert res.returncode == 1
     assert "unknown rule 'nope.rule'" in res.stderr and "the rules in force stay" in res.stderr
+
+
+BLOCK_RULES = """\
+rules:
+  - {id: sqli.input, action: block}
+  - {id: path.traversal, action: block}
+  - {id: cmdi.input, action: block, enabled: false}
+whitelist:
+  - {rule: sqli.input, request_path: ^/admin/}
+  - {rule: "*", process: /no/such/program, args: x}
+  - {rule: path.traversal, path: /srv/app/tmp/*}
+"""
+
+
+def _block_frame(p) -> dict:
+    """The block table the agent pushed after the hello (filter, block, quota come in order)."""
+    while True:
+        msg = p.recv(timeout=10)
+        if msg.__class__.__name__ == "Block":
+            return msgspec.to_builtins(msg.data)
+
+
+def test_block_mode_rules_are_pushed_with_their_exemptions(agent_factory, tmp_path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(BLOCK_RULES)
+    a = agent_factory(args=["--rules", str(rules)]).start()
+    with a.probe(runtime="python") as p:
+        p.hello()
+        block = _block_frame(p)
+        assert block["detect"] == [
+            # the entry for another program is left out; the glob became an anchored regex
+            {"rule": "path.traversal", "exempt": [{"path": "^\\/srv\\/app\\/tmp\\/[\\s\\S]*$"}]},
+            {"rule": "sqli.input", "exempt": [{"request_path": "^/admin/"}]},
+        ]
+        first_uuid = block["uuid"]
+        assert first_uuid
+        # a reload pushes the new rules to connected probes, under a new uuid
+        rules.write_text("rules:\n  - {id: ssrf.internal, action: block}\n")
+        res = a.cli("policy", "reload", "--socket", str(a.socket))
+        assert res.returncode == 0, res.stderr
+        block = _block_frame(p)
+        assert block["detect"] == [{"rule": "ssrf.internal"}]
+        assert block["uuid"] != first_uuid
+        # and without block rules the block table is the policy's alone again
+        rules.write_text("rules: []\n")
+        assert a.cli("policy", "reload", "--socket", str(a.socket)).returncode == 0
+        block = _block_frame(p)
+        assert "detect" not in block or block["detect"] == []

@@ -6,12 +6,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import http.server
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -148,6 +152,58 @@ def test_builtin_server_events_with_request_context(php_server, agent: AgentProc
     assert all(e["args"] != [str(APP)] for e in agent.rows("hook = 'include'"))
 
 
+@pytest.fixture
+def loopback_http() -> Iterator[int]:
+    """A tiny HTTP server on loopback for the app to fetch from (curl tests)."""
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"fetched {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_curl_exec_reports_the_url_and_ssrf_is_detected(
+    php_server, loopback_http: int, agent: AgentProc
+) -> None:
+    proc, port = php_server
+    assert rasp_attach(proc.pid, agent).returncode == 0
+    # the URL given to curl_init, and one replaced by curl_setopt / curl_setopt_array
+    url1 = f"http://127.0.0.1:{loopback_http}/one"
+    url2 = f"http://localhost:{loopback_http}/two?x=1"
+    q1, q2 = urllib.parse.quote(url1, safe=""), urllib.parse.quote(url2, safe="")
+    assert http_get(port, "/curl?a=" + q1) == (200, "fetched /one")
+    assert http_get(port, "/curl_setopt?a=" + q2) == (200, "fetched /two?x=1")
+    # fsockopen (a host, not a URL) stays covered too
+    assert http_get(port, f"/fsockopen?a=127.0.0.1&b={loopback_http}") == (200, "connected")
+
+    evs = agent.wait_rows(3, "hook IN ('curl_exec', 'fsockopen')")
+    by_hook: dict[str, list[dict]] = {}
+    for e in evs:
+        by_hook.setdefault(e["hook"], []).append(e)
+    assert [e["args"] for e in by_hook["curl_exec"]] == [[url1], [url2]]
+    assert by_hook["curl_exec"][0]["kind"] == "network"
+    assert by_hook["fsockopen"][0]["args"][0] == "127.0.0.1"
+    # the URL reached the agent's SSRF detector, tied to the request parameter carrying it
+    for e, url in ((by_hook["curl_exec"][0], url1), (by_hook["curl_exec"][1], url2)):
+        (det,) = [d for d in e.get("detections", []) if d["rule"] == "ssrf.internal"]
+        assert det["param"] == "a" and det["value"] == url
+    fs = by_hook["fsockopen"][0]
+    assert "ssrf.internal" in [d["rule"] for d in fs.get("detections", [])]
+
+
 def test_block_policy_fails_the_call_and_other_requests_work(php_server, agent_factory) -> None:
     proc, port = php_server
     a = agent_factory()
@@ -282,6 +338,85 @@ def test_cli_script_and_attacher_errors(spawn, agent) -> None:
         ATTACHER.attach(det, agent.socket, 5)
     assert err.value.code == attach_mod.EXIT_PROCESS and f"pid {q.pid}" in err.value.reason
     assert p.poll() is None
+
+
+ARGS = Path(__file__).resolve().parents[1] / "apps" / "php" / "args.php"
+
+
+def _args_events(spawn, agent: AgentProc, native: bool) -> list[tuple[str, list, list]]:
+    p = spawn(["php", str(ARGS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == b"ready"
+    env = {**os.environ, "RASP_PHP_NATIVE": "1" if native else "0"}
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(p.pid), "--socket", str(agent.socket)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "collector failed" not in res.stderr  # the C collector compiled (when asked for)
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == b"done"
+    rows = agent.wait_rows(8, f"pid = {p.pid}")
+    return [(e["hook"], e["args"], e["stack"]) for e in rows]
+
+
+def test_native_and_js_readers_report_the_same_args_and_stacks(spawn, agent) -> None:
+    # the C collector (the default) and the JS readers (RASP_PHP_NATIVE=0, also the fallback
+    # when the CModule cannot compile) on the same awkward calls
+    native = _args_events(spawn, agent, native=True)
+    js = _args_events(spawn, agent, native=False)
+    assert native == js
+    by_hook = {}
+    for hook, args, stack in native:
+        by_hook.setdefault(hook, []).append((args, stack))
+    (odd, stack), (long_arg, _) = by_hook["file_get_contents"]
+    # bytes that are not UTF-8 (and a UTF-16 surrogate's encoding) become U+FFFD, one a byte
+    assert odd == [
+        '/nonexistent/\ufffd\ufffd "quoted" back\\slash \x01\t\n é ✓ \ufffd\ufffd\ufffd 😀'
+    ]
+    assert long_arg == ["a" * 4096]  # capped
+    assert stack[0] == f"Reader::read ({ARGS}:7)" and stack[1] == f"calls ({ARGS}:11)"
+    assert stack[2].startswith(f"{{main}} ({ARGS}:")
+    assert by_hook["exec"][0][0] == ["true", "", ""]  # references to an empty array, to null
+    assert by_hook["file"][0][0] == ["/nonexistent", "-5"]
+    assert by_hook["fopen"][0][0] == ["/nonexistent", "r", "1.5"]
+    assert by_hook["unserialize"][0][0] == ["i:7;", "A B"]
+    assert by_hook["include"][0] == (
+        [str(ARGS.parent / "included.php")],
+        [f"calls ({ARGS}:17)", stack[2]],
+    )
+    assert by_hook["eval"][0][0] == ["return 1;"]
+
+
+FORK = Path(__file__).resolve().parents[1] / "apps" / "php" / "fork.php"
+
+
+def test_pcntl_fork_children_work_and_are_not_reported(spawn, agent) -> None:
+    # A Frida script does not follow fork(): a child inherits the hooks but not Frida's
+    # thread. The children must keep working (and exit: no deadlock on the JS lock inherited
+    # from a parent whose probe was busy), their events are not reported (nothing can send
+    # them), and the parent's probe keeps reporting.
+    n = 30
+    p = spawn(["php", str(FORK), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == b"ready"
+    res = rasp_attach(p.pid, agent)
+    assert res.returncode == 0, res.stderr
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    lines = [p.stdout.readline().decode().strip() for _ in range(2)]
+    assert lines == [f"forked {n} ok {n}", "parent ok"], lines
+    agent.wait_rows(
+        1, "hook = 'file_get_contents' AND json_extract(event, '$.args[0]') = '/etc/os-release'"
+    )
+    pids = {r["pid"] for r in agent.rows("hook = 'file_get_contents'")}
+    assert pids == {p.pid}, "only the parent reports"
+    assert len(agent.rows("hook = 'file_get_contents'")) == n + 1
+    assert [r["pid"] for r in agent.control("ps") if r["state"] == "connected"] == [p.pid]
 
 
 def test_events_queued_at_exit_are_sent(spawn, agent) -> None:

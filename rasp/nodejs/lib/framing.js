@@ -168,7 +168,17 @@ const FROM_AGENT = {
     stack_depth: opt(nullable(int(0, 256)), null), settings: opt(dict(any), () => ({})),
   }))),
   6: control(req(struct({ uuid: req(Uuid), filters: opt(list(Rule), () => []) }))),
-  7: control(req(struct({ uuid: req(Uuid), blocks: opt(list(Rule), () => []) }))),
+  7: control(req(struct({
+    uuid: req(Uuid), blocks: opt(list(Rule), () => []),
+    // detection rules in block mode (docs/detection.md); unknown rule ids are kept, and ignored
+    detect: opt(list(struct({
+      rule: req(str(1, 64)),
+      exempt: opt(list(struct({
+        request_path: opt(nullable(Regex), null), args: opt(nullable(Regex), null),
+        path: opt(nullable(Regex), null),
+      })), () => []),
+    })), () => []),
+  }))),
   8: control(req(struct({
     uuid: req(Uuid),
     quotas: opt(list(struct({ hook: req(str(1, 256)), per_minute: req(Count) })), () => []),

@@ -19,6 +19,7 @@ import threading
 import time
 
 from . import context, wire
+from .detect import DetectTable
 from .rules import Quotas, RuleTable
 
 log = logging.getLogger("rampart.probe")
@@ -124,6 +125,8 @@ class Probe:
         self.stack_by_hook: dict = {}
         self.filters = RuleTable()
         self.blocks = RuleTable()
+        #: detection rules in block mode (the block frame's `detect`), by event kind
+        self.detect = DetectTable()
         self.quotas = Quotas()
         self.config_uuid = ""
         self.failed_once: set = set()
@@ -218,6 +221,20 @@ class Probe:
                         policy_id = r.policy_id
                         self.blocked += 1
                         break
+        detect = self.detect
+        if policy_id is None and kind in detect.by_kind:
+            # block mode on detections: only inside a request (input correlation needs its
+            # parameters), so events outside requests never pay for it
+            req = context.current.get()
+            if req is not None:
+                try:
+                    policy_id = detect.check(kind, hook, args, req.to_dict())
+                except Exception as e:  # a check that fails lets the call through
+                    if "detect" not in self.failed_once:
+                        self.failed_once.add("detect")
+                        log.warning("rampart: detection check failed: %r", e)
+                if policy_id is not None:
+                    self.blocked += 1
         if not self.quotas.allow(hook):
             self.drop("quota")
         elif self.away:
@@ -305,6 +322,11 @@ class Probe:
             self.beat_now = True  # tell the agent at once which tables are in force
         if mt == wire.BLOCK:
             self.blocks = RuleTable(data["uuid"], data.get("blocks", []))
+            try:
+                self.detect = DetectTable(data.get("detect") or ())
+            except Exception as e:  # an exemption re cannot compile: no block mode
+                self.detect = DetectTable()
+                log.warning("rampart: detection rules refused: %r", e)
         elif mt == wire.FILTER:
             self.filters = RuleTable(data["uuid"], data.get("filters", []))
         elif mt == wire.QUOTA:

@@ -36,6 +36,10 @@ try {
         case 'curl':
             $c = curl_init($a); curl_setopt($c, CURLOPT_RETURNTRANSFER, true);
             out(curl_exec($c)); break;
+        case 'curl_setopt': // the URL set after curl_init, as most code does
+            $c = curl_init(); curl_setopt($c, CURLOPT_URL, 'http://127.0.0.1:9/unused');
+            curl_setopt_array($c, [CURLOPT_URL => $a, CURLOPT_RETURNTRANSFER => true]);
+            out(curl_exec($c)); break;
         case 'fsockopen': $s = fsockopen($a, (int)$b, $errno, $errstr, 2); out($s ? 'connected' : $errstr); break;
         case 'stream_socket_client':
             $s = stream_socket_client($a, $errno, $errstr, 2); out($s ? 'connected' : $errstr); break;

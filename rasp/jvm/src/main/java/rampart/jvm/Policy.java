@@ -89,6 +89,8 @@ public final class Policy {
     static final Table EMPTY = new Table("", Collections.<Rule>emptyList());
 
     volatile Table blocks = EMPTY;
+    /** detection rules in block mode, pushed with the block table */
+    volatile Detect detect = Detect.EMPTY;
     volatile Table filters = EMPTY;
     volatile String quotaUuid = "";
     volatile String configUuid = "";
@@ -124,6 +126,13 @@ public final class Policy {
         switch (type) {
             case Protocol.BLOCK:
                 blocks = table((String) d.get("uuid"), (List<Object>) d.get("blocks"));
+                try {
+                    detect = d.get("detect") == null ? Detect.EMPTY : new Detect((List<Object>) d.get("detect"));
+                } catch (RuntimeException e) {
+                    // an exemption Java cannot compile: no block mode rather than too much
+                    detect = Detect.EMPTY;
+                    Log.warn("detection rules refused: " + e);
+                }
                 break;
             case Protocol.FILTER:
                 filters = table((String) d.get("uuid"), (List<Object>) d.get("filters"));

@@ -171,6 +171,9 @@ public final class Probe {
 
     // ------------------------------------------------------------------ the hot path
 
+    /** a detection check threw once (reported once; the calls went through) */
+    private volatile boolean detectFailed;
+
     /**
      * One hooked call on the app's thread. Returns the id of the policy that blocks it, or
      * null. Order (docs/probe-contract.md): build the event, block rules, quota, filter,
@@ -181,9 +184,12 @@ public final class Probe {
         Set<String> off = policy.hooksDisabled;
         if (!off.isEmpty() && off.contains(spec.name)) return null;
         Policy.Table blocks = policy.blocks;
+        Detect detect = policy.detect;
         long now = System.currentTimeMillis();
         boolean quotaChecked = false;
-        if (blocks.rules.isEmpty()) {
+        // detection checks run only for a kind a block-mode rule looks at, inside a request
+        boolean detecting = request != null && detect.covers(spec.kind);
+        if (blocks.rules.isEmpty() && !detecting) {
             // nothing can be blocked: a call over its quota costs no more than this check
             if (!policy.take(spec.id, now)) {
                 drop("quota");
@@ -204,6 +210,27 @@ public final class Probe {
             if (stack == null) stack = stack(depth);
             transport.offer(trace(spec, a, stack, request, block.policyId));
             return block.policyId;
+        }
+        if (detecting) {
+            String rule = null;
+            Map<String, Object> req = null;
+            try {
+                req = RequestInfo.of(request);
+                rule = detect.check(spec.kind, spec.name, a, req);
+            } catch (Throwable t) {
+                // a check that fails lets the call through (and says so once)
+                if (!detectFailed) {
+                    detectFailed = true;
+                    Log.warn("detection check failed: " + t);
+                }
+            }
+            if (rule != null) {
+                blocked.incrementAndGet();
+                if (stack == null) stack = stack(depth);
+                transport.offer(trace(spec, a, stack, req, rule));
+                return rule;
+            }
+            if (req != null) request = req; // read once: the event reuses it
         }
         if (!quotaChecked && !policy.take(spec.id, now)) {
             drop("quota");
@@ -227,7 +254,9 @@ public final class Probe {
         d.put("stack", stack);
         d.put("blocked", blockedBy != null);
         if (blockedBy != null) d.put("policy_id", blockedBy);
-        if (request != null) {
+        if (request instanceof Map) {
+            d.put("request", request); // already read (by the detection checks)
+        } else if (request != null) {
             try {
                 d.put("request", RequestInfo.of(request));
             } catch (Throwable t) {

@@ -172,6 +172,12 @@ public final class Protocol {
                 List<Object> rules = new ArrayList<Object>();
                 for (Object r : list(d, key)) rules.add(rule(obj(r, "rule")));
                 o.put(key, rules);
+                if (type == BLOCK && d.get("detect") != null) {
+                    // detection rules in block mode (docs/detection.md, "Block mode")
+                    List<Object> detect = new ArrayList<Object>();
+                    for (Object r : list(d, "detect")) detect.add(detectRule(obj(r, "detect rule")));
+                    o.put("detect", detect);
+                }
                 out.put("data", o);
                 break;
             }
@@ -245,6 +251,24 @@ public final class Protocol {
         mo.put("args", m.get("args") == null ? null : str(m, "args", null, 4096, true));
         mo.put("stack", m.get("stack") == null ? null : str(m, "stack", null, 4096, true));
         o.put("match", mo);
+        return o;
+    }
+
+    private static Map<String, Object> detectRule(Map<String, Object> r) throws DecodeError {
+        Map<String, Object> o = new LinkedHashMap<String, Object>();
+        String rule = str(r, "rule", null, 64, true);
+        if (rule.isEmpty()) throw schema("detect rule empty");
+        o.put("rule", rule);
+        List<Object> exempt = new ArrayList<Object>();
+        for (Object e : list(r, "exempt")) {
+            Map<String, Object> em = obj(e, "exempt");
+            Map<String, Object> eo = new LinkedHashMap<String, Object>();
+            for (String k : new String[] {"request_path", "args", "path"}) {
+                eo.put(k, em.get(k) == null ? null : str(em, k, null, 4096, true));
+            }
+            exempt.add(eo);
+        }
+        o.put("exempt", exempt);
         return o;
     }
 
