@@ -37,6 +37,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/enforce.py
 	$(PY) bench/node_overhead.py
 	$(PY) bench/detection.py
+	$(PY) bench/go_overhead.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

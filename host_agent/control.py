@@ -52,6 +52,8 @@ class Control:
             "enforce.protect": self.enforce_protect,
             "enforce.unprotect": self.enforce_unprotect,
             "attach.fifo": self.attach_fifo,
+            "golang.attach": self.golang_attach,
+            "golang.detach": self.golang_detach,
         }
 
     async def dispatch(self, command: str, args: dict[str, Any], conn: PeerConnection) -> Any:
@@ -170,3 +172,14 @@ class Control:
         except TimeoutError:
             raise ControlFailure(f"no hello from pid {pid} within {timeout:g} s") from None
         return rec.row()
+
+    async def golang_attach(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Uprobes on a Go process (host_agent/goprobes.py); the agent owns them."""
+        pid = _pid(args)
+        assert pid is not None
+        return await self.agent.goprobes.attach(pid)
+
+    async def golang_detach(self, args: dict[str, Any]) -> dict[str, Any]:
+        pid = _pid(args)
+        assert pid is not None
+        return self.agent.goprobes.detach(pid)

@@ -25,6 +25,7 @@ from host_agent.attachments import Attachments
 from host_agent.control import Control
 from host_agent.enforce import EnforceError, KernelEnforcer, compile_policy
 from host_agent.fifo import clear_stale, fifo_root
+from host_agent.goprobes import GoProbes
 from host_agent.hostdriver import HostDriver
 from host_agent.pipeline import Pipeline
 from host_agent.policy import PolicySet, empty, load_policy
@@ -52,6 +53,7 @@ class Agent:
         self.rules = rules or RuleSet()
         self.registry = Registry()
         self.control = Control(self)
+        self.goprobes = GoProbes(self)
         self.connections: set[PeerConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats: Counter[str] = Counter()
@@ -110,6 +112,9 @@ class Agent:
             self.enforcer.stop()
             self.enforcer.reason = f"policy tables not written: {e}"
         self.registry.listeners.append(self.enforcer.on_probe)
+        # Go has no in-process blocking: its uprobe attach puts the pid under kernel policy
+        self.goprobes.on_attached.append(lambda pid: self.enforcer.on_probe("add", pid, "golang"))
+        self.goprobes.on_detached.append(lambda pid: self.enforcer.on_probe("gone", pid, "golang"))
         clear_stale(s.socket)
         self._server = await loop.create_unix_server(lambda: PeerConnection(self), sock=sock)
         self._watch = loop.create_task(self._watch_backlog())
@@ -153,6 +158,7 @@ class Agent:
         for t in list(self.tasks):
             t.cancel()
         self.enforcer.stop()  # destroys every link: nothing stays on the cgroup root
+        self.goprobes.stop()  # removes every Go uprobe; its last events join the flush
         self.driver.stop()  # detaches every program; its last events join the final flush
         self.pipeline.flush()
         for r in self.runners:
@@ -272,6 +278,7 @@ class Agent:
             **self.pipeline.stats(),
             "driver": self.driver.stats(),
             "enforce": self.enforcer.stats(),
+            "golang": self.goprobes.stats(),
         }
 
     def _facts(self, pid: int) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ ATTACHER_MODULES: dict[str, str] = {
     "jvm": "injector.attach_jvm",
     "php": "injector.attach_php",
     "nodejs": "injector.attach_nodejs",
+    "golang": "injector.attach_golang",
 }
 
 
@@ -105,6 +106,15 @@ def attach(pid: int, runtime: str, socket: Path, timeout: float) -> Outcome:
             f"pid {pid} runs {det.runtime}{version} ({det.evidence}), "
             f"but live attach for {det.runtime} is not available in this version",
         )
+    in_agent = getattr(attacher, "attach_in_agent", None)
+    if in_agent is not None:  # Go: the agent attaches uprobes itself, no hello to wait for
+        try:
+            row = in_agent(det, socket, timeout)
+        except AgentUnavailable as e:
+            raise AttachError(EXIT_NO_AGENT, f"{e} (start it with `rasp-agent run`)") from None
+        except ControlError as e:
+            raise AttachError(EXIT_FAIL, f"pid {pid}: {e}") from None
+        return Outcome(det, already=bool(row.get("already")), probe=row)
     try:
         existing = _probe_of(socket, pid)
         if existing is not None:
@@ -131,5 +141,10 @@ def detach(pid: int, runtime: str, socket: Path, timeout: float) -> Detection:
             EXIT_UNSUPPORTED,
             f"pid {pid}: detach for {det.runtime} is not available in this version",
         )
-    attacher.detach(det, socket, timeout)
+    try:
+        attacher.detach(det, socket, timeout)
+    except AgentUnavailable as e:
+        raise AttachError(EXIT_NO_AGENT, f"{e} (start it with `rasp-agent run`)") from None
+    except ControlError as e:
+        raise AttachError(EXIT_FAIL, f"pid {pid}: {e}") from None
     return det

@@ -88,6 +88,8 @@ def cli(
                 f"{verb}: pid {pid} {det.runtime} {probe.get('runtime_version') or det.version}, "
                 f"probe {probe.get('probe_version', '?')}, {probe.get('hooks', 0)} hooks"
             )
+            if probe.get("missing"):  # Go: functions not in this binary (not linked in)
+                message += f"; not in the binary: {', '.join(probe['missing'])}"
     except AttachError as e:
         if as_json:
             click.echo(json.dumps({"pid": pid, "error": e.reason, "exit": e.code}))

@@ -78,24 +78,26 @@ def go_build() -> GoBuild:
 
     CGO_ENABLED=0 gives a static binary (how most Go services ship, and nothing of Go shows in
     /proc/<pid>/maps); GOFLAGS=-mod=mod lets the build work without a vendor dir or go.sum.
-    `stripped` links with -s -w (no symbol table, no DWARF), as release builds often do."""
+    `stripped` links with -s -w (no symbol table, no DWARF), as release builds often do.
+    `cgo=True` builds with CGO_ENABLED=1 (dynamically linked against libc, as the default
+    `go build` does where a C compiler is present)."""
     go = shutil.which("go")
     if go is None:
         pytest.fail("`go` not on PATH: run `make setup`")
-    built: dict[tuple[str, bool], Path] = {}
+    built: dict[tuple[str, bool, bool], Path] = {}
 
-    def build(app: str, *, stripped: bool = False) -> Path:
-        if (app, stripped) in built:
-            return built[(app, stripped)]
+    def build(app: str, *, stripped: bool = False, cgo: bool = False) -> Path:
+        if (app, stripped, cgo) in built:
+            return built[(app, stripped, cgo)]
         BUILD.mkdir(parents=True, exist_ok=True)
-        out = BUILD / (f"{app}-stripped" if stripped else app)
+        out = BUILD / (app + ("-stripped" if stripped else "") + ("-cgo" if cgo else ""))
         # build under a private name then rename: parallel pytest workers may build the same
         # app, and a worker must never exec a half-written binary
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
         argv = [go, "build", "-o", str(tmp)]
         if stripped:
             argv.append("-ldflags=-s -w")
-        env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+        env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "1" if cgo else "0"}
         result = subprocess.run(
             [*argv, "."],
             cwd=TEST_APPS / "golang" / app,
@@ -107,7 +109,7 @@ def go_build() -> GoBuild:
         if result.returncode != 0:
             pytest.fail(f"go build of {app} failed:\n{result.stderr}")
         tmp.replace(out)
-        built[(app, stripped)] = out
+        built[(app, stripped, cgo)] = out
         return out
 
     return build

@@ -33,14 +33,14 @@ import pytest
 import yaml
 
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
-from tests.conftest import REPO, Spawner
+from tests.conftest import REPO, GoBuild, Spawner
 from tests.integration.test_jvm_probe import H2_JAR, jvm_classes, remove_listener_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CORPUS = REPO / "tests" / "data" / "matrix" / "attacks.yaml"
 APPS = REPO / "tests" / "apps"
-RUNTIMES = ("python", "jvm", "nodejs", "php")
+RUNTIMES = ("python", "jvm", "nodejs", "php", "golang")
 #: runtimes whose probe checks detections on the app's thread (docs/detection.md, "Block mode")
 BLOCK_RUNTIMES = ("python", "jvm", "nodejs", "php")
 MATRIX = yaml.safe_load(CORPUS.read_text())["classes"]
@@ -128,6 +128,10 @@ def _start(rt: str, spawn: Spawner, cwd: Path, classes: Path) -> tuple[subproces
         argv = ["node", "--inspect-port=0", str(APPS / "nodejs" / "http_app.js")]
         p = spawn(argv, stdout=subprocess.PIPE, cwd=cwd)
         return p, _ready_line(p)
+    if rt == "golang":  # tests/apps/golang/vulnapp (uprobes): prints "listening <port>"
+        p = spawn([str(_GO_APP[0])], stdout=subprocess.PIPE, cwd=cwd)
+        assert p.stdout is not None
+        return p, int(p.stdout.readline().split()[1])
     port = _closed_port()
     p = spawn(["php", "-S", f"127.0.0.1:{port}", str(APPS / "php" / "app.php")], cwd=cwd)
     _wait_port(port, p)
@@ -170,6 +174,14 @@ def _agent(d: Path, block: bool = False, **env_extra: str) -> AgentProc:
         env=env,
         extra_args=extra,
     )
+
+
+_GO_APP: list[Path] = []  # the Go test app's binary, built once per session (go_build)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _go_app(go_build: GoBuild) -> None:
+    _GO_APP[:] = [go_build("vulnapp")]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Outbound connections and name lookups. net.(*Dialer).DialContext(d, ctx, network, address)
+ * is under net.Dial, net.DialTimeout and http.Transport's default dialer: receiver ax,
+ * ctx (an interface) bx+cx, network di+si, address r8+r9 ("host:port", before resolution).
+ * net.(*Resolver).lookupIPAddr(r, ctx, network, host) is where Dial resolves names (same
+ * registers); net.(*Resolver).LookupHost(r, ctx, host) takes the host in di+si.
+ */
+#include "gorasp.h"
+
+SEC("uprobe")
+int go_dial(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
+		return 0;
+	struct go_event *e = go_reserve(ctx, p, tgid, 2);
+	if (!e)
+		return 0;
+	go_str(e, 0, ctx->di, ctx->si);
+	go_str(e, 1, ctx->r8, ctx->r9);
+	go_submit(e);
+	return 0;
+}
+
+SEC("uprobe")
+int go_lookup_host(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_proc *p = go_proc_of(tgid);
+	if (!p)
+		return 0;
+	struct go_event *e = go_reserve(ctx, p, tgid, 1);
+	if (!e)
+		return 0;
+	go_str(e, 0, ctx->di, ctx->si);
+	go_submit(e);
+	return 0;
+}

@@ -1,0 +1,3 @@
+module rampart/tests/vulnapp
+
+go 1.21

@@ -1,0 +1,58 @@
+"""rasp/golang/hooks.py: how a record's strings become an event's args (pure logic), and the
+table's invariants the BPF side relies on (cookie = index, request hook first)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from rasp.golang import hooks
+from rasp.golang.hooks import HOOKS, REQUEST_HOOK, open_flags
+from rasp.golang.records import GO_STR_MAX, decode, go_event
+
+
+def _hook(name: str) -> hooks.Hook:
+    return next(h for h in HOOKS if h.name == name)
+
+
+def test_table() -> None:
+    assert HOOKS[REQUEST_HOOK].program == "go_serve_http"  # GO_REQUEST_HOOK in gorasp.h
+    assert len({h.name for h in HOOKS}) == len(HOOKS)
+    assert all(h.kind in ("", "process", "file", "network", "dns", "sql") for h in HOOKS)
+
+
+def test_open_flags() -> None:
+    assert open_flags(0) == "O_RDONLY"
+    assert open_flags(0o1 | 0o100 | 0o1000) == "O_WRONLY|O_CREATE|O_TRUNC"
+    assert open_flags(0o2 | 0o2000) == "O_RDWR|O_APPEND"
+
+
+def test_args() -> None:
+    start = _hook("os/exec.(*Cmd).Start")
+    assert start.args(["/usr/bin/sh", "sh", "-c", "id"], 3) == ["/usr/bin/sh", "-c", "id"]
+    assert start.args(["/bin/true"], 0) == ["/bin/true"]
+    dial = _hook("net.(*Dialer).DialContext")
+    assert dial.args(["tcp", "127.0.0.1:8080"], 0) == ["127.0.0.1", "8080", "tcp"]
+    assert dial.args(["tcp6", "[::1]:443"], 0) == ["::1", "443", "tcp6"]
+    assert dial.args(["unix", "/run/x.sock"], 0) == ["/run/x.sock", "", "unix"]
+    assert _hook("net.(*Resolver).lookupIPAddr").args(["ip", "example.test"], 0) == [
+        "example.test",
+        "ip",
+    ]
+    assert _hook("os.OpenFile").args(["/etc/passwd"], 0) == ["/etc/passwd", "O_RDONLY"]
+    assert _hook("os.Rename").args(["a", "b"], 0) == ["a", "b"]
+
+
+def test_decode_lengths_and_truncation() -> None:
+    e = go_event(tgid=7, hook=3, nstr=2, num=-1)
+    e.len[0], e.full_len[0] = 3, 3
+    ctypes.memmove(ctypes.addressof(e.str[0]), b"abcXYZ", 6)  # bytes past len are ignored
+    e.len[1], e.full_len[1] = GO_STR_MAX - 1, 5000
+    raw = bytes(e)
+    ev, strs, truncated = decode(raw)
+    assert (ev.tgid, ev.hook, ev.num) == (7, 3, -1)
+    assert strs[0] == "abc" and len(strs[1]) == GO_STR_MAX - 1 and truncated
+    # a record of one slot (as the BPF side writes for one-string hooks): the second slot
+    # the header claims is not there, and is not read
+    short = raw[: go_event.str.offset + GO_STR_MAX]
+    ev, strs, truncated = decode(short)
+    assert strs == ["abc"] and not truncated
