@@ -264,3 +264,68 @@ def test_listeners_and_detach_of_unknown_pid(go_build: GoBuild, spawn: Any, tmp_
     assert calls == [("attached", proc.pid), ("detached", proc.pid)]
     assert [t.data.hook for t in submitted] == ["database/sql.(*DB).QueryContext"]
     assert submitted[0].data.request.params == {"name": ["listener"]}
+
+
+def test_block_mode_from_the_kernel(
+    go_build: GoBuild, spawn: Any, agent_factory: Any, tmp_path: Path
+) -> None:
+    """Block mode for Go (issue 10): `rasp-attach` puts the Go app under the kernel policy
+    (kernel_enforce defaults to golang). Its `sh -c` is killed before it runs and its connect
+    to a denied loopback destination fails with EPERM; the same calls from an identical,
+    unattached app go through. Loopback only: 127.0.0.78 is the test's own listener."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.78", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    a = agent_factory(env={"RAMPART_ENFORCE": "auto"})
+    a.policy.write_text(
+        "policies:\n"
+        "  - id: go-no-shell\n    kind: process\n    action: block\n"
+        "    match: {name: [sh, dash, bash]}\n"
+        "  - id: go-no-internal\n    kind: network\n    action: block\n"
+        f"    match: {{dest: [127.0.0.78/32], port: [{port}]}}\n"
+    )
+    a.start()
+    try:
+        if a.control("enforce.status")["mechanism"] == "off":
+            pytest.skip(f"no kernel enforcement here: {a.control('enforce.status')}")
+        binary = go_build("vulnapp")
+        protected, base = start_app(spawn, binary, tmp_path)
+        _other, other_base = start_app(spawn, binary, tmp_path)
+        res = attach(a, protected.pid)
+        assert res.returncode == 0, res.stderr
+        rows = a.control("enforce.status")["processes"]
+        assert [(r["pid"], r["runtime"], r["explicit"]) for r in rows] == [
+            (protected.pid, "golang", False)
+        ]
+
+        marker = tmp_path / "shell-ran"
+        code, body = get(base, "/exec", cmd=f"touch {marker}")
+        assert code == 500 and "signal: killed" in body, (code, body)
+        assert not marker.exists()  # killed before the new image ran an instruction
+        code, body = get(base, "/connect", host="127.0.0.78", port=str(port))
+        assert code == 500 and "operation not permitted" in body, (code, body)
+        # the protected app keeps serving
+        assert get(base, "/health") == (200, "ok")
+
+        # an identical, unattached app is untouched
+        assert get(other_base, "/exec", cmd=f"touch {marker}")[0] == 200
+        assert marker.exists()
+        assert get(other_base, "/connect", host="127.0.0.78", port=str(port)) == (
+            200,
+            "connected",
+        )
+
+        blocks = a.wait_rows(2, "pid = ? AND blocked = 1", (protected.pid,))
+        by_policy = {e["policy_id"]: e for e in blocks}
+        assert set(by_policy) == {"go-no-shell", "go-no-internal"}, blocks
+        assert all(e["runtime"] == "golang" for e in blocks)
+        assert by_policy["go-no-internal"]["hook"] == "kernel.connect"
+        # detach takes the app out of kernel policy
+        assert attach(a, protected.pid).stdout.startswith("already attached")
+        res = rasp_attach("--pid", str(protected.pid), "--socket", str(a.socket), "--detach")
+        assert res.returncode == 0, res.stderr
+        assert a.control("enforce.status")["processes"] == []
+        assert get(base, "/connect", host="127.0.0.78", port=str(port)) == (200, "connected")
+    finally:
+        listener.close()
