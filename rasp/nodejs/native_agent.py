@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,12 @@ def ask(pid: int, timeout: float = 2.0) -> dict[str, Any] | None:
         s.settimeout(timeout)
         try:
             s.connect("\0" + poke_name(pid))
+            # Abstract names are not owned: any local user could bind this one first and hand
+            # us an fd of the target's that is not our channel (e.g. an app connection the JS
+            # layer would then read from). Only the target itself may answer.
+            cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", cred)[0] != pid:
+                return None
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(4096)

@@ -4,10 +4,12 @@ loopback; assertions on the events in the agent's store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,3 +225,32 @@ def test_native_glue_reports_a_dead_pid() -> None:
     with pytest.raises(native_agent.ProbeLoadError) as e:
         native_agent.load(proc.pid, 5)
     assert e.value.gone and str(proc.pid) in str(e.value)
+
+
+def test_a_squatted_native_name_is_not_trusted(spawn: Any) -> None:
+    """Abstract socket names have no owner: a process that binds the target's
+    `rampart-node-native-<pid>` first must not be able to hand the attacher an fd of its
+    choosing (the JS layer would read from it). Only the target itself may answer."""
+    import json
+    import socket
+    import threading
+
+    target = spawn(["sleep", "60"])
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind("\0" + native_agent.poke_name(target.pid))
+    squatter.listen(1)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            c, _ = squatter.accept()
+            with c:
+                c.sendall(json.dumps({"fd": 0, "hooks": ["uv_spawn"]}).encode() + b"\n")
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        assert native_agent.running(target.pid)  # the name is there...
+        assert native_agent.ask(target.pid, timeout=2) is None  # ...but it is not the target's
+    finally:
+        squatter.close()
+        t.join(5)
