@@ -1,0 +1,310 @@
+"""Attaching to a process in another mount namespace (a container): make the probe files and
+the agent socket resolve *inside* its root. Shared by the attachers; see docs/auto-attach.md.
+
+A target is foreign when its root (`/proc/<pid>/root`) or its mount namespace differs from
+ours: our paths (the repo's probe directory, the agent socket) may not exist there, or be
+other files. For such a target, `place()`:
+
+1. makes a private directory `/tmp/.rampart-<pid>-<random>` in the target's own /tmp
+   (reached through /proc/<pid>/root, opened with O_NOFOLLOW: a container's `tmp` symlink
+   would resolve against *our* root), mode 0700 and owned by the target's uid, and copies
+   the probe files in with fd-relative calls (nothing there can redirect our writes);
+2. starts a keeper process (`python -m injector.container keep`) that bind-mounts the agent
+   socket, read-only, nosuid/nodev/noexec, on `<private dir>/agent.sock` inside the
+   target's mount namespace: `open_tree(OPEN_TREE_CLONE)` in our namespace, then
+   `setns(CLONE_NEWNS)` and `move_mount` (a classic `mount --bind` cannot take its source
+   from another namespace). Only the socket file, not its directory: the container sees
+   nothing else of the agent's (store, FIFO pairs). A restarted agent has a new socket,
+   which the next attach binds. The socket stays one kernel object: SO_PEERCRED
+   gives the agent the probe's *host* pid (the kernel translates it to the reader's pid
+   namespace), and the probe's hello may carry its namespace pid (host_agent/server.py
+   accepts the NStgid);
+3. the keeper holds a pidfd of the target and its mount namespace; when the target exits
+   (or the keeper gets SIGTERM/SIGINT) it unmounts the bind and removes the private
+   directory, so nothing is left in the container's /tmp. It never touches a directory it
+   did not create.
+
+The keeper runs in its own session with no stdio of ours (an attach helper's output pipe
+closes when the helper exits) and takes a few MB while the target lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import secrets
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = "/proc"
+KEEP_READY_TIMEOUT = 10.0
+MOUNTPOINT = "agent.sock"
+SKIP = {"__pycache__", "node_modules"}
+
+# x86-64 syscall numbers and flags (linux/mount.h, asm/unistd_64.h)
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 1, 0x1000, 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
+_CLONE_NEWNS = 0x00020000
+_MNT_DETACH = 2
+
+
+class ContainerError(Exception):
+    pass
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def is_foreign(pid: int) -> bool:
+    """True when `pid` sees another root or mount namespace than we do."""
+    try:
+        root = os.stat(f"{PROC}/{pid}/root")
+        mnt = os.stat(f"{PROC}/{pid}/ns/mnt")
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot read its root: {e.strerror}") from None
+    return not _same(root, os.stat("/")) or not _same(mnt, os.stat(f"{PROC}/self/ns/mnt"))
+
+
+def nspid(pid: int) -> int:
+    """The pid the target sees for itself (last NStgid field)."""
+    with open(f"{PROC}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NStgid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+@dataclass
+class Placement:
+    pid: int
+    name: str  # the private directory's name in the target's /tmp
+    keeper: subprocess.Popen[bytes]
+
+    @property
+    def inside(self) -> str:
+        """The private directory as the target sees it."""
+        return f"/tmp/{self.name}"
+
+    @property
+    def host(self) -> str:
+        """The private directory from our namespace (valid while the target runs)."""
+        return f"{PROC}/{self.pid}/root/tmp/{self.name}"
+
+    def socket(self, socket: Path) -> str:
+        """The agent socket `socket` as the target sees it."""
+        return f"{self.inside}/{MOUNTPOINT}"
+
+
+def _copy_tree(src: Path, dst_fd: int, uid: int, gid: int) -> None:
+    for entry in sorted(src.iterdir()):
+        if entry.name in SKIP or entry.suffix == ".pyc" or entry.is_symlink():
+            continue
+        if entry.is_dir():
+            os.mkdir(entry.name, 0o700, dir_fd=dst_fd)
+            os.chown(entry.name, uid, gid, dir_fd=dst_fd, follow_symlinks=False)
+            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dst_fd)
+            try:
+                _copy_tree(entry, sub, uid, gid)
+            finally:
+                os.close(sub)
+        elif entry.is_file():
+            _write(dst_fd, entry.name, entry.read_bytes(), uid, gid)
+
+
+def _write(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o400) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _ids(pid: int) -> tuple[int, int]:
+    uid = gid = 0
+    with open(f"{PROC}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[2])  # effective: who opens the files
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[2])
+    return uid, gid
+
+
+def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
+    """Copies each `trees` directory into the target's private dir under its key, binds the
+    socket's directory there, and leaves a keeper to clean up when the target exits."""
+    try:
+        uid, gid = _ids(pid)
+        tmp = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot open its /tmp: {e.strerror}") from None
+    name = f".rampart-{pid}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(name, 0o700, dir_fd=tmp)
+        try:
+            os.chown(name, uid, gid, dir_fd=tmp, follow_symlinks=False)
+            d = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp)
+            try:
+                for key, src in trees.items():
+                    os.mkdir(key, 0o700, dir_fd=d)
+                    os.chown(key, uid, gid, dir_fd=d, follow_symlinks=False)
+                    sub = os.open(key, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=d)
+                    try:
+                        _copy_tree(src, sub, uid, gid)
+                    finally:
+                        os.close(sub)
+                _write(d, MOUNTPOINT, b"", uid, gid)  # the bind's mountpoint
+            finally:
+                os.close(d)
+            keeper = _start_keeper(pid, name, Path(os.path.abspath(socket)))
+        except BaseException:
+            shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot place the probe files: {e}") from None
+    finally:
+        os.close(tmp)
+    return Placement(pid, name, keeper)
+
+
+def _start_keeper(pid: int, name: str, source: Path) -> subprocess.Popen[bytes]:
+    repo = Path(__file__).resolve().parents[1]
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "injector.container", "keep", str(pid), name, str(source)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(repo),
+    )
+    assert keeper.stdout is not None
+    ready, _, _ = select.select([keeper.stdout], [], [], KEEP_READY_TIMEOUT)
+    line = keeper.stdout.readline().decode(errors="replace").strip() if ready else ""
+    keeper.stdout.close()
+    if line != "ready":
+        if keeper.poll() is None:
+            keeper.terminate()  # it cleans up on SIGTERM
+        keeper.wait(KEEP_READY_TIMEOUT)
+        raise ContainerError(f"pid {pid}: cannot bind the agent socket in: {line or 'timeout'}")
+    return keeper
+
+
+# ------------------------------------------------------------------------------ the keeper
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def _bind_into(nsfd: int, dir_fd: int, source: Path) -> None:
+    """Bind `source` (our namespace) on `<dir_fd>/agent.sock` in the namespace `nsfd`."""
+    tree = _check(
+        _libc.syscall(_SYS_OPEN_TREE, -100, str(source).encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC),
+        "open_tree",
+    )
+    attr = _MountAttr(
+        _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC, 0, 0, 0
+    )
+    _check(
+        _libc.syscall(
+            _SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)
+        ),
+        "mount_setattr",
+    )
+    _check(_libc.setns(nsfd, _CLONE_NEWNS), "setns")
+    _check(
+        _libc.syscall(
+            _SYS_MOVE_MOUNT, tree, b"", dir_fd, MOUNTPOINT.encode(), _MOVE_MOUNT_F_EMPTY_PATH
+        ),
+        "move_mount",
+    )
+    os.close(tree)
+
+
+def _cleanup(tmp_fd: int, dir_fd: int, name: str) -> None:
+    # in the target's namespace (setns done), relative to the private dir: a bound socket
+    with contextlib.suppress(OSError):
+        os.fchdir(dir_fd)
+        if stat.S_ISSOCK(os.lstat(MOUNTPOINT).st_mode):
+            _check(_libc.umount2(MOUNTPOINT.encode(), _MNT_DETACH), "umount")
+    os.fchdir(tmp_fd)
+    shutil.rmtree(name, dir_fd=tmp_fd)
+
+
+def keep(pid: int, name: str, source: Path) -> int:
+    stop = False
+
+    def _stop(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        pidfd = os.pidfd_open(pid)
+        nsfd = os.open(f"{PROC}/{pid}/ns/mnt", os.O_RDONLY)
+        tmp_fd = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp_fd)
+    except OSError as e:
+        print(f"pid {pid}: {e}", flush=True)
+        return 1
+    try:
+        _bind_into(nsfd, dir_fd, source)
+    except OSError as e:
+        print(f"pid {pid}: {e}", flush=True)
+        with contextlib.suppress(OSError):
+            _libc.setns(nsfd, _CLONE_NEWNS)
+            _cleanup(tmp_fd, dir_fd, name)
+        return 1
+    print("ready", flush=True)
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    while not stop and not poller.poll(1000):
+        pass
+    _cleanup(tmp_fd, dir_fd, name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m injector.container")
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keep", help="bind the agent socket in; clean up when the target exits")
+    k.add_argument("pid", type=int)
+    k.add_argument("name")
+    k.add_argument("source", type=Path)
+    args = parser.parse_args(argv)
+    return keep(args.pid, args.name, args.source)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
