@@ -47,7 +47,7 @@ from pathlib import Path
 PROC = "/proc"
 KEEP_READY_TIMEOUT = 10.0
 MOUNTPOINT = "agent.sock"
-SKIP = {"__pycache__", "node_modules"}
+SKIP = {"__pycache__", "node_modules", "test"}  # never needed in a target
 
 # x86-64 syscall numbers and flags (linux/mount.h, asm/unistd_64.h)
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
@@ -178,6 +178,29 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
     finally:
         os.close(tmp)
     return Placement(pid, name, keeper)
+
+
+def keepers(pid: int) -> list[int]:
+    """The keepers of what was placed for `pid`."""
+    found = []
+    want = [b"injector.container", b"keep", str(pid).encode()]
+    for entry in os.listdir(PROC):
+        if entry.isdigit():
+            try:
+                with open(f"{PROC}/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[2:5] == want:
+                found.append(int(entry))
+    return found
+
+
+def release(pid: int) -> None:
+    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now."""
+    for keeper in keepers(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(keeper, signal.SIGTERM)
 
 
 def _start_keeper(pid: int, name: str, source: Path) -> subprocess.Popen[bytes]:

@@ -63,7 +63,7 @@ class Container:
         with contextlib.suppress(OSError, ValueError):
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
             for k in kids.split():
-                if Path(f"/proc/{k}/exe").resolve().name.startswith(("python", "php")):
+                if Path(f"/proc/{k}/exe").resolve().name.startswith(("python", "php", "node")):
                     return int(k)
         return None
 

@@ -50,19 +50,6 @@ def _gone(pid: int) -> bool:
     )
 
 
-def _keepers(pid: int) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"injector.container" in argv and str(pid).encode() in argv:
-                found.append(int(d.name))
-    return found
-
-
 @pytest.mark.slow
 def test_rasp_attach_pid_into_a_container(spawn, agent: AgentProc, tmp_path) -> None:
     c = _py(spawn, tmp_path, "rampart-ct")
@@ -85,7 +72,7 @@ def test_rasp_attach_pid_into_a_container(spawn, agent: AgentProc, tmp_path) -> 
     st = inside.stat()
     assert st.st_mode & 0o777 == 0o700
     assert not any(p.name.startswith(placed) for p in Path("/tmp").iterdir())  # the mirror
-    keepers = _keepers(c.pid)
+    keepers = container.keepers(c.pid)
     assert len(keepers) == 1
     # the app exits: the keeper unmounts the socket, removes the dir, and exits
     c.stop()
@@ -125,3 +112,67 @@ def test_auto_attach_into_a_container(spawn, agent_factory, tmp_path) -> None:
     c.stop()
     wait_for(lambda: c.placed() == [], 10, "placed files removed")
     assert os.path.exists(a.socket)
+
+
+PHP_APP = (
+    'echo "ready ", getmypid(), "\\n";'
+    'while (true) { file_get_contents("/etc/hostname"); usleep(50000); }'
+)
+
+
+@pytest.mark.slow
+def test_rasp_attach_php_into_a_container(spawn, agent: AgentProc, tmp_path) -> None:
+    c = Container(
+        spawn, tmp_path, ["/usr/bin/php", "-r", PHP_APP, "rampart-ct"], stdout=subprocess.PIPE
+    )
+    assert c.proc.stdout is not None
+    assert c.proc.stdout.readline().split() == [b"ready", b"1"]
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = next(r for r in agent.control("ps") if r["pid"] == c.pid)
+    assert row["state"] == "connected" and row["runtime"] == "php" and row["hooks"] > 0
+    agent.wait_rows(1, HOSTNAME, (c.pid,), timeout=30)
+    (placed,) = c.placed()
+    assert sorted(p.name for p in (c.tmp / placed).iterdir()) == ["agent.sock"]
+    # a second attach is a no-op: nothing injected, nothing placed again
+    again = subprocess.run(
+        [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(c.placed()) == 1  # nothing placed twice
+    c.stop()
+    wait_for(lambda: c.placed() == [], 10, "placed files removed")
+
+
+NODE_APP = (
+    "const fs = require('fs');"
+    "console.log('ready', process.pid);"
+    "setInterval(() => fs.readFileSync('/etc/hostname'), 50);"
+)
+
+
+@pytest.mark.slow
+def test_rasp_attach_and_detach_node_in_a_container(spawn, agent: AgentProc, tmp_path) -> None:
+    c = Container(
+        spawn, tmp_path, ["/usr/bin/node", "-e", NODE_APP, "rampart-ct"], stdout=subprocess.PIPE
+    )
+    assert c.proc.stdout is not None
+    assert c.proc.stdout.readline().split() == [b"ready", b"1"]
+    base = [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--timeout", "20"]
+    res = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = next(r for r in agent.control("ps") if r["pid"] == c.pid)
+    assert row["state"] == "connected" and row["runtime"] == "nodejs"
+    agent.wait_rows(1, HOSTNAME, (c.pid,), timeout=30)
+    (placed,) = c.placed()
+    assert {p.name for p in (c.tmp / placed).iterdir()} == {"agent.sock", "nodejs"}
+    assert not (c.tmp / placed / "nodejs" / "test").exists()
+    # detach: the probe stops, and what was placed for it goes while the app keeps running
+    res = subprocess.run([*base, "--detach"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wait_for(lambda: c.placed() == [], 10, "placed files removed on detach")
+    assert c.proc.poll() is None and container.keepers(c.pid) == []
