@@ -396,15 +396,16 @@ def evaluate(pid: int, listener: Listener, expression: Expression, timeout: floa
     return result.get("result", {}).get("value")
 
 
-def close_expression(session: Session | None, base: Path = PROBE.parent) -> str:
+def close_expression(session: Session | None, base: Path | None = None) -> str:
     """Have the target close its inspector once our session has hung up (not at once: see
-    rasp/nodejs/lib/inspector_close.js). `base`: the probe directory as the target sees it."""
+    rasp/nodejs/lib/inspector_close.js). `base`: a copy of the probe directory placed in the
+    target's root (a container), else ours."""
     arg = json.dumps({"fd": session.fd, "inode": session.inode}) if session else ""
-    closer = base / CLOSER.relative_to(PROBE.parent)
+    closer = CLOSER if base is None else base / "lib" / CLOSER.name
     return f"require({json.dumps(str(closer))}).closeWhenIdle({arg})"
 
 
-def probe_expression(call: str, close: bool, base: Path = PROBE.parent) -> Expression:
+def probe_expression(call: str, close: bool, base: Path | None = None) -> Expression:
     """`require` the probe and run `call` on it; in a finally, have the target close its
     inspector once our session has hung up, so it closes even when the probe throws. Should
     the closer itself fail to load, fall back to a plain close after 300 ms."""
@@ -413,14 +414,14 @@ def probe_expression(call: str, close: bool, base: Path = PROBE.parent) -> Expre
     return _probe_expression(call, "", base)
 
 
-def _probe_expression(call: str, close: str, base: Path) -> str:
+def _probe_expression(call: str, close: str, base: Path | None) -> str:
     closing = (
         f"try {{ {close}; }} catch (e) {{"
         " const i = require('inspector'); setTimeout(() => i.close(), 300); }"
         if close
         else ""
     )
-    probe = json.dumps(str(base / PROBE.name))
+    probe = json.dumps(str(PROBE if base is None else base / PROBE.name))
     return f"(() => {{ try {{ return require({probe}).{call}; }} finally {{ {closing} }} }})()"
 
 
@@ -500,16 +501,20 @@ class NodeAttacher:
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         base = self._base(target.pid, socket, {})
         self.run(target, "stop()", timeout, base)
-        if base != PROBE.parent:  # stopped: what was placed in its /tmp can go now
+        if base is not None:  # stopped: what was placed in its /tmp can go now
             container.release(target.pid)
 
-    def _base(self, pid: int, socket: Path, opts: dict[str, Any]) -> Path:
-        """The probe directory as the target sees it; in another root (a container) a copy
-        placed there, and `opts["socket"]` the agent socket bound in (injector/container.py).
-        """
+    def _base(self, pid: int, socket: Path, opts: dict[str, Any]) -> Path | None:
+        """None when the target sees our files; in another root (a container), the copy of
+        the probe directory placed there, and `opts["socket"]` the agent socket bound in
+        (injector/container.py)."""
         try:
-            if not container.is_foreign(pid):
-                return PROBE.parent
+            foreign = container.is_foreign(pid)
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        if not foreign:
+            return None
+        try:
             placed = container.place(pid, {"nodejs": PROBE.parent}, socket)
         except container.ContainerError as e:
             raise AttachError(EXIT_FAIL, str(e)) from None
@@ -537,7 +542,7 @@ class NodeAttacher:
             )
         return opts
 
-    def run(self, target: Detection, call: str, timeout: float, base: Path = PROBE.parent) -> Any:
+    def run(self, target: Detection, call: str, timeout: float, base: Path | None = None) -> Any:
         pid = target.pid
         opts = self.preflight(pid)
         before = own_listeners(pid)

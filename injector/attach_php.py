@@ -86,12 +86,16 @@ class PhpAttacher:
 
     def _load(self, target: Detection, socket: Path, timeout: float, role: str) -> None:
         try:
-            # the probe's script travels over Frida; only the agent socket is a path the
-            # target must resolve: bind it into a container's root (injector/container.py)
-            if container.is_foreign(target.pid) and not running_probe(target.pid):
+            foreign = container.is_foreign(target.pid)
+        except container.ContainerError as e:  # gone meanwhile
+            raise attach_mod.AttachError(attach_mod.EXIT_PROCESS, str(e)) from None
+        # the probe's script travels over Frida; only the agent socket is a path the target
+        # must resolve: bind it into a container's root (injector/container.py)
+        if foreign and not running_probe(target.pid):
+            try:
                 socket = Path(container.place(target.pid, {}, socket).socket(socket))
-        except container.ContainerError as e:
-            raise attach_mod.AttachError(attach_mod.EXIT_FAIL, str(e)) from None
+            except container.ContainerError as e:
+                raise attach_mod.AttachError(attach_mod.EXIT_FAIL, str(e)) from None
         try:
             loaded = load(
                 target.pid, socket, role=role, runtime_version=target.version, timeout=timeout

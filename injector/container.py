@@ -15,7 +15,8 @@ other files. For such a target, `place()`:
    `setns(CLONE_NEWNS)` and `move_mount` (a classic `mount --bind` cannot take its source
    from another namespace). Only the socket file, not its directory: the container sees
    nothing else of the agent's (store, FIFO pairs). A restarted agent has a new socket,
-   which the next attach binds. The socket stays one kernel object: SO_PEERCRED
+   which the keeper binds in its place within a second (it watches the socket's inode), so
+   the probe's reconnect finds it. The socket stays one kernel object: SO_PEERCRED
    gives the agent the probe's *host* pid (the kernel translates it to the reader's pid
    namespace), and the probe's hello may carry its namespace pid (host_agent/server.py
    accepts the NStgid);
@@ -46,6 +47,7 @@ from pathlib import Path
 
 PROC = "/proc"
 KEEP_READY_TIMEOUT = 10.0
+REBIND_CHECK_S = 1.0
 MOUNTPOINT = "agent.sock"
 SKIP = {"__pycache__", "node_modules", "test"}  # never needed in a target
 
@@ -203,16 +205,25 @@ def release(pid: int) -> None:
             os.kill(keeper, signal.SIGTERM)
 
 
+#: where keepers write their log lines (default: nowhere)
+KEEP_LOG_ENV = "RASP_CONTAINER_KEEP_LOG"
+
+
 def _start_keeper(pid: int, name: str, source: Path) -> subprocess.Popen[bytes]:
     repo = Path(__file__).resolve().parents[1]
+    log = os.environ.get(KEEP_LOG_ENV)
+    # never our stderr: an attach helper's pipe, gone once it exits
+    err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     keeper = subprocess.Popen(
         [sys.executable, "-m", "injector.container", "keep", str(pid), name, str(source)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
         start_new_session=True,
         cwd=str(repo),
     )
+    if log:
+        err.close()
     assert keeper.stdout is not None
     ready, _, _ = select.select([keeper.stdout], [], [], KEEP_READY_TIMEOUT)
     line = keeper.stdout.readline().decode(errors="replace").strip() if ready else ""
@@ -247,37 +258,80 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
-def _bind_into(nsfd: int, dir_fd: int, source: Path) -> None:
-    """Bind `source` (our namespace) on `<dir_fd>/agent.sock` in the namespace `nsfd`."""
-    tree = _check(
-        _libc.syscall(_SYS_OPEN_TREE, -100, str(source).encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC),
-        "open_tree",
-    )
-    attr = _MountAttr(
-        _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC, 0, 0, 0
-    )
-    _check(
-        _libc.syscall(
-            _SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)
-        ),
-        "mount_setattr",
-    )
-    _check(_libc.setns(nsfd, _CLONE_NEWNS), "setns")
-    _check(
-        _libc.syscall(
-            _SYS_MOVE_MOUNT, tree, b"", dir_fd, MOUNTPOINT.encode(), _MOVE_MOUNT_F_EMPTY_PATH
-        ),
-        "move_mount",
-    )
-    os.close(tree)
+class _Binder:
+    """Binds the agent socket (a name in a directory of our namespace) on the mountpoint in
+    the target's namespace, and binds it again when the agent made a new socket there."""
+
+    def __init__(self, nsfd: int, dir_fd: int, source: Path) -> None:
+        self.nsfd, self.dir_fd, self.name = nsfd, dir_fd, source.name
+        self.home = os.open(f"{PROC}/self/ns/mnt", os.O_RDONLY)  # ours, to come back to
+        self.src_dir = os.open(source.parent, os.O_PATH | os.O_DIRECTORY)
+        self.bound = 0  # inode of the socket bound now
+
+    def current(self) -> int:
+        """The inode of the agent socket now (0: none), looked up from our namespace's dir."""
+        try:
+            st = os.stat(self.name, dir_fd=self.src_dir, follow_symlinks=False)
+        except OSError:
+            return 0
+        return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
+
+    def bind(self) -> None:
+        _check(_libc.setns(self.home, _CLONE_NEWNS), "setns (ours)")
+        tree = _check(
+            _libc.syscall(
+                _SYS_OPEN_TREE, self.src_dir, self.name.encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC
+            ),
+            "open_tree",
+        )
+        try:
+            ino = os.fstat(tree).st_ino
+            attr = _MountAttr(
+                _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC,
+                0,
+                0,
+                0,
+            )
+            _check(
+                _libc.syscall(
+                    _SYS_MOUNT_SETATTR,
+                    tree,
+                    b"",
+                    _AT_EMPTY_PATH,
+                    ctypes.byref(attr),
+                    ctypes.sizeof(attr),
+                ),
+                "mount_setattr",
+            )
+            _check(_libc.setns(self.nsfd, _CLONE_NEWNS), "setns")
+            if self.bound:  # the old agent's socket, dead: replace it
+                _unmount(self.dir_fd)
+            _check(
+                _libc.syscall(
+                    _SYS_MOVE_MOUNT,
+                    tree,
+                    b"",
+                    self.dir_fd,
+                    MOUNTPOINT.encode(),
+                    _MOVE_MOUNT_F_EMPTY_PATH,
+                ),
+                "move_mount",
+            )
+            self.bound = ino
+        finally:
+            os.close(tree)
+
+
+def _unmount(dir_fd: int) -> None:
+    # in the target's namespace, relative to the private dir: a bound socket, not our file
+    os.fchdir(dir_fd)
+    if stat.S_ISSOCK(os.lstat(MOUNTPOINT).st_mode):
+        _check(_libc.umount2(MOUNTPOINT.encode(), _MNT_DETACH), "umount")
 
 
 def _cleanup(tmp_fd: int, dir_fd: int, name: str) -> None:
-    # in the target's namespace (setns done), relative to the private dir: a bound socket
     with contextlib.suppress(OSError):
-        os.fchdir(dir_fd)
-        if stat.S_ISSOCK(os.lstat(MOUNTPOINT).st_mode):
-            _check(_libc.umount2(MOUNTPOINT.encode(), _MNT_DETACH), "umount")
+        _unmount(dir_fd)
     os.fchdir(tmp_fd)
     shutil.rmtree(name, dir_fd=tmp_fd)
 
@@ -300,7 +354,8 @@ def keep(pid: int, name: str, source: Path) -> int:
         print(f"pid {pid}: {e}", flush=True)
         return 1
     try:
-        _bind_into(nsfd, dir_fd, source)
+        binder = _Binder(nsfd, dir_fd, source)
+        binder.bind()
     except OSError as e:
         print(f"pid {pid}: {e}", flush=True)
         with contextlib.suppress(OSError):
@@ -312,8 +367,15 @@ def keep(pid: int, name: str, source: Path) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
-    while not stop and not poller.poll(1000):
-        pass
+    while not stop and not poller.poll(REBIND_CHECK_S * 1000):
+        now = binder.current()
+        if now and now != binder.bound:  # the agent restarted: its new socket goes in
+            try:
+                binder.bind()
+                print(f"pid {pid}: the agent's new socket bound in", file=sys.stderr, flush=True)
+            except OSError as e:
+                print(f"pid {pid}: cannot bind the new socket: {e}", file=sys.stderr, flush=True)
+    _libc.setns(nsfd, _CLONE_NEWNS)
     _cleanup(tmp_fd, dir_fd, name)
     return 0
 

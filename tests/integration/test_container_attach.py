@@ -175,4 +175,34 @@ def test_rasp_attach_and_detach_node_in_a_container(spawn, agent: AgentProc, tmp
     res = subprocess.run([*base, "--detach"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     wait_for(lambda: c.placed() == [], 10, "placed files removed on detach")
-    assert c.proc.poll() is None and container.keepers(c.pid) == []
+    wait_for(lambda: container.keepers(c.pid) == [], 10, "keeper exited")
+    assert c.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_probe_in_a_container_reconnects_to_a_restarted_agent(spawn, agent, tmp_path) -> None:
+    c = _py(spawn, tmp_path, "rampart-ct")
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    (placed,) = c.placed()
+    bound = Path(f"/proc/{c.pid}/root/tmp/{placed}/agent.sock")  # in the app's mount ns
+    old = bound.stat().st_ino
+    assert bound.is_socket() and old == agent.socket.stat().st_ino
+    agent.stop()
+    agent.start()  # a new socket (new inode) at the same path: the keeper binds it in
+    assert agent.socket.stat().st_ino != old
+    wait_for(lambda: bound.stat().st_ino == agent.socket.stat().st_ino, 10, "the new socket")
+    row = wait_for(
+        lambda: next(
+            (r for r in agent.control("ps") if r["pid"] == c.pid and r["state"] == "connected"),
+            None,
+        ),
+        40,
+        "the probe reconnected",
+    )
+    assert row["already_running"] or row["mode"] == "attached"
+    n = len(agent.rows(HOSTNAME, (c.pid,)))
+    agent.wait_rows(n + 1, HOSTNAME, (c.pid,), timeout=30)
