@@ -42,14 +42,17 @@ exec "$@"
 """
 
 
+RUNTIMES = ("python", "php", "node", "java")  # the app, once `sh` and `unshare` exec'd it
+
+
 class Container:
     """`unshare` (the spawned process) and the app in it (`pid`: its host pid)."""
 
-    def __init__(self, spawn, base: Path, argv: list[str], **popen) -> None:
+    def __init__(self, spawn, base: Path, argv: list[str], exist_ok: bool = False, **popen) -> None:
         self.root = base / "root"
         self.tmp = base / "ctmp"  # the container's /tmp, seen from the host
         self.root.mkdir()
-        self.tmp.mkdir()
+        self.tmp.mkdir(exist_ok=exist_ok)
         self.tmp.chmod(0o1777)
         unshare = ["unshare", "--mount", "--pid", "--net", "--fork", "--kill-child"]
         self.proc = spawn(
@@ -63,7 +66,7 @@ class Container:
         with contextlib.suppress(OSError, ValueError):
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
             for k in kids.split():
-                if Path(f"/proc/{k}/exe").resolve().name.startswith(("python", "php", "node")):
+                if Path(f"/proc/{k}/exe").resolve().name.startswith(RUNTIMES):
                     return int(k)
         return None
 

@@ -206,3 +206,25 @@ def test_probe_in_a_container_reconnects_to_a_restarted_agent(spawn, agent, tmp_
     assert row["already_running"] or row["mode"] == "attached"
     n = len(agent.rows(HOSTNAME, (c.pid,)))
     agent.wait_rows(n + 1, HOSTNAME, (c.pid,), timeout=30)
+
+
+@pytest.mark.slow
+def test_rasp_attach_jvm_in_a_container(spawn, agent: AgentProc, tmp_path) -> None:
+    sleeper = REPO / "tests" / "apps" / "jvm" / "Sleeper.java"
+    (tmp_path / "ctmp").mkdir()
+    (tmp_path / "ctmp" / sleeper.name).write_bytes(sleeper.read_bytes())  # its /tmp
+    c = Container(
+        spawn, tmp_path, ["/usr/bin/java", f"/tmp/{sleeper.name}", "rampart-ct"],
+        stdout=subprocess.PIPE, exist_ok=True,
+    )  # fmt: skip
+    assert c.proc.stdout is not None and c.proc.stdout.readline().strip() == b"ready"
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--json"],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = next(r for r in agent.control("ps") if r["pid"] == c.pid)
+    assert row["state"] == "connected" and row["runtime"] == "jvm" and row["hooks"] > 0
+    assert len(c.placed()) == 1
+    c.stop()
+    wait_for(lambda: c.placed() == [], 10, "placed files removed")
