@@ -219,6 +219,7 @@ def _start_keeper(pid: int, name: str, source: Path) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=err,
+        env={**os.environ, "RAMPART_DISABLE": "1"},  # never a target of auto-attach itself
         start_new_session=True,
         cwd=str(repo),
     )

@@ -74,6 +74,7 @@ def test_rasp_attach_pid_into_a_container(spawn, agent: AgentProc, tmp_path) -> 
     assert not any(p.name.startswith(placed) for p in Path("/tmp").iterdir())  # the mirror
     keepers = container.keepers(c.pid)
     assert len(keepers) == 1
+    assert b"RAMPART_DISABLE=1" in Path(f"/proc/{keepers[0]}/environ").read_bytes().split(b"\0")
     # the app exits: the keeper unmounts the socket, removes the dir, and exits
     c.stop()
     wait_for(lambda: _gone(c.pid), 10, "app gone")
