@@ -5,9 +5,10 @@ A target is foreign when its root (`/proc/<pid>/root`) or its mount namespace di
 ours: our paths (the repo's probe directory, the agent socket) may not exist there, or be
 other files. For such a target, `place()`:
 
-1. makes a private directory `/tmp/.rampart-<pid>-<random>` in the target's own /tmp
-   (reached through /proc/<pid>/root, opened with O_NOFOLLOW: a container's `tmp` symlink
-   would resolve against *our* root), mode 0700 and owned by the target's uid, and copies
+1. makes a private directory `/tmp/.rampart-<pid>-<random>` in the target's own /tmp (or,
+   read-only, its /run or /dev/shm), reached through /proc/<pid>/root one O_NOFOLLOW
+   component at a time (a container's `tmp` symlink would resolve against *our* root),
+   mode 0700 and owned by the target's uid, and copies
    the probe files in with fd-relative calls (nothing there can redirect our writes);
 2. starts a keeper process (`python -m injector.container keep`) that bind-mounts the agent
    socket, read-only, nosuid/nodev/noexec, on `<private dir>/agent.sock` inside the
@@ -87,21 +88,42 @@ def nspid(pid: int) -> int:
     return pid
 
 
+#: where the private directory may go in the target's root, in order: its /tmp, else (a
+#: read-only /tmp) its /run or /dev/shm
+PARENTS = ("tmp", "run", "dev/shm")
+
+
+def open_in_root(pid: int, rel: str) -> int:
+    """A directory fd for `rel` under the target's root, every component opened O_NOFOLLOW:
+    a container's symlink (`tmp -> /somewhere`) would resolve against *our* root."""
+    fd = os.open(f"{PROC}/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.split("/"):
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @dataclass
 class Placement:
     pid: int
-    name: str  # the private directory's name in the target's /tmp
+    parent: str  # one of PARENTS
+    name: str  # the private directory's name in the target's parent directory
     keeper: subprocess.Popen[bytes]
 
     @property
     def inside(self) -> str:
         """The private directory as the target sees it."""
-        return f"/tmp/{self.name}"
+        return f"/{self.parent}/{self.name}"
 
     @property
     def host(self) -> str:
         """The private directory from our namespace (valid while the target runs)."""
-        return f"{PROC}/{self.pid}/root/tmp/{self.name}"
+        return f"{PROC}/{self.pid}/root/{self.parent}/{self.name}"
 
     def socket(self, socket: Path) -> str:
         """The agent socket `socket` as the target sees it."""
@@ -150,12 +172,26 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
     socket's directory there, and leaves a keeper to clean up when the target exits."""
     try:
         uid, gid = _ids(pid)
-        tmp = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as e:
-        raise ContainerError(f"pid {pid}: cannot open its /tmp: {e.strerror}") from None
+        raise ContainerError(f"pid {pid}: cannot read its ids: {e.strerror}") from None
     name = f".rampart-{pid}-{secrets.token_hex(4)}"
+    tmp, parent, tried = -1, "", []
+    for parent in PARENTS:
+        try:
+            tmp = open_in_root(pid, parent)
+        except OSError as e:
+            tried.append(f"/{parent}: {e.strerror}")
+            continue
+        try:
+            os.mkdir(name, 0o700, dir_fd=tmp)
+            break
+        except OSError as e:  # read-only, full: the next one
+            tried.append(f"/{parent}: {e.strerror}")
+            os.close(tmp)
+            tmp = -1
+    if tmp < 0:
+        raise ContainerError(f"pid {pid}: no writable place for the probe: {'; '.join(tried)}")
     try:
-        os.mkdir(name, 0o700, dir_fd=tmp)
         try:
             os.chown(name, uid, gid, dir_fd=tmp, follow_symlinks=False)
             d = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp)
@@ -171,7 +207,7 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
                 _write(d, MOUNTPOINT, b"", uid, gid)  # the bind's mountpoint
             finally:
                 os.close(d)
-            keeper = _start_keeper(pid, name, Path(os.path.abspath(socket)))
+            keeper = _start_keeper(pid, parent, name, Path(os.path.abspath(socket)))
         except BaseException:
             shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)
             raise
@@ -179,7 +215,7 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
         raise ContainerError(f"pid {pid}: cannot place the probe files: {e}") from None
     finally:
         os.close(tmp)
-    return Placement(pid, name, keeper)
+    return Placement(pid, parent, name, keeper)
 
 
 def keepers(pid: int) -> list[int]:
@@ -209,13 +245,13 @@ def release(pid: int) -> None:
 KEEP_LOG_ENV = "RASP_CONTAINER_KEEP_LOG"
 
 
-def _start_keeper(pid: int, name: str, source: Path) -> subprocess.Popen[bytes]:
+def _start_keeper(pid: int, parent: str, name: str, source: Path) -> subprocess.Popen[bytes]:
     repo = Path(__file__).resolve().parents[1]
     log = os.environ.get(KEEP_LOG_ENV)
     # never our stderr: an attach helper's pipe, gone once it exits
     err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     keeper = subprocess.Popen(
-        [sys.executable, "-m", "injector.container", "keep", str(pid), name, str(source)],
+        [sys.executable, "-m", "injector.container", "keep", str(pid), parent, name, str(source)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=err,
@@ -337,7 +373,7 @@ def _cleanup(tmp_fd: int, dir_fd: int, name: str) -> None:
     shutil.rmtree(name, dir_fd=tmp_fd)
 
 
-def keep(pid: int, name: str, source: Path) -> int:
+def keep(pid: int, parent: str, name: str, source: Path) -> int:
     stop = False
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -349,7 +385,7 @@ def keep(pid: int, name: str, source: Path) -> int:
     try:
         pidfd = os.pidfd_open(pid)
         nsfd = os.open(f"{PROC}/{pid}/ns/mnt", os.O_RDONLY)
-        tmp_fd = os.open(f"{PROC}/{pid}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        tmp_fd = open_in_root(pid, parent)
         dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp_fd)
     except OSError as e:
         print(f"pid {pid}: {e}", flush=True)
@@ -386,10 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     k = sub.add_parser("keep", help="bind the agent socket in; clean up when the target exits")
     k.add_argument("pid", type=int)
+    k.add_argument("parent", choices=PARENTS)
     k.add_argument("name")
     k.add_argument("source", type=Path)
     args = parser.parse_args(argv)
-    return keep(args.pid, args.name, args.source)
+    return keep(args.pid, args.parent, args.name, args.source)
 
 
 if __name__ == "__main__":

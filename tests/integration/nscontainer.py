@@ -28,8 +28,10 @@ for l in bin lib lib64 sbin; do
         mkdir "$R/$l"; mount --rbind "/$l" "$R/$l"; mount -o remount,bind,ro "$R/$l"
     fi
 done
-mkdir "$R/tmp" "$R/proc" "$R/dev"
+mkdir "$R/tmp" "$R/run" "$R/proc" "$R/dev"
 mount --bind "$RAMPART_CTMP" "$R/tmp"
+[ -z "$RAMPART_CTMP_RO" ] || mount -o remount,bind,ro "$R/tmp"
+mount --bind "$RAMPART_CRUN" "$R/run"
 mount -t proc proc "$R/proc"
 mount --rbind /dev "$R/dev"
 ip link set lo up
@@ -48,16 +50,26 @@ RUNTIMES = ("python", "php", "node", "java")  # the app, once `sh` and `unshare`
 class Container:
     """`unshare` (the spawned process) and the app in it (`pid`: its host pid)."""
 
-    def __init__(self, spawn, base: Path, argv: list[str], exist_ok: bool = False, **popen) -> None:
+    def __init__(
+        self, spawn, base: Path, argv: list[str], exist_ok: bool = False, tmp_ro: bool = False,
+        **popen,
+    ) -> None:  # fmt: skip
         self.root = base / "root"
         self.tmp = base / "ctmp"  # the container's /tmp, seen from the host
+        self.run = base / "crun"  # and its /run
         self.root.mkdir()
         self.tmp.mkdir(exist_ok=exist_ok)
         self.tmp.chmod(0o1777)
+        self.run.mkdir()
         unshare = ["unshare", "--mount", "--pid", "--net", "--fork", "--kill-child"]
         self.proc = spawn(
             [*unshare, "sh", "-c", _SETUP, "rampart-container", str(self.root), *argv],
-            env={"RAMPART_CTMP": str(self.tmp), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+            env={
+                "RAMPART_CTMP": str(self.tmp),
+                "RAMPART_CRUN": str(self.run),
+                "RAMPART_CTMP_RO": "1" if tmp_ro else "",
+                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+            },
             **popen,
         )
         self.pid = wait_for(self._app_pid, 10, "the app in its namespaces")
@@ -70,9 +82,10 @@ class Container:
                     return int(k)
         return None
 
-    def placed(self) -> list[str]:
-        """What an attach left in the container's /tmp."""
-        return sorted(p.name for p in self.tmp.iterdir() if p.name.startswith(".rampart-"))
+    def placed(self, where: str = "tmp") -> list[str]:
+        """What an attach left in the container's /tmp (or /run)."""
+        d = self.tmp if where == "tmp" else self.run
+        return sorted(p.name for p in d.iterdir() if p.name.startswith(".rampart-"))
 
     def stop(self) -> None:
         self.proc.kill()

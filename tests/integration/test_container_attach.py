@@ -229,3 +229,21 @@ def test_rasp_attach_jvm_in_a_container(spawn, agent: AgentProc, tmp_path) -> No
     assert len(c.placed()) == 1
     c.stop()
     wait_for(lambda: c.placed() == [], 10, "placed files removed")
+
+
+@pytest.mark.slow
+def test_read_only_tmp_places_in_run(spawn, agent: AgentProc, tmp_path) -> None:
+    c = Container(
+        spawn, tmp_path, ["/usr/bin/python3", "-c", PY_APP, "rampart-ct"],
+        stdout=subprocess.PIPE, tmp_ro=True,
+    )  # fmt: skip
+    assert c.proc.stdout is not None and c.proc.stdout.readline().split()[0] == b"ready"
+    res = subprocess.run(
+        [RASP_ATTACH, "--pid", str(c.pid), "--socket", str(agent.socket), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    agent.wait_rows(1, HOSTNAME, (c.pid,), timeout=30)
+    assert c.placed("tmp") == [] and len(c.placed("run")) == 1
+    c.stop()
+    wait_for(lambda: c.placed("run") == [], 10, "placed files removed")
