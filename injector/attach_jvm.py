@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from injector import container
 from injector.attach import EXIT_DENIED, EXIT_FAIL, EXIT_UNSUPPORTED, AttachError
 from injector.detect import Detection
 from injector.process import PROC
@@ -63,7 +64,7 @@ class JvmAttacher:
         self.jar = jar
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        options = f"action=attach;socket={_quote(str(socket))}"
+        options = f"action=attach;socket={_quote(self._socket_in(target.pid, socket))}"
         # JDK 8-15 have no Unix-domain sockets: the agent makes a FIFO pair bound to this pid
         # (host_agent/fifo.py); `jvm_transport: fifo` takes that route on every JDK
         forced = control(socket, "ping", timeout=timeout).get("jvm_transport") == "fifo"
@@ -74,6 +75,20 @@ class JvmAttacher:
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         self.load(target, "action=detach", timeout)
+
+    def _socket_in(self, pid: int, socket: Path) -> str:
+        """The agent socket as the JVM sees it: bound into a container's root
+        (injector/container.py). The FIFO route's directory is not (docs/auto-attach.md)."""
+        try:
+            foreign = container.is_foreign(pid)
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        if not foreign:
+            return str(socket)
+        try:
+            return container.place(pid, {}, socket).socket(socket)
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
 
     def spec_version(self, target: Detection, timeout: float) -> int:
         """The JVM's `java.specification.version` as a major number (1.8 -> 8), asked of

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import http.client
 import ipaddress
 import json
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 
 import websocket
 
+from injector import container
 from injector.attach import EXIT_FAIL, EXIT_UNSUPPORTED, AttachError
 from injector.detect import Detection
 from injector.process import PROC, ProcessError, read_process
@@ -394,30 +396,32 @@ def evaluate(pid: int, listener: Listener, expression: Expression, timeout: floa
     return result.get("result", {}).get("value")
 
 
-def close_expression(session: Session | None) -> str:
+def close_expression(session: Session | None, base: Path | None = None) -> str:
     """Have the target close its inspector once our session has hung up (not at once: see
-    rasp/nodejs/lib/inspector_close.js)."""
+    rasp/nodejs/lib/inspector_close.js). `base`: a copy of the probe directory placed in the
+    target's root (a container), else ours."""
     arg = json.dumps({"fd": session.fd, "inode": session.inode}) if session else ""
-    return f"require({json.dumps(str(CLOSER))}).closeWhenIdle({arg})"
+    closer = CLOSER if base is None else base / "lib" / CLOSER.name
+    return f"require({json.dumps(str(closer))}).closeWhenIdle({arg})"
 
 
-def probe_expression(call: str, close: bool) -> Expression:
+def probe_expression(call: str, close: bool, base: Path | None = None) -> Expression:
     """`require` the probe and run `call` on it; in a finally, have the target close its
     inspector once our session has hung up, so it closes even when the probe throws. Should
     the closer itself fail to load, fall back to a plain close after 300 ms."""
     if close:
-        return lambda session: _probe_expression(call, close_expression(session))
-    return _probe_expression(call, "")
+        return lambda session: _probe_expression(call, close_expression(session, base), base)
+    return _probe_expression(call, "", base)
 
 
-def _probe_expression(call: str, close: str) -> str:
+def _probe_expression(call: str, close: str, base: Path | None) -> str:
     closing = (
         f"try {{ {close}; }} catch (e) {{"
         " const i = require('inspector'); setTimeout(() => i.close(), 300); }"
         if close
         else ""
     )
-    probe = json.dumps(str(PROBE))
+    probe = json.dumps(str(PROBE if base is None else base / PROBE.name))
     return f"(() => {{ try {{ return require({probe}).{call}; }} finally {{ {closing} }} }})()"
 
 
@@ -467,11 +471,12 @@ class NodeAttacher:
         opts: dict[str, Any] = {"socket": str(socket), "mode": "attached"}
         # refusals first: a native layer in a process the JS layer cannot join reports nothing
         self.preflight(target.pid)
+        base = self._base(target.pid, socket, opts)
         if "native" in self.layers:
             native = self.attach_native(target.pid, timeout)
             if native is not None:
                 opts["native"] = native
-        value = self.run(target, f"start({json.dumps(opts)})", timeout)
+        value = self.run(target, f"start({json.dumps(opts)})", timeout, base)
         status = value.get("native") if isinstance(value, dict) else None
         if "native" in opts and status not in ("ok", "already"):
             warn(f"pid {target.pid}: native layer not connected to the JS layer: {status}")
@@ -494,7 +499,27 @@ class NodeAttacher:
         return loaded.for_js()
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
-        self.run(target, "stop()", timeout)
+        base = self._base(target.pid, socket, {})
+        self.run(target, "stop()", timeout, base)
+        if base is not None:  # stopped: what was placed in its /tmp can go now
+            container.release(target.pid)
+
+    def _base(self, pid: int, socket: Path, opts: dict[str, Any]) -> Path | None:
+        """None when the target sees our files; in another root (a container), the copy of
+        the probe directory placed there, and `opts["socket"]` the agent socket bound in
+        (injector/container.py)."""
+        try:
+            foreign = container.is_foreign(pid)
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        if not foreign:
+            return None
+        try:
+            placed = container.place(pid, {"nodejs": PROBE.parent}, socket)
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        opts["socket"] = placed.socket(socket)
+        return Path(placed.inside) / "nodejs"
 
     def preflight(self, pid: int) -> InspectorOptions:
         """The refusals that need no signal: raises AttachError, else the inspector options."""
@@ -517,7 +542,7 @@ class NodeAttacher:
             )
         return opts
 
-    def run(self, target: Detection, call: str, timeout: float) -> Any:
+    def run(self, target: Detection, call: str, timeout: float, base: Path | None = None) -> Any:
         pid = target.pid
         opts = self.preflight(pid)
         before = own_listeners(pid)
@@ -525,7 +550,7 @@ class NodeAttacher:
         # an inspector the app opened itself (--inspect): use it, and leave it open
         preexisting = next((s for s in before if want and s.port == want), None)
         if preexisting is not None:
-            expr = probe_expression(call, close=False)
+            expr = probe_expression(call, close=False, base=base)
             return in_netns_of(pid, lambda: evaluate(pid, preexisting, expr, timeout))
         t0 = time.perf_counter()
         os.kill(pid, signal.SIGUSR1)
@@ -545,7 +570,7 @@ class NodeAttacher:
         failure: BaseException | None = None
         value = None
         try:
-            expr = probe_expression(call, close=True)
+            expr = probe_expression(call, close=True, base=base)
             value = in_netns_of(pid, lambda: evaluate(pid, listener, expr, timeout))
         except BaseException as e:
             failure = e
@@ -553,7 +578,8 @@ class NodeAttacher:
             # our expression's close did not run (it never reached the target): try again
             # with a bare close, then say loudly if it still stays open
             with contextlib.suppress(Exception):
-                in_netns_of(pid, lambda: evaluate(pid, listener, close_expression, timeout))
+                bare = functools.partial(close_expression, base=base)
+                in_netns_of(pid, lambda: evaluate(pid, listener, bare, timeout))
             if not wait_closed(pid, listener):
                 raise AttachError(
                     EXIT_FAIL,

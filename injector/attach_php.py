@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from injector import attach as attach_mod
+from injector import container
 from injector.detect import Detection
-from rasp.php.php_agent import ProbeLoadError, load
+from rasp.php.php_agent import ProbeLoadError, load, running_probe
 
 WATCH_INTERVAL = 0.1
 
@@ -84,6 +85,17 @@ class PhpAttacher:
             start_watcher(target.pid, socket, timeout)
 
     def _load(self, target: Detection, socket: Path, timeout: float, role: str) -> None:
+        try:
+            foreign = container.is_foreign(target.pid)
+        except container.ContainerError as e:  # gone meanwhile
+            raise attach_mod.AttachError(attach_mod.EXIT_PROCESS, str(e)) from None
+        # the probe's script travels over Frida; only the agent socket is a path the target
+        # must resolve: bind it into a container's root (injector/container.py)
+        if foreign and not running_probe(target.pid):
+            try:
+                socket = Path(container.place(target.pid, {}, socket).socket(socket))
+            except container.ContainerError as e:
+                raise attach_mod.AttachError(attach_mod.EXIT_FAIL, str(e)) from None
         try:
             loaded = load(
                 target.pid, socket, role=role, runtime_version=target.version, timeout=timeout

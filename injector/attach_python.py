@@ -16,6 +16,7 @@ bootstrap finds it in sys.modules and makes it reconnect with `already_running: 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from injector import container
 from injector.attach import EXIT_DENIED, EXIT_FAIL, EXIT_PROCESS, AttachError
 from injector.detect import Detection
 from injector.process import ProcessError, read_process
@@ -97,39 +99,93 @@ def library_with(code: str, library: Path = LIBRARY) -> bytes:
     return bytes(data)
 
 
+def _write_image(so: Path, image: bytes, uid: int, gid: int) -> None:
+    fd = os.open(so, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+    with os.fdopen(fd, "wb") as f:
+        f.write(image)
+        if uid not in (-1, os.geteuid()):
+            os.fchown(f.fileno(), uid, gid)
+
+
+def _inject(pid: int, library: str) -> None:
+    import pyinjector
+
+    try:
+        # pyinjector.inject() checks the path with our view of the file system; the
+        # injector itself only needs realpath(3) to succeed here (see _attach_foreign)
+        with pyinjector.api.attach(pid) as injector:
+            injector.inject(library.encode())
+    except pyinjector.api.LinuxInjectorPermissionError as e:
+        raise AttachError(EXIT_DENIED, f"pid {pid}: permission denied ({e.error_str})") from None
+    except pyinjector.api.InjectorError as e:
+        raise AttachError(
+            EXIT_FAIL, f"pid {pid}: injection failed in {e.func_name}: {e.error_str}"
+        ) from None
+
+
 class PythonAttacher:
     runtime = "python"
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        import pyinjector
-
         try:
             info = read_process(target.pid)
-        except ProcessError as e:
+            foreign = container.is_foreign(target.pid)
+        except (ProcessError, container.ContainerError) as e:
             raise AttachError(EXIT_PROCESS, str(e)) from None
-        image = library_with(bootstrap_code(Path(os.path.abspath(socket))))
-        private = Path(tempfile.mkdtemp(prefix=".rampart-attach-", dir=Path(socket).parent))
+        socket = Path(os.path.abspath(socket))
+        if foreign:
+            self._attach_foreign(target, info.uid, info.gid, socket)
+            return
+        image = library_with(bootstrap_code(socket))
+        private = Path(tempfile.mkdtemp(prefix=".rampart-attach-", dir=socket.parent))
         try:
             so = private / "rampart_pyinject.so"
-            fd = os.open(so, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o500)
-            with os.fdopen(fd, "wb") as f:
-                f.write(image)
+            _write_image(so, image, info.uid, info.gid)
             if info.uid not in (-1, os.geteuid()):
                 # the target's dlopen runs as the target: let that uid, and only it, read it
                 os.chown(private, info.uid, info.gid)
-                os.chown(so, info.uid, info.gid)
-            try:
-                pyinjector.inject(target.pid, str(so))
-            except pyinjector.api.LinuxInjectorPermissionError as e:
-                raise AttachError(
-                    EXIT_DENIED, f"pid {target.pid}: permission denied ({e.error_str})"
-                ) from None
-            except pyinjector.api.InjectorError as e:
-                raise AttachError(
-                    EXIT_FAIL, f"pid {target.pid}: injection failed in {e.func_name}: {e.error_str}"
-                ) from None
+            _inject(target.pid, str(so))
         finally:
             shutil.rmtree(private, ignore_errors=True)
+
+    def _attach_foreign(self, target: Detection, uid: int, gid: int, socket: Path) -> None:
+        """A target in another root / mount namespace (injector/container.py): the probe
+        package and the agent socket are placed where its own paths resolve."""
+        try:
+            placed = container.place(
+                target.pid, {"rampart_probe": PROBE_DIR / "rampart_probe"}, socket
+            )
+        except container.ContainerError as e:
+            raise AttachError(EXIT_FAIL, str(e)) from None
+        image = library_with(bootstrap_code(Path(placed.socket(socket)), Path(placed.inside)))
+        so_name = "rampart_pyinject.so"
+        inside = f"{placed.inside}/{so_name}"
+        # the injector resolves the path with realpath(3) in *our* namespace before the
+        # target dlopens it in its own: the same path must exist here while it injects
+        mirror = Path(placed.inside)
+        mirrored = False
+        try:
+            _write_image(Path(placed.host) / so_name, image, uid, gid)
+            try:
+                mirror.mkdir(mode=0o700)
+                mirrored = True
+                (mirror / so_name).touch(mode=0o400, exist_ok=False)
+            except FileExistsError:
+                # our /tmp is the target's: the file is there already, as long as it is ours
+                if not os.path.samefile(mirror, placed.host):
+                    raise AttachError(
+                        EXIT_FAIL, f"pid {target.pid}: {mirror} exists here; not injecting"
+                    ) from None
+            _inject(target.pid, inside)
+        except OSError as e:
+            raise AttachError(
+                EXIT_FAIL, f"pid {target.pid}: cannot place the library: {e}"
+            ) from None
+        finally:
+            if mirrored:
+                shutil.rmtree(mirror, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(Path(placed.host) / so_name)  # mapped by now; nothing left behind
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         raise AttachError(EXIT_FAIL, "detach for python is done by the agent's exit frame")

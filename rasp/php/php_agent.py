@@ -60,13 +60,25 @@ class Loaded:
 
 
 def poke_name(pid: int) -> str:
-    """The abstract Unix socket a running probe listens on (see listenForPokes)."""
+    """The abstract Unix socket a running probe listens on (see listenForPokes): named with
+    the pid the probe sees for itself, its namespace pid in a container."""
     return f"rampart-php-{pid}"
+
+
+def _nspid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NStgid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return pid
 
 
 def running_probe(pid: int) -> bool:
     """Whether a Rampart PHP probe listens in `pid` (read in the target's network namespace)."""
-    want = "@" + poke_name(pid)
+    want = "@" + poke_name(_nspid(pid))
     try:
         with open(f"/proc/{pid}/net/unix") as f:
             return any(line.rstrip().endswith(" " + want) for line in f)
@@ -75,14 +87,23 @@ def running_probe(pid: int) -> bool:
 
 
 def poke(pid: int, timeout: float = 2.0) -> bool:
-    """Ask the probe running in `pid` for a fresh hello; False if nobody answered."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect("\0" + poke_name(pid))
-        except OSError:
-            return False
-    return True
+    """Ask the probe running in `pid` for a fresh hello; False if nobody answered. Abstract
+    socket names live in a network namespace: connect from the target's."""
+    from injector.attach_nodejs import in_netns_of
+
+    def connect() -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect("\0" + poke_name(_nspid(pid)))
+            except OSError:
+                return False
+        return True
+
+    try:
+        return in_netns_of(pid, connect)
+    except Exception:  # its network namespace cannot be entered: nobody answered
+        return False
 
 
 def source(socket: Path, role: str, runtime_version: str) -> str:

@@ -1,0 +1,433 @@
+"""Attaching to a process in another mount namespace (a container): make the probe files and
+the agent socket resolve *inside* its root. Shared by the attachers; see docs/auto-attach.md.
+
+A target is foreign when its root (`/proc/<pid>/root`) or its mount namespace differs from
+ours: our paths (the repo's probe directory, the agent socket) may not exist there, or be
+other files. For such a target, `place()`:
+
+1. makes a private directory `/tmp/.rampart-<pid>-<random>` in the target's own /tmp (or,
+   read-only, its /run or /dev/shm), reached through /proc/<pid>/root one O_NOFOLLOW
+   component at a time (a container's `tmp` symlink would resolve against *our* root),
+   mode 0700 and owned by the target's uid, and copies
+   the probe files in with fd-relative calls (nothing there can redirect our writes);
+2. starts a keeper process (`python -m injector.container keep`) that bind-mounts the agent
+   socket, read-only, nosuid/nodev/noexec, on `<private dir>/agent.sock` inside the
+   target's mount namespace: `open_tree(OPEN_TREE_CLONE)` in our namespace, then
+   `setns(CLONE_NEWNS)` and `move_mount` (a classic `mount --bind` cannot take its source
+   from another namespace). Only the socket file, not its directory: the container sees
+   nothing else of the agent's (store, FIFO pairs). A restarted agent has a new socket,
+   which the keeper binds in its place within a second (it watches the socket's inode), so
+   the probe's reconnect finds it. The socket stays one kernel object: SO_PEERCRED
+   gives the agent the probe's *host* pid (the kernel translates it to the reader's pid
+   namespace), and the probe's hello may carry its namespace pid (host_agent/server.py
+   accepts the NStgid);
+3. the keeper holds a pidfd of the target and its mount namespace; when the target exits
+   (or the keeper gets SIGTERM/SIGINT) it unmounts the bind and removes the private
+   directory, so nothing is left in the container's /tmp. It never touches a directory it
+   did not create.
+
+The keeper runs in its own session with no stdio of ours (an attach helper's output pipe
+closes when the helper exits) and takes a few MB while the target lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import secrets
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = "/proc"
+KEEP_READY_TIMEOUT = 10.0
+REBIND_CHECK_S = 1.0
+MOUNTPOINT = "agent.sock"
+SKIP = {"__pycache__", "node_modules", "test"}  # never needed in a target
+
+# x86-64 syscall numbers and flags (linux/mount.h, asm/unistd_64.h)
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 1, 0x1000, 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
+_CLONE_NEWNS = 0x00020000
+_MNT_DETACH = 2
+
+
+class ContainerError(Exception):
+    pass
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def is_foreign(pid: int) -> bool:
+    """True when `pid` sees another root or mount namespace than we do."""
+    try:
+        root = os.stat(f"{PROC}/{pid}/root")
+        mnt = os.stat(f"{PROC}/{pid}/ns/mnt")
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot read its root: {e.strerror}") from None
+    return not _same(root, os.stat("/")) or not _same(mnt, os.stat(f"{PROC}/self/ns/mnt"))
+
+
+def nspid(pid: int) -> int:
+    """The pid the target sees for itself (last NStgid field)."""
+    with open(f"{PROC}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NStgid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+#: where the private directory may go in the target's root, in order: its /tmp, else (a
+#: read-only /tmp) its /run or /dev/shm
+PARENTS = ("tmp", "run", "dev/shm")
+
+
+def open_in_root(pid: int, rel: str) -> int:
+    """A directory fd for `rel` under the target's root, every component opened O_NOFOLLOW:
+    a container's symlink (`tmp -> /somewhere`) would resolve against *our* root."""
+    fd = os.open(f"{PROC}/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.split("/"):
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class Placement:
+    pid: int
+    parent: str  # one of PARENTS
+    name: str  # the private directory's name in the target's parent directory
+    keeper: subprocess.Popen[bytes]
+
+    @property
+    def inside(self) -> str:
+        """The private directory as the target sees it."""
+        return f"/{self.parent}/{self.name}"
+
+    @property
+    def host(self) -> str:
+        """The private directory from our namespace (valid while the target runs)."""
+        return f"{PROC}/{self.pid}/root/{self.parent}/{self.name}"
+
+    def socket(self, socket: Path) -> str:
+        """The agent socket `socket` as the target sees it."""
+        return f"{self.inside}/{MOUNTPOINT}"
+
+
+def _copy_tree(src: Path, dst_fd: int, uid: int, gid: int) -> None:
+    for entry in sorted(src.iterdir()):
+        if entry.name in SKIP or entry.suffix == ".pyc" or entry.is_symlink():
+            continue
+        if entry.is_dir():
+            os.mkdir(entry.name, 0o700, dir_fd=dst_fd)
+            os.chown(entry.name, uid, gid, dir_fd=dst_fd, follow_symlinks=False)
+            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dst_fd)
+            try:
+                _copy_tree(entry, sub, uid, gid)
+            finally:
+                os.close(sub)
+        elif entry.is_file():
+            _write(dst_fd, entry.name, entry.read_bytes(), uid, gid)
+
+
+def _write(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o400) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _ids(pid: int) -> tuple[int, int]:
+    uid = gid = 0
+    with open(f"{PROC}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[2])  # effective: who opens the files
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[2])
+    return uid, gid
+
+
+def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
+    """Copies each `trees` directory into the target's private dir under its key, binds the
+    socket's directory there, and leaves a keeper to clean up when the target exits."""
+    try:
+        uid, gid = _ids(pid)
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot read its ids: {e.strerror}") from None
+    name = f".rampart-{pid}-{secrets.token_hex(4)}"
+    tmp, parent, tried = -1, "", []
+    for parent in PARENTS:
+        try:
+            tmp = open_in_root(pid, parent)
+        except OSError as e:
+            tried.append(f"/{parent}: {e.strerror}")
+            continue
+        try:
+            os.mkdir(name, 0o700, dir_fd=tmp)
+            break
+        except OSError as e:  # read-only, full: the next one
+            tried.append(f"/{parent}: {e.strerror}")
+            os.close(tmp)
+            tmp = -1
+    if tmp < 0:
+        raise ContainerError(f"pid {pid}: no writable place for the probe: {'; '.join(tried)}")
+    try:
+        try:
+            os.chown(name, uid, gid, dir_fd=tmp, follow_symlinks=False)
+            d = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp)
+            try:
+                for key, src in trees.items():
+                    os.mkdir(key, 0o700, dir_fd=d)
+                    os.chown(key, uid, gid, dir_fd=d, follow_symlinks=False)
+                    sub = os.open(key, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=d)
+                    try:
+                        _copy_tree(src, sub, uid, gid)
+                    finally:
+                        os.close(sub)
+                _write(d, MOUNTPOINT, b"", uid, gid)  # the bind's mountpoint
+            finally:
+                os.close(d)
+            keeper = _start_keeper(pid, parent, name, Path(os.path.abspath(socket)))
+        except BaseException:
+            shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        raise ContainerError(f"pid {pid}: cannot place the probe files: {e}") from None
+    finally:
+        os.close(tmp)
+    return Placement(pid, parent, name, keeper)
+
+
+def keepers(pid: int) -> list[int]:
+    """The keepers of what was placed for `pid`."""
+    found = []
+    want = [b"injector.container", b"keep", str(pid).encode()]
+    for entry in os.listdir(PROC):
+        if entry.isdigit():
+            try:
+                with open(f"{PROC}/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[2:5] == want:
+                found.append(int(entry))
+    return found
+
+
+def release(pid: int) -> None:
+    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now."""
+    for keeper in keepers(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(keeper, signal.SIGTERM)
+
+
+#: where keepers write their log lines (default: nowhere)
+KEEP_LOG_ENV = "RASP_CONTAINER_KEEP_LOG"
+
+
+def _start_keeper(pid: int, parent: str, name: str, source: Path) -> subprocess.Popen[bytes]:
+    repo = Path(__file__).resolve().parents[1]
+    log = os.environ.get(KEEP_LOG_ENV)
+    # never our stderr: an attach helper's pipe, gone once it exits
+    err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "injector.container", "keep", str(pid), parent, name, str(source)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env={**os.environ, "RAMPART_DISABLE": "1"},  # never a target of auto-attach itself
+        start_new_session=True,
+        cwd=str(repo),
+    )
+    if log:
+        err.close()
+    assert keeper.stdout is not None
+    ready, _, _ = select.select([keeper.stdout], [], [], KEEP_READY_TIMEOUT)
+    line = keeper.stdout.readline().decode(errors="replace").strip() if ready else ""
+    keeper.stdout.close()
+    if line != "ready":
+        if keeper.poll() is None:
+            keeper.terminate()  # it cleans up on SIGTERM
+        keeper.wait(KEEP_READY_TIMEOUT)
+        raise ContainerError(f"pid {pid}: cannot bind the agent socket in: {line or 'timeout'}")
+    return keeper
+
+
+# ------------------------------------------------------------------------------ the keeper
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+class _Binder:
+    """Binds the agent socket (a name in a directory of our namespace) on the mountpoint in
+    the target's namespace, and binds it again when the agent made a new socket there."""
+
+    def __init__(self, nsfd: int, dir_fd: int, source: Path) -> None:
+        self.nsfd, self.dir_fd, self.name = nsfd, dir_fd, source.name
+        self.home = os.open(f"{PROC}/self/ns/mnt", os.O_RDONLY)  # ours, to come back to
+        self.src_dir = os.open(source.parent, os.O_PATH | os.O_DIRECTORY)
+        self.bound = 0  # inode of the socket bound now
+
+    def current(self) -> int:
+        """The inode of the agent socket now (0: none), looked up from our namespace's dir."""
+        try:
+            st = os.stat(self.name, dir_fd=self.src_dir, follow_symlinks=False)
+        except OSError:
+            return 0
+        return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
+
+    def bind(self) -> None:
+        _check(_libc.setns(self.home, _CLONE_NEWNS), "setns (ours)")
+        tree = _check(
+            _libc.syscall(
+                _SYS_OPEN_TREE, self.src_dir, self.name.encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC
+            ),
+            "open_tree",
+        )
+        try:
+            ino = os.fstat(tree).st_ino
+            attr = _MountAttr(
+                _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC,
+                0,
+                0,
+                0,
+            )
+            _check(
+                _libc.syscall(
+                    _SYS_MOUNT_SETATTR,
+                    tree,
+                    b"",
+                    _AT_EMPTY_PATH,
+                    ctypes.byref(attr),
+                    ctypes.sizeof(attr),
+                ),
+                "mount_setattr",
+            )
+            _check(_libc.setns(self.nsfd, _CLONE_NEWNS), "setns")
+            if self.bound:  # the old agent's socket, dead: replace it
+                _unmount(self.dir_fd)
+            _check(
+                _libc.syscall(
+                    _SYS_MOVE_MOUNT,
+                    tree,
+                    b"",
+                    self.dir_fd,
+                    MOUNTPOINT.encode(),
+                    _MOVE_MOUNT_F_EMPTY_PATH,
+                ),
+                "move_mount",
+            )
+            self.bound = ino
+        finally:
+            os.close(tree)
+
+
+def _unmount(dir_fd: int) -> None:
+    # in the target's namespace, relative to the private dir: a bound socket, not our file
+    os.fchdir(dir_fd)
+    if stat.S_ISSOCK(os.lstat(MOUNTPOINT).st_mode):
+        _check(_libc.umount2(MOUNTPOINT.encode(), _MNT_DETACH), "umount")
+
+
+def _cleanup(tmp_fd: int, dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        _unmount(dir_fd)
+    os.fchdir(tmp_fd)
+    shutil.rmtree(name, dir_fd=tmp_fd)
+
+
+def keep(pid: int, parent: str, name: str, source: Path) -> int:
+    stop = False
+
+    def _stop(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        pidfd = os.pidfd_open(pid)
+        nsfd = os.open(f"{PROC}/{pid}/ns/mnt", os.O_RDONLY)
+        tmp_fd = open_in_root(pid, parent)
+        dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp_fd)
+    except OSError as e:
+        print(f"pid {pid}: {e}", flush=True)
+        return 1
+    try:
+        binder = _Binder(nsfd, dir_fd, source)
+        binder.bind()
+    except OSError as e:
+        print(f"pid {pid}: {e}", flush=True)
+        with contextlib.suppress(OSError):
+            _libc.setns(nsfd, _CLONE_NEWNS)
+            _cleanup(tmp_fd, dir_fd, name)
+        return 1
+    print("ready", flush=True)
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    while not stop and not poller.poll(REBIND_CHECK_S * 1000):
+        now = binder.current()
+        if now and now != binder.bound:  # the agent restarted: its new socket goes in
+            try:
+                binder.bind()
+                print(f"pid {pid}: the agent's new socket bound in", file=sys.stderr, flush=True)
+            except OSError as e:
+                print(f"pid {pid}: cannot bind the new socket: {e}", file=sys.stderr, flush=True)
+    _libc.setns(nsfd, _CLONE_NEWNS)
+    _cleanup(tmp_fd, dir_fd, name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m injector.container")
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keep", help="bind the agent socket in; clean up when the target exits")
+    k.add_argument("pid", type=int)
+    k.add_argument("parent", choices=PARENTS)
+    k.add_argument("name")
+    k.add_argument("source", type=Path)
+    args = parser.parse_args(argv)
+    return keep(args.pid, args.parent, args.name, args.source)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
