@@ -171,11 +171,12 @@ class FifoPeer(PeerConnection):
         super()._hello(msg)
 
     def _second_hello(self, msg: Any) -> None:
-        # A probe that closes `up` and opens it again before the agent has read the
-        # end-of-file (a second attach makes the JVM probe reconnect at once) keeps the same
-        # FIFO inode, so both hellos arrive on one stream. The writer can only be the bound
-        # pid (checked again in _hello), so this is a re-hello, not a protocol error: refusing
-        # it would end the session and lose the frames already written behind it.
+        # On a second attach the JVM probe says hello again on its live stream (a socket
+        # probe reconnects instead; for a FIFO, closing and reopening `up` would race the
+        # holder check below). A probe that did reopen `up` before the agent read the
+        # end-of-file lands here too: same inode, one stream. The holder check runs again in
+        # _hello, so this is a re-hello from the bound pid, not a protocol error: refusing it
+        # would end the session and lose the frames written behind it.
         self._hello(msg)
 
 

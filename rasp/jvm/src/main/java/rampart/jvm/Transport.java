@@ -115,10 +115,17 @@ final class Transport {
                     }
                 }
                 if (helloAgain) {
-                    // the agent takes one hello per connection, and a new connection from the
-                    // same process replaces the old one: reconnect, the hello says
-                    // already_running
                     helloAgain = false;
+                    if (fifoDir != null) {
+                        // FIFO route: say hello again on the live stream (the agent takes a
+                        // re-hello there). Closing and reopening `up` instead races the agent's
+                        // check that this pid holds `up` open when the hello is read.
+                        write(Protocol.encode(probe.hello(true)));
+                        continue;
+                    }
+                    // socket route: the agent takes one hello per connection, and a new
+                    // connection from the same process replaces the old one: reconnect, the
+                    // hello says already_running
                     broken = true;
                     immediate = true;
                     continue;
