@@ -117,7 +117,8 @@ def test_fanotify_reports_exec_paths_and_sensitive_writes(
         st = agent.cli("status", "--socket", str(agent.socket), "--json").stdout
         stored = agent.rows("json_extract(event, '$.driver.filename') LIKE ?", (f"{sensitive}/f%",))
         raise AssertionError(
-            f"f150 not stored; {len(stored)} f* writes stored; status {st}"
+            f"f150 not stored; {len(stored)} f* writes stored; status {st}; agent exit code "
+            f"{agent.proc.poll()} (None: alive); log tail: {agent.log_text()[-3000:]}"
         ) from None
     # (polled: a store transaction may hold a journal fd for a moment; a leak would be 450)
     pid = agent.proc.pid
