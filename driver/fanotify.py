@@ -17,6 +17,13 @@ and after the exec), and the event carries an fd of that file, whose path we rea
   path. fanotify cannot tell the open flags at FAN_OPEN time (the event fd is ours, opened
   O_RDONLY), so reads of sensitive files are not reported in this mode.
 
+**The events are read in a child process** (`python -m driver.fanotify FD PID`), never in the
+agent: every event hands the reader a new fd of the file, and closing an fd drops *all* the
+process's fcntl locks on that file (POSIX). In the agent, an event for its own SQLite store
+(`events.db-shm`, written by the agent or by a reader) thus released the agent's locks; the next
+reader, seeing none, truncated the shared-memory file under the agent's mapping: SIGBUS. The
+child reads the paths (and the exec'd file's first page) and sends records over a pipe.
+
 Needs CAP_SYS_ADMIN (fanotify_init refuses with EPERM otherwise). The queue is the kernel's
 default (16384 events, no FAN_UNLIMITED_QUEUE): an overflow arrives as FAN_Q_OVERFLOW and is
 counted. Every event fd is closed, also for skipped events (the agent's own pid). The event
@@ -31,6 +38,8 @@ import errno
 import os
 import select
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -50,6 +59,10 @@ O_LARGEFILE, O_CLOEXEC = 0o100000, 0o2000000
 FANOTIFY_METADATA_VERSION = 3
 # struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
 _META = struct.Struct("=IBBHQii")
+# child -> agent record: mask, pid, len(path), len(interpreter); then the two strings.
+# An overflow is a record with FAN_Q_OVERFLOW; an unreadable path is an empty one.
+_REC = struct.Struct("=QiHH")
+PATH_MAX_BYTES = 4096
 
 #: where binaries run from and droppers write: the root filesystem, and the usual tmpfs
 #: mounts when they are filesystems of their own. A filesystem mark covers every mount of
@@ -124,7 +137,9 @@ class Fanotify:
         self.queue_limit = queue_limit
         self.self_pid = os.getpid()
         self.marked: list[str] = []
-        self._fd = -1
+        self._fd = -1  # the pipe from the reader process
+        self._child: subprocess.Popen[bytes] | None = None
+        self._buf = bytearray()
         self._queue: deque[ev.DriverEvent] = deque()
         self._lock = threading.Lock()  # one reader at a time: keeps the kernel's order
         self._thread: threading.Thread | None = None
@@ -171,7 +186,22 @@ class Fanotify:
         if not self.marked:
             os.close(fd)
             raise FanotifyError(f"fanotify marks refused ({'; '.join(failed)})")
-        self._fd = fd
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "driver.fanotify", str(fd), str(self.self_pid)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                pass_fds=(fd,),
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                env={**os.environ, "RAMPART_DISABLE": "1"},  # never a target of auto-attach
+            )
+        except OSError as e:
+            raise FanotifyError(f"fanotify reader process did not start ({e})") from None
+        finally:
+            os.close(fd)  # the child holds it: event fds must never be opened in the agent
+        assert self._child.stdout is not None
+        self._fd = self._child.stdout.fileno()
+        os.set_blocking(self._fd, False)
         self._thread = threading.Thread(target=self._read_loop, name="fanotify", daemon=True)
         self._thread.start()
 
@@ -181,14 +211,22 @@ class Fanotify:
             self._thread.join(5)
             self._thread = None
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            self._fd = -1
+            child, self._child = self._child, None
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
 
     def _read_loop(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._fd >= 0:
             if poller.poll(200) and self._read() > 0:
                 self.notify()
 
@@ -206,17 +244,26 @@ class Fanotify:
                     break
                 except OSError:
                     break
-                n += self._parse(data)
+                if not data:  # the reader process is gone: say so once, read nothing more
+                    self.errors += 1
+                    self._fd = -1
+                    break
+                self._buf += data
+                n += self._parse()
         return n
 
-    def _parse(self, data: bytes) -> int:
+    def _parse(self) -> int:
         n = 0
         off = 0
-        while off + _META.size <= len(data):
-            length, vers, _r, _mlen, mask, fd, pid = _META.unpack_from(data, off)
-            if length < _META.size or vers != FANOTIFY_METADATA_VERSION:
-                break
-            off += length
+        buf = self._buf
+        while off + _REC.size <= len(buf):
+            mask, pid, plen, ilen = _REC.unpack_from(buf, off)
+            end = off + _REC.size + plen + ilen
+            if end > len(buf):
+                break  # the rest of this record comes with the next read
+            path = buf[off + _REC.size : off + _REC.size + plen].decode("utf-8", "replace")
+            nxt = buf[off + _REC.size + plen : end].decode("utf-8", "replace")
+            off = end
             try:
                 if mask & FAN_Q_OVERFLOW:
                     self.overflows += 1
@@ -225,7 +272,10 @@ class Fanotify:
                 if pid == self.self_pid:
                     self.skipped_self += 1
                     continue
-                for e in self._events(mask, fd, pid):
+                if not path:
+                    self.unreadable += 1
+                    continue
+                for e in self._events(mask, path, nxt, pid):
                     if len(self._queue) >= self.queue_limit:
                         self.dropped += 1
                         continue
@@ -234,21 +284,14 @@ class Fanotify:
             except (OSError, ValueError, struct.error):
                 # one odd file must not end the reader thread (and blind the fallback)
                 self.errors += 1
-            finally:
-                if fd >= 0:  # FAN_NOFD for overflows
-                    os.close(fd)
+        del buf[:off]
         return n
 
-    def _events(self, mask: int, fd: int, pid: int) -> list[ev.DriverEvent]:
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
-        except OSError:
-            self.unreadable += 1
-            return []
+    def _events(self, mask: int, path: str, nxt: str, pid: int) -> list[ev.DriverEvent]:
         out = []
         ts = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if mask & FAN_OPEN_EXEC:
-            e = self._exec(pid, path, fd, ts)
+            e = self._exec(pid, path, nxt, ts)
             if e is not None:
                 out.append(e)
         if mask & FAN_CLOSE_WRITE and path.startswith(self.open_paths):
@@ -258,9 +301,8 @@ class Fanotify:
             out.append(e)
         return out
 
-    def _exec(self, pid: int, path: str, fd: int, ts: int) -> ev.DriverEvent | None:
+    def _exec(self, pid: int, path: str, nxt: str, ts: int) -> ev.DriverEvent | None:
         expected = self._expect.pop(pid, None)
-        nxt = follow_up(fd)
         if nxt:
             if len(self._expect) >= EXPECT_LIMIT:  # execs that failed after the open
                 self._expect.pop(next(iter(self._expect)))
@@ -297,3 +339,55 @@ class Fanotify:
             "unreadable": self.unreadable,
             "errors": self.errors,
         }
+
+
+def _reader(fan_fd: int, agent_pid: int) -> None:
+    """The child's loop: fanotify events -> records on stdout. Only os calls: this process
+    owns the event fds, so closing them cannot touch the agent's file locks."""
+    out = sys.stdout.fileno()
+    me = os.getpid()
+    poller = select.poll()
+    poller.register(fan_fd, select.POLLIN)
+    while True:
+        if not poller.poll(1000):
+            if os.getppid() != agent_pid:  # the agent is gone
+                return
+            continue
+        try:
+            data = os.read(fan_fd, 64 * 1024)
+        except BlockingIOError:
+            continue
+        recs = []
+        off = 0
+        while off + _META.size <= len(data):
+            length, vers, _r, _mlen, mask, fd, pid = _META.unpack_from(data, off)
+            if length < _META.size or vers != FANOTIFY_METADATA_VERSION:
+                break
+            off += length
+            path = nxt = b""
+            try:
+                if fd >= 0 and pid not in (agent_pid, me):
+                    try:
+                        link = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+                        path = link.encode("utf-8", "surrogateescape")[:PATH_MAX_BYTES]
+                    except OSError:
+                        pass
+                    if path and mask & FAN_OPEN_EXEC:
+                        nxt = follow_up(fd).encode("utf-8", "replace")[:PATH_MAX_BYTES]
+            finally:
+                if fd >= 0:  # FAN_NOFD for overflows
+                    os.close(fd)
+            if pid == me:
+                continue  # our own opens (there should be none): not the agent's business
+            recs.append(_REC.pack(mask, pid, len(path), len(nxt)) + path + nxt)
+        if recs:
+            blob = memoryview(b"".join(recs))
+            try:
+                while blob:
+                    blob = blob[os.write(out, blob) :]
+            except BrokenPipeError:
+                return
+
+
+if __name__ == "__main__":
+    _reader(int(sys.argv[1]), int(sys.argv[2]))

@@ -63,6 +63,12 @@ def test_fanotify_reports_exec_paths_and_sensitive_writes(
     d = status["driver"]
     assert d["mode"] == "proc-connector+fanotify" and "not found" in d["reason"]
     assert "/" in d["fanotify"]["marked"]
+    # the events (each brings an fd of its file) are read in a child process: in the agent,
+    # closing an event fd of its own store dropped its SQLite locks (SIGBUS, driver/fanotify.py)
+    assert agent.proc is not None
+    fd_dir = f"/proc/{agent.proc.pid}/fd"
+    fds = [os.readlink(f"{fd_dir}/{x}") for x in os.listdir(fd_dir)]
+    assert not [f for f in fds if "fanotify" in f], fds
     text = agent.cli("status", "--socket", str(agent.socket)).stdout
     assert "driver: proc-connector+fanotify (" in text
     assert (
