@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from . import context, wire
+from . import accel, context, wire
 from .detect import DetectTable
 from .rules import Quotas, RuleTable
 
@@ -200,6 +200,9 @@ class Probe:
     def emit(self, hook: str, kind: str, args: list) -> None:
         """Report one sink call; raises RampartBlocked if a block rule refuses it.
 
+        The pure-Python path. With the C accelerator (accel.py) the probe's `emit` is the C
+        one, which calls this (`_emit_py`) whenever a rule needs Python to decide.
+
         Order (docs/probe-contract.md): block rules (synchronous, before the sink runs) ->
         detection rules in block mode (inside a request) -> quota -> drop now if the agent is
         away or the queue is full -> filter rules -> stack -> enqueue. Quotas limit what is
@@ -277,6 +280,8 @@ class Probe:
                 self.queue.append((time.time(), hook, kind, args, policy_id, req, stack))
         if policy_id is not None:
             raise RampartBlocked(hook, policy_id)
+
+    _emit_py = emit
 
     # ---------------------------------------------------------------- frames
 
@@ -410,6 +415,8 @@ class Probe:
 
     def _run(self, delay: float = 0.0) -> None:
         _tls.busy = True  # the probe's own socket calls are not events
+        if accel.mod is not None:
+            accel.mod.set_busy()  # the same for the C audit hook
         if delay:
             time.sleep(delay)
         try:

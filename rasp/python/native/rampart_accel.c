@@ -1,0 +1,906 @@
+/* rampart_probe._accel: the CPython probe's hot path in C (CPython 3.11 API).
+ *
+ * Loaded by rampart_probe/accel.py when the running interpreter matches the build; the
+ * pure-Python path (hooks/audit.py `_hook`, core.Probe._emit_py) stays the fallback.
+ *
+ * - A C audit hook (PySys_AddAuditHook) that rejects events the probe does not hook by name,
+ *   without entering Python (a hash lookup on the C string).
+ * - For hooked events: the args (common extractors in C, the rest through the Python
+ *   extractor), then `emit`.
+ * - `emit` (also called by the DB-API wrappers): the same order as core.Probe.emit. When a
+ *   block rule is a candidate for the hook, a detection rule could apply (kind, inside a
+ *   request) or a filter table is in force, the whole call goes to the Python path
+ *   synchronously (regexes, detection checks). Otherwise: quota (on the Quotas object
+ *   itself, so both paths share its counts) -> drop when away / queue full -> args
+ *   normalised -> stack walked in C (PyFrame_GetBack/GetCode/GetLineNumber: no audit event
+ *   per frame, unlike f_code from Python) with a cache of frame texts keyed by (code object,
+ *   instruction offset) -> request context (the ContextVar) -> one tuple appended to the
+ *   probe's queue, as the Python path does.
+ * - Any internal error turns the accelerator off for the life of the process: Python's
+ *   `fallback` callback puts the pure-Python hook in place and the event at hand is handed
+ *   to it. Errors of a hook's own Python extractor follow the Python rule (that hook
+ *   disables itself, reported once).
+ *
+ * Reads of the probe's state go straight to its instance __dict__ (materialised at install),
+ * so every decision sees the live values the Python side sets.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
+#error "rampart_accel is built for CPython 3.11 (PyFrame_GetLasti, PyCodeObject fields)"
+#endif
+
+#define MAX_EVENTS 64
+#define EV_SLOTS 128 /* power of two, > 2 * MAX_EVENTS */
+#define CACHE_SLOTS 16384
+#define CACHE_MAX 8192
+
+enum fast { FAST_NONE = 0, FAST_FIRST, FAST_TWO, FAST_OPEN };
+
+typedef struct {
+    char name[64];
+    size_t len;
+    uint64_t hash;
+    PyObject *name_obj; /* interned str */
+    PyObject *kind;
+    PyObject *extract; /* Python extractor: args tuple -> list | None */
+    int importing;
+    int fast;
+    int disabled; /* the hook raised internally: it stays off (Python: _table.pop) */
+} event_t;
+
+static event_t events[MAX_EVENTS];
+static int n_events;
+static int ev_index[EV_SLOTS]; /* 0: empty, else 1 + index into events */
+
+static int hook_added;   /* PySys_AddAuditHook done (permanent) */
+static int active;       /* the accelerator handles events */
+static int muted;        /* audit.uninstall(): the table is empty */
+static int broken;       /* an internal error happened: off for good */
+static int fault_next;   /* tests: make the next fast path fail internally */
+static __thread int tls_busy; /* the probe's own shipper thread */
+
+static PyObject *probe, *pdict, *py_hook, *fallback, *ctxvar, *probe_dir, *s_func;
+static PyObject *blocked_type, *emit_py, *drop_fn, *hook_failed_fn, *empty_str;
+static Py_ssize_t arg_max = 4096, args_max = 64, queue_max = 10000;
+
+/* interned attribute names */
+static PyObject *k_enabled, *k_hooks_disabled, *k_blocks, *k_detect, *k_quotas, *k_away,
+    *k_queue, *k_filters, *k_stack_by_hook, *k_stack_depth, *k_empty, *k_by_kind, *k_by_hook,
+    *k_window, *k_counts, *k_limits, *k_default, *k_built, *k_to_dict, *k_append,
+    *r_quota, *r_away, *r_queue_full;
+
+/* ------------------------------------------------------------------ event table */
+
+static uint64_t fnv(const char *s, size_t *len) {
+    uint64_t h = 1469598103934665603ULL;
+    const char *p = s;
+    for (; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 1099511628211ULL;
+    }
+    *len = (size_t)(p - s);
+    return h;
+}
+
+static event_t *lookup(const char *name) {
+    size_t len;
+    uint64_t h = fnv(name, &len);
+    for (unsigned i = (unsigned)h & (EV_SLOTS - 1);; i = (i + 1) & (EV_SLOTS - 1)) {
+        int j = ev_index[i];
+        if (j == 0)
+            return NULL;
+        event_t *e = &events[j - 1];
+        if (e->hash == h && e->len == len && memcmp(e->name, name, len) == 0)
+            return e;
+    }
+}
+
+static void clear_events(void) {
+    for (int i = 0; i < n_events; i++) {
+        Py_CLEAR(events[i].name_obj);
+        Py_CLEAR(events[i].kind);
+        Py_CLEAR(events[i].extract);
+    }
+    n_events = 0;
+    memset(ev_index, 0, sizeof ev_index);
+}
+
+/* ------------------------------------------------------------------ frame text cache */
+
+typedef struct {
+    PyObject *code; /* strong: a live code object's address cannot be reused */
+    int lasti;
+    PyObject *text; /* "" for the probe's own frames */
+} centry_t;
+
+static centry_t cache[CACHE_SLOTS];
+static int cache_n;
+
+static void cache_clear(void) {
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        if (cache[i].code) {
+            Py_CLEAR(cache[i].code);
+            Py_CLEAR(cache[i].text);
+        }
+    }
+    cache_n = 0;
+}
+
+static unsigned cache_slot(PyObject *code, int lasti) {
+    uint64_t h = ((uint64_t)(uintptr_t)code >> 4) * 0x9E3779B97F4A7C15ULL ^ (uint64_t)lasti;
+    h ^= h >> 29;
+    return (unsigned)h & (CACHE_SLOTS - 1);
+}
+
+/* Borrowed text of a frame, or NULL with an exception set. */
+static PyObject *frame_text(PyFrameObject *f) {
+    PyCodeObject *co = PyFrame_GetCode(f); /* new ref */
+    int lasti = PyFrame_GetLasti(f);
+    unsigned i = cache_slot((PyObject *)co, lasti);
+    for (;; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        centry_t *c = &cache[i];
+        if (c->code == NULL)
+            break;
+        if (c->code == (PyObject *)co && c->lasti == lasti) {
+            Py_DECREF(co);
+            return c->text;
+        }
+    }
+    PyObject *text;
+    int probe_frame = PyUnicode_Tailmatch(co->co_filename, probe_dir, 0, PY_SSIZE_T_MAX, -1);
+    if (probe_frame < 0) {
+        Py_DECREF(co);
+        return NULL;
+    }
+    if (probe_frame) {
+        text = Py_NewRef(empty_str);
+    } else {
+        text = PyUnicode_FromFormat("%U (%U:%d)", co->co_name, co->co_filename,
+                                    PyFrame_GetLineNumber(f));
+        if (text == NULL) {
+            Py_DECREF(co);
+            return NULL;
+        }
+    }
+    if (cache_n >= CACHE_MAX) {
+        cache_clear();
+        i = cache_slot((PyObject *)co, lasti);
+    }
+    while (cache[i].code != NULL)
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    cache[i].code = (PyObject *)co; /* the cache keeps the reference */
+    cache[i].lasti = lasti;
+    cache[i].text = text;
+    cache_n++;
+    return text;
+}
+
+/* Innermost first, from the current Python frame, the probe's own frames left out. */
+static PyObject *capture_stack(Py_ssize_t depth) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || depth <= 0)
+        return out;
+    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
+    Py_XINCREF(f);
+    while (f != NULL) {
+        PyObject *text = frame_text(f);
+        if (text == NULL)
+            goto fail;
+        if (PyUnicode_GET_LENGTH(text) > 0) {
+            if (PyList_Append(out, text) < 0)
+                goto fail;
+            if (PyList_GET_SIZE(out) >= depth)
+                break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    return out;
+fail:
+    Py_XDECREF(f);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ emit */
+
+static double clock_s(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Quotas.allow(hook) on the Quotas object itself: 1 allowed, 0 over quota, -1 error. */
+static int quota_allow(PyObject *q, PyObject *hook) {
+    double now = clock_s(CLOCK_MONOTONIC); /* time.monotonic() */
+    PyObject *w = PyObject_GetAttr(q, k_window);
+    if (w == NULL)
+        return -1;
+    double window = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    if (window == -1.0 && PyErr_Occurred())
+        return -1;
+    if (now - window >= 60.0) {
+        PyObject *nw = PyFloat_FromDouble(now), *nc = PyDict_New();
+        int r = (nw && nc) ? PyObject_SetAttr(q, k_window, nw) : -1;
+        if (r == 0)
+            r = PyObject_SetAttr(q, k_counts, nc);
+        Py_XDECREF(nw);
+        Py_XDECREF(nc);
+        if (r < 0)
+            return -1;
+    }
+    PyObject *counts = PyObject_GetAttr(q, k_counts);
+    if (counts == NULL)
+        return -1;
+    if (!PyDict_Check(counts)) {
+        Py_DECREF(counts);
+        PyErr_SetString(PyExc_TypeError, "Quotas.counts is not a dict");
+        return -1;
+    }
+    PyObject *cur = PyDict_GetItemWithError(counts, hook);
+    long long n = 1;
+    if (cur != NULL) {
+        n = PyLong_AsLongLong(cur) + 1;
+        if (n == 0 && PyErr_Occurred()) {
+            Py_DECREF(counts);
+            return -1;
+        }
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(counts);
+        return -1;
+    }
+    PyObject *nobj = PyLong_FromLongLong(n);
+    int r = nobj ? PyDict_SetItem(counts, hook, nobj) : -1;
+    Py_DECREF(counts);
+    if (r < 0) {
+        Py_XDECREF(nobj);
+        return -1;
+    }
+    PyObject *limits = PyObject_GetAttr(q, k_limits);
+    if (limits == NULL) {
+        Py_DECREF(nobj);
+        return -1;
+    }
+    PyObject *lim = PyDict_Check(limits) ? PyDict_GetItemWithError(limits, hook) : NULL;
+    Py_XINCREF(lim);
+    Py_DECREF(limits);
+    if (lim == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(nobj);
+            return -1;
+        }
+        lim = PyObject_GetAttr(q, k_default);
+        if (lim == NULL) {
+            Py_DECREF(nobj);
+            return -1;
+        }
+    }
+    r = PyObject_RichCompareBool(nobj, lim, Py_LE);
+    Py_DECREF(nobj);
+    Py_DECREF(lim);
+    return r;
+}
+
+static PyObject *pget(PyObject *key) { /* borrowed; NULL without exception if missing */
+    return PyDict_GetItemWithError(pdict, key);
+}
+
+static int drop(PyObject *reason) {
+    PyObject *r = PyObject_CallOneArg(drop_fn, reason);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* 1: the Python path must decide (block candidates, detection in a request, filters). */
+static int needs_python(PyObject *hook, PyObject *kind, PyObject **req_out) {
+    PyObject *blocks = pget(k_blocks), *detect = pget(k_detect), *filters = pget(k_filters);
+    if (blocks == NULL || detect == NULL || filters == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "probe tables missing");
+        return -1;
+    }
+    PyObject *v = PyObject_GetAttr(filters, k_empty);
+    if (v == NULL)
+        return -1;
+    int fempty = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (fempty <= 0)
+        return fempty < 0 ? -1 : 1;
+    v = PyObject_GetAttr(blocks, k_empty);
+    if (v == NULL)
+        return -1;
+    int bempty = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (bempty < 0)
+        return -1;
+    if (!bempty) {
+        PyObject *by_hook = PyObject_GetAttr(blocks, k_by_hook);
+        if (by_hook == NULL)
+            return -1;
+        PyObject *c = PyDict_GetItemWithError(by_hook, hook);
+        if (c == NULL && !PyErr_Occurred())
+            c = PyDict_GetItemWithError(by_hook, Py_None);
+        Py_ssize_t n = c ? PyObject_Length(c) : -1;
+        Py_DECREF(by_hook);
+        if (n < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_KeyError, "block table has no default list");
+            return -1;
+        }
+        if (n > 0)
+            return 1;
+    }
+    PyObject *by_kind = PyObject_GetAttr(detect, k_by_kind);
+    if (by_kind == NULL)
+        return -1;
+    int has = PySequence_Contains(by_kind, kind);
+    Py_DECREF(by_kind);
+    if (has < 0)
+        return -1;
+    if (has) {
+        PyObject *req;
+        if (PyContextVar_Get(ctxvar, Py_None, &req) < 0)
+            return -1;
+        if (req != Py_None) {
+            Py_DECREF(req);
+            return 1;
+        }
+        Py_DECREF(req);
+    }
+    (void)req_out;
+    return 0;
+}
+
+static PyObject *normalise(PyObject *args) {
+    PyObject *seq = PySequence_Fast(args, "args must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > args_max)
+        n = args_max;
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = items[i], *s;
+        if (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) <= arg_max) {
+            s = Py_NewRef(a);
+        } else {
+            s = PyObject_CallOneArg(s_func, a);
+            if (s == NULL) {
+                Py_DECREF(out);
+                Py_DECREF(seq);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(out, i, s);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyObject *request_dict(void) {
+    PyObject *req;
+    if (PyContextVar_Get(ctxvar, Py_None, &req) < 0)
+        return NULL;
+    if (req == Py_None)
+        return req;
+    PyObject *built = PyObject_GetAttr(req, k_built);
+    if (built != NULL && built != Py_None) {
+        Py_DECREF(req);
+        return built;
+    }
+    Py_XDECREF(built);
+    PyErr_Clear();
+    PyObject *d = PyObject_CallMethodNoArgs(req, k_to_dict);
+    Py_DECREF(req);
+    if (d == NULL) { /* as the Python path: a request that cannot be built is left out */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return d;
+}
+
+/* The fast path; the caller has checked enabled / muted / busy. 0, or -1 with an exception
+ * (RampartBlocked from the Python path included). `internal` is set for failures of our own
+ * code, as opposed to the Python path's. */
+static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int *internal) {
+    *internal = 1;
+    if (fault_next) {
+        fault_next = 0;
+        PyErr_SetString(PyExc_RuntimeError, "rampart accelerator: injected fault");
+        return -1;
+    }
+    int np = needs_python(hook, kind, NULL);
+    if (np < 0)
+        return -1;
+    if (np) {
+        *internal = 0;
+        PyObject *r = PyObject_CallFunctionObjArgs(emit_py, hook, kind, args, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *quotas = pget(k_quotas);
+    if (quotas == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "probe has no quotas");
+        return -1;
+    }
+    int ok = quota_allow(quotas, hook);
+    if (ok < 0)
+        return -1;
+    if (!ok)
+        return drop(r_quota);
+    PyObject *away = pget(k_away);
+    int is_away = away ? PyObject_IsTrue(away) : 0;
+    if (is_away < 0)
+        return -1;
+    if (is_away)
+        return drop(r_away);
+    PyObject *queue = pget(k_queue);
+    if (queue == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "probe has no queue");
+        return -1;
+    }
+    Py_ssize_t qlen = PyObject_Length(queue);
+    if (qlen < 0)
+        return -1;
+    if (qlen >= queue_max)
+        return drop(r_queue_full);
+    Py_INCREF(queue);
+    PyObject *nargs = NULL, *stack = NULL, *req = NULL, *t = NULL, *entry = NULL, *r = NULL;
+    *internal = 0; /* _s and to_dict are the Python path's own code */
+    nargs = normalise(args);
+    if (nargs == NULL)
+        goto out;
+    *internal = 1;
+    Py_ssize_t depth;
+    PyObject *by_hook = pget(k_stack_by_hook), *dflt = pget(k_stack_depth);
+    PyObject *d = NULL;
+    if (by_hook != NULL && PyDict_Check(by_hook) && PyDict_GET_SIZE(by_hook) > 0) {
+        d = PyDict_GetItemWithError(by_hook, hook);
+        if (d == NULL && PyErr_Occurred())
+            goto out;
+    }
+    if (d == NULL)
+        d = dflt;
+    depth = d ? PyLong_AsSsize_t(d) : 0;
+    if (depth == -1 && PyErr_Occurred())
+        goto out;
+    stack = capture_stack(depth);
+    if (stack == NULL)
+        goto out;
+    req = request_dict();
+    if (req == NULL)
+        goto out;
+    t = PyFloat_FromDouble(clock_s(CLOCK_REALTIME));
+    if (t == NULL)
+        goto out;
+    entry = PyTuple_Pack(7, t, hook, kind, nargs, Py_None, req, stack);
+    if (entry == NULL)
+        goto out;
+    r = PyObject_CallMethodOneArg(queue, k_append, entry);
+out:
+    Py_DECREF(queue);
+    Py_XDECREF(nargs);
+    Py_XDECREF(stack);
+    Py_XDECREF(req);
+    Py_XDECREF(t);
+    Py_XDECREF(entry);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* enabled, not muted by config, not the shipper thread: 1 go on, 0 ignore, -1 error */
+static int probe_wants(PyObject *hook) {
+    if (tls_busy || probe == NULL)
+        return 0;
+    PyObject *en = pget(k_enabled);
+    if (en == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int e = PyObject_IsTrue(en);
+    if (e <= 0)
+        return e;
+    PyObject *hd = pget(k_hooks_disabled);
+    if (hd == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    int in = PySequence_Contains(hd, hook);
+    return in < 0 ? -1 : !in;
+}
+
+/* The accelerator stops for good; Python's fallback puts the pure-Python path in place. */
+static void go_broken(void) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    active = 0;
+    broken = 1;
+    PyObject *r = PyObject_CallOneArg(fallback, ev ? ev : Py_None);
+    if (r == NULL)
+        PyErr_Clear(); /* nothing more can be done: never raise into the app */
+    Py_XDECREF(r);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(tb);
+}
+
+static int is_blocked(void) {
+    return blocked_type != NULL && PyErr_ExceptionMatches(blocked_type);
+}
+
+/* ------------------------------------------------------------------ audit hook */
+
+static int from_importlib(void) {
+    PyFrameObject *f = PyEval_GetFrame();
+    if (f == NULL)
+        return 0;
+    PyCodeObject *co = PyFrame_GetCode(f);
+    PyObject *fn = co->co_filename;
+    const char *s = PyUnicode_Check(fn) ? PyUnicode_AsUTF8(fn) : NULL;
+    int r = 0;
+    if (s == NULL) {
+        PyErr_Clear();
+    } else {
+        size_t n = strlen(s);
+        static const char *ends[] = {"importlib/_bootstrap_external.py",
+                                     "importlib/_bootstrap.py", "zipimport.py"};
+        if (strncmp(s, "<frozen importlib", 17) == 0)
+            r = 1;
+        for (int i = 0; !r && i < 3; i++) {
+            size_t m = strlen(ends[i]);
+            r = n >= m && memcmp(s + n - m, ends[i], m) == 0;
+        }
+    }
+    Py_DECREF(co);
+    return r;
+}
+
+static int has_any(PyObject *s, const char *chars) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 128 && strchr(chars, (int)c) && c != 0)
+            return 1;
+    }
+    return 0;
+}
+
+static PyObject *list_of(Py_ssize_t n, PyObject *a, PyObject *b) {
+    PyObject *l = PyList_New(n);
+    if (l == NULL)
+        return NULL;
+    PyList_SET_ITEM(l, 0, Py_NewRef(a));
+    if (n > 1)
+        PyList_SET_ITEM(l, 1, Py_NewRef(b));
+    return l;
+}
+
+/* args for the event: a new list, Py_None (nothing to report), or NULL (error) */
+static PyObject *extract(event_t *e, PyObject *args) {
+    Py_ssize_t n = PyTuple_Check(args) ? PyTuple_GET_SIZE(args) : -1;
+    switch (e->fast) {
+    case FAST_FIRST:
+        if (n >= 1)
+            return list_of(1, PyTuple_GET_ITEM(args, 0), NULL);
+        break;
+    case FAST_TWO:
+        if (n >= 2)
+            return list_of(2, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1));
+        break;
+    case FAST_OPEN: /* (path, mode, flags): the common case of a str path and str mode */
+        if (n >= 3 && PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0)) &&
+            PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 1))) {
+            PyObject *path = PyTuple_GET_ITEM(args, 0), *mode = PyTuple_GET_ITEM(args, 1);
+            if (!has_any(mode, "wax+")) {
+                Py_ssize_t pl = PyUnicode_GET_LENGTH(path);
+                for (int i = 0; i < 2; i++) {
+                    static const char *suf[] = {".py", ".pyc"};
+                    Py_ssize_t sl = (Py_ssize_t)strlen(suf[i]);
+                    if (pl < sl)
+                        continue;
+                    int match = 1;
+                    for (Py_ssize_t j = 0; j < sl && match; j++)
+                        match = PyUnicode_ReadChar(path, pl - sl + j) == (Py_UCS4)suf[i][j];
+                    if (match)
+                        Py_RETURN_NONE;
+                }
+            }
+            return list_of(2, path, mode);
+        }
+        break;
+    }
+    return PyObject_CallOneArg(e->extract, args);
+}
+
+static int call_py_hook(const char *event, PyObject *args) {
+    PyObject *r = PyObject_CallFunction(py_hook, "sO", event, args);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int audit_hook(const char *event, PyObject *args, void *ud) {
+    (void)ud;
+    if (!active || muted)
+        return 0;
+    event_t *e = lookup(event);
+    if (e == NULL || e->disabled)
+        return 0;
+    int w = probe_wants(e->name_obj);
+    if (w <= 0) {
+        if (w < 0) {
+            go_broken();
+            return call_py_hook(event, args);
+        }
+        return 0;
+    }
+    if (e->importing && from_importlib())
+        return 0;
+    int internal = 0;
+    PyObject *a = extract(e, args);
+    if (a == NULL)
+        goto failed;
+    if (a == Py_None) {
+        Py_DECREF(a);
+        return 0;
+    }
+    int r = do_emit(e->name_obj, e->kind, a, &internal);
+    Py_DECREF(a);
+    if (r == 0)
+        return 0;
+failed:
+    if (is_blocked())
+        return -1;
+    if (internal) {
+        go_broken();
+        return call_py_hook(event, args);
+    }
+    /* the hook's own failure (its extractor, a detection rule...): as the Python path, the
+     * hook disables itself, the app's call proceeds, the failure is reported once */
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        e->disabled = 1;
+        PyObject *res = PyObject_CallFunctionObjArgs(hook_failed_fn, e->name_obj,
+                                                     ev ? ev : Py_None, NULL);
+        if (res == NULL)
+            PyErr_Clear();
+        Py_XDECREF(res);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ module functions */
+
+static PyObject *m_emit(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 3) {
+        PyErr_SetString(PyExc_TypeError, "emit(hook, kind, args)");
+        return NULL;
+    }
+    if (!active) /* turned off after an error: the Python path */
+        return PyObject_CallFunctionObjArgs(emit_py, argv[0], argv[1], argv[2], NULL);
+    int w = probe_wants(argv[0]);
+    if (w == 0)
+        Py_RETURN_NONE;
+    int internal = 1;
+    if (w > 0 && do_emit(argv[0], argv[1], argv[2], &internal) == 0)
+        Py_RETURN_NONE;
+    if (!internal || is_blocked())
+        return NULL; /* the Python path's own outcome: the caller handles it as before */
+    go_broken();
+    return PyObject_CallFunctionObjArgs(emit_py, argv[0], argv[1], argv[2], NULL);
+}
+
+static PyObject *m_install(PyObject *self, PyObject *a) {
+    (void)self;
+    PyObject *p, *table, *cfg;
+    if (!PyArg_ParseTuple(a, "OO!O!", &p, &PyDict_Type, &table, &PyDict_Type, &cfg))
+        return NULL;
+    if (broken) {
+        PyErr_SetString(PyExc_RuntimeError, "the accelerator was turned off by an error");
+        return NULL;
+    }
+    PyObject *d = PyObject_GenericGetDict(p, NULL); /* materialised: attribute writes land here */
+    if (d == NULL)
+        return NULL;
+#define CFG(var, key)                                                                        \
+    do {                                                                                     \
+        PyObject *v_ = PyDict_GetItemString(cfg, key);                                       \
+        if (v_ == NULL) {                                                                    \
+            Py_DECREF(d);                                                                    \
+            return PyErr_Format(PyExc_KeyError, "accel config lacks %s", key);               \
+        }                                                                                    \
+        Py_XSETREF(var, Py_NewRef(v_));                                                      \
+    } while (0)
+    CFG(py_hook, "py_hook");
+    CFG(fallback, "fallback");
+    CFG(ctxvar, "contextvar");
+    CFG(probe_dir, "probe_dir");
+    CFG(s_func, "normalise");
+    CFG(blocked_type, "blocked");
+    arg_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "arg_max"));
+    args_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "args_max"));
+    queue_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "queue_max"));
+    if (PyErr_Occurred()) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    PyObject *ep = PyObject_GetAttrString(p, "_emit_py"),
+             *df = PyObject_GetAttrString(p, "drop"),
+             *hf = PyObject_GetAttrString(p, "hook_failed");
+    if (!ep || !df || !hf) {
+        Py_XDECREF(ep);
+        Py_XDECREF(df);
+        Py_XDECREF(hf);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_XSETREF(emit_py, ep);
+    Py_XSETREF(drop_fn, df);
+    Py_XSETREF(hook_failed_fn, hf);
+    Py_XSETREF(pdict, d);
+    Py_XSETREF(probe, Py_NewRef(p));
+    /* the event table: name -> (kind, extractor, importing, fast) */
+    clear_events();
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(table, &pos, &k, &v)) {
+        const char *name = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : NULL;
+        PyObject *kind, *ex;
+        int importing, fast;
+        if (name == NULL || strlen(name) >= sizeof events[0].name || n_events >= MAX_EVENTS ||
+            !PyArg_ParseTuple(v, "OOpi", &kind, &ex, &importing, &fast)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bad event table entry");
+            clear_events();
+            return NULL;
+        }
+        event_t *e = &events[n_events];
+        memset(e, 0, sizeof *e);
+        strcpy(e->name, name);
+        e->hash = fnv(name, &e->len);
+        Py_INCREF(k);
+        PyUnicode_InternInPlace(&k);
+        e->name_obj = k;
+        e->kind = Py_NewRef(kind);
+        e->extract = Py_NewRef(ex);
+        e->importing = importing;
+        e->fast = fast;
+        unsigned i = (unsigned)e->hash & (EV_SLOTS - 1);
+        while (ev_index[i])
+            i = (i + 1) & (EV_SLOTS - 1);
+        ev_index[i] = ++n_events;
+    }
+    if (!hook_added) {
+        if (PySys_AddAuditHook(audit_hook, NULL) < 0)
+            return NULL;
+        hook_added = 1;
+    }
+    muted = 0;
+    active = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_mute(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    muted = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_set_busy(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    tls_busy = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_active(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(active && !broken);
+}
+
+static PyObject *m_inject_fault(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    fault_next = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_capture_stack(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t depth = PyLong_AsSsize_t(arg);
+    if (depth == -1 && PyErr_Occurred())
+        return NULL;
+    if (probe_dir == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "not installed");
+        return NULL;
+    }
+    return capture_stack(depth);
+}
+
+static PyMethodDef methods[] = {
+    {"install", m_install, METH_VARARGS, "install(probe, events, config): take the hot path"},
+    {"emit", (PyCFunction)(void (*)(void))m_emit, METH_FASTCALL, "emit(hook, kind, args)"},
+    {"mute", m_mute, METH_NOARGS, "the audit table is empty (audit.uninstall)"},
+    {"set_busy", m_set_busy, METH_NOARGS, "this thread is the probe's own: no events"},
+    {"active", m_active, METH_NOARGS, "True while the accelerator handles events"},
+    {"inject_fault", m_inject_fault, METH_NOARGS, "tests: the next fast path fails"},
+    {"capture_stack", m_capture_stack, METH_O, "the C stack walk (tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_accel", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+#define INTERN(var, s)                                                                       \
+    do {                                                                                     \
+        if ((var = PyUnicode_InternFromString(s)) == NULL)                                   \
+            return NULL;                                                                     \
+    } while (0)
+
+PyMODINIT_FUNC PyInit__accel(void) {
+    INTERN(k_enabled, "enabled");
+    INTERN(k_hooks_disabled, "hooks_disabled");
+    INTERN(k_blocks, "blocks");
+    INTERN(k_detect, "detect");
+    INTERN(k_quotas, "quotas");
+    INTERN(k_away, "away");
+    INTERN(k_queue, "queue");
+    INTERN(k_filters, "filters");
+    INTERN(k_stack_by_hook, "stack_by_hook");
+    INTERN(k_stack_depth, "stack_depth");
+    INTERN(k_empty, "empty");
+    INTERN(k_by_kind, "by_kind");
+    INTERN(k_by_hook, "by_hook");
+    INTERN(k_window, "window");
+    INTERN(k_counts, "counts");
+    INTERN(k_limits, "limits");
+    INTERN(k_default, "default");
+    INTERN(k_built, "_built");
+    INTERN(k_to_dict, "to_dict");
+    INTERN(k_append, "append");
+    INTERN(r_quota, "quota");
+    INTERN(r_away, "agent_away");
+    INTERN(r_queue_full, "queue_full");
+    INTERN(empty_str, "");
+    PyObject *m = PyModule_Create(&moddef);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "FAST_NONE", FAST_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_FIRST", FAST_FIRST) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_TWO", FAST_TWO) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_OPEN", FAST_OPEN) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
