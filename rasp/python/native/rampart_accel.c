@@ -51,7 +51,7 @@ typedef struct {
     PyObject *extract; /* Python extractor: args tuple -> list | None */
     int importing;
     int fast;
-    int disabled; /* the hook raised internally: it stays off (Python: _table.pop) */
+    PyObject *spec; /* audit.EVENTS[name]: while audit._table holds it, C handles the event */
 } event_t;
 
 static event_t events[MAX_EVENTS];
@@ -65,6 +65,7 @@ static int broken;       /* an internal error happened: off for good */
 static int fault_next;   /* tests: make the next fast path fail internally */
 static __thread int tls_busy; /* the probe's own shipper thread */
 
+static PyObject *table_dict; /* hooks/audit.py `_table`: muted / replaced / popped hooks */
 static PyObject *probe, *pdict, *py_hook, *fallback, *ctxvar, *probe_dir, *s_func;
 static PyObject *blocked_type, *emit_py, *drop_fn, *hook_failed_fn, *empty_str;
 static Py_ssize_t arg_max = 4096, args_max = 64, queue_max = 10000;
@@ -106,6 +107,7 @@ static void clear_events(void) {
         Py_CLEAR(events[i].name_obj);
         Py_CLEAR(events[i].kind);
         Py_CLEAR(events[i].extract);
+        Py_CLEAR(events[i].spec);
     }
     n_events = 0;
     memset(ev_index, 0, sizeof ev_index);
@@ -218,9 +220,26 @@ static double clock_s(clockid_t id) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Quotas.allow(hook) on the Quotas object itself: 1 allowed, 0 over quota, -1 error. */
+static PyObject *c_quotas, *c_limits, *c_default; /* limits and default: fixed per object */
+
+/* Quotas.allow(hook) on the Quotas object itself (its window and counts, which the Python
+ * path shares): 1 allowed, 0 over quota, -1 error. */
 static int quota_allow(PyObject *q, PyObject *hook) {
-    double now = clock_s(CLOCK_MONOTONIC); /* time.monotonic() */
+    if (q != c_quotas) {
+        PyObject *l = PyObject_GetAttr(q, k_limits), *d = NULL;
+        if (l == NULL || (d = PyObject_GetAttr(q, k_default)) == NULL || !PyDict_Check(l)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "Quotas.limits is not a dict");
+            Py_XDECREF(l);
+            Py_XDECREF(d);
+            return -1;
+        }
+        Py_XSETREF(c_limits, l);
+        Py_XSETREF(c_default, d);
+        Py_XSETREF(c_quotas, Py_NewRef(q));
+    }
+    /* time.monotonic(), to a few ms (the coarse clock is the cheap one): one-minute windows */
+    double now = clock_s(CLOCK_MONOTONIC_COARSE);
     PyObject *w = PyObject_GetAttr(q, k_window);
     if (w == NULL)
         return -1;
@@ -265,74 +284,128 @@ static int quota_allow(PyObject *q, PyObject *hook) {
         Py_XDECREF(nobj);
         return -1;
     }
-    PyObject *limits = PyObject_GetAttr(q, k_limits);
-    if (limits == NULL) {
-        Py_DECREF(nobj);
-        return -1;
-    }
-    PyObject *lim = PyDict_Check(limits) ? PyDict_GetItemWithError(limits, hook) : NULL;
-    Py_XINCREF(lim);
-    Py_DECREF(limits);
+    PyObject *lim = PyDict_GetItemWithError(c_limits, hook);
     if (lim == NULL) {
         if (PyErr_Occurred()) {
             Py_DECREF(nobj);
             return -1;
         }
-        lim = PyObject_GetAttr(q, k_default);
-        if (lim == NULL) {
+        lim = c_default;
+    }
+    if (PyLong_CheckExact(lim)) {
+        int overflow;
+        long long l = PyLong_AsLongLongAndOverflow(lim, &overflow);
+        if (!overflow && !(l == -1 && PyErr_Occurred())) {
             Py_DECREF(nobj);
-            return -1;
+            return n <= l;
         }
+        PyErr_Clear();
     }
     r = PyObject_RichCompareBool(nobj, lim, Py_LE);
     Py_DECREF(nobj);
-    Py_DECREF(lim);
     return r;
 }
+
+static PyObject *c_queue, *c_append, *one, *k_dropped, *k_dropped_by;
 
 static PyObject *pget(PyObject *key) { /* borrowed; NULL without exception if missing */
     return PyDict_GetItemWithError(pdict, key);
 }
 
-static int drop(PyObject *reason) {
-    PyObject *r = PyObject_CallOneArg(drop_fn, reason);
-    if (r == NULL)
+static int incr(PyObject *d, PyObject *key) { /* d[key] = d.get(key, 0) + 1 */
+    PyObject *cur = PyDict_GetItemWithError(d, key);
+    if (cur == NULL && PyErr_Occurred())
         return -1;
-    Py_DECREF(r);
+    PyObject *n = cur ? PyNumber_Add(cur, one) : Py_NewRef(one);
+    if (n == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, key, n);
+    Py_DECREF(n);
+    return r;
+}
+
+/* Probe.drop(reason), in C: dropped += 1, dropped_by[reason] += 1 */
+static int drop(PyObject *reason) {
+    PyObject *by = pget(k_dropped_by);
+    if (by == NULL || !PyDict_CheckExact(by)) {
+        PyObject *r = PyErr_Occurred() ? NULL : PyObject_CallOneArg(drop_fn, reason);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    Py_INCREF(by);
+    int r = incr(pdict, k_dropped) < 0 ? -1 : incr(by, reason);
+    Py_DECREF(by);
+    return r;
+}
+
+/* What the tables say, cached by the identity of the table objects: the agent's frames
+ * replace a table whole (core.Probe.apply), never change one in place. The cache holds
+ * strong references, so an address seen here cannot be reused by another table. */
+static PyObject *c_filters, *c_blocks, *c_detect, *c_by_hook, *c_by_kind;
+static int c_filters_empty, c_blocks_empty;
+
+static int truth_attr(PyObject *o, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int refresh_tables(PyObject *blocks, PyObject *detect, PyObject *filters) {
+    if (filters != c_filters) {
+        int e = truth_attr(filters, k_empty);
+        if (e < 0)
+            return -1;
+        c_filters_empty = e;
+        Py_XSETREF(c_filters, Py_NewRef(filters));
+    }
+    if (blocks != c_blocks) {
+        int e = truth_attr(blocks, k_empty);
+        if (e < 0)
+            return -1;
+        PyObject *bh = PyObject_GetAttr(blocks, k_by_hook);
+        if (bh == NULL)
+            return -1;
+        if (!PyDict_Check(bh)) {
+            Py_DECREF(bh);
+            PyErr_SetString(PyExc_TypeError, "RuleTable.by_hook is not a dict");
+            return -1;
+        }
+        c_blocks_empty = e;
+        Py_XSETREF(c_by_hook, bh);
+        Py_XSETREF(c_blocks, Py_NewRef(blocks));
+    }
+    if (detect != c_detect) {
+        PyObject *bk = PyObject_GetAttr(detect, k_by_kind);
+        if (bk == NULL)
+            return -1;
+        Py_XSETREF(c_by_kind, bk);
+        Py_XSETREF(c_detect, Py_NewRef(detect));
+    }
     return 0;
 }
 
 /* 1: the Python path must decide (block candidates, detection in a request, filters). */
-static int needs_python(PyObject *hook, PyObject *kind, PyObject **req_out) {
+static int needs_python(PyObject *hook, PyObject *kind) {
     PyObject *blocks = pget(k_blocks), *detect = pget(k_detect), *filters = pget(k_filters);
     if (blocks == NULL || detect == NULL || filters == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "probe tables missing");
         return -1;
     }
-    PyObject *v = PyObject_GetAttr(filters, k_empty);
-    if (v == NULL)
+    if (refresh_tables(blocks, detect, filters) < 0)
         return -1;
-    int fempty = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (fempty <= 0)
-        return fempty < 0 ? -1 : 1;
-    v = PyObject_GetAttr(blocks, k_empty);
-    if (v == NULL)
-        return -1;
-    int bempty = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (bempty < 0)
-        return -1;
-    if (!bempty) {
-        PyObject *by_hook = PyObject_GetAttr(blocks, k_by_hook);
-        if (by_hook == NULL)
-            return -1;
-        PyObject *c = PyDict_GetItemWithError(by_hook, hook);
+    if (!c_filters_empty)
+        return 1;
+    if (!c_blocks_empty) {
+        PyObject *c = PyDict_GetItemWithError(c_by_hook, hook);
         if (c == NULL && !PyErr_Occurred())
-            c = PyDict_GetItemWithError(by_hook, Py_None);
+            c = PyDict_GetItemWithError(c_by_hook, Py_None);
         Py_ssize_t n = c ? PyObject_Length(c) : -1;
-        Py_DECREF(by_hook);
         if (n < 0) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_KeyError, "block table has no default list");
@@ -341,11 +414,10 @@ static int needs_python(PyObject *hook, PyObject *kind, PyObject **req_out) {
         if (n > 0)
             return 1;
     }
-    PyObject *by_kind = PyObject_GetAttr(detect, k_by_kind);
-    if (by_kind == NULL)
-        return -1;
-    int has = PySequence_Contains(by_kind, kind);
-    Py_DECREF(by_kind);
+    int has = PyDict_CheckExact(c_by_kind) ? (PyDict_GET_SIZE(c_by_kind) == 0
+                                                  ? 0
+                                                  : PySequence_Contains(c_by_kind, kind))
+                                           : PySequence_Contains(c_by_kind, kind);
     if (has < 0)
         return -1;
     if (has) {
@@ -358,11 +430,26 @@ static int needs_python(PyObject *hook, PyObject *kind, PyObject **req_out) {
         }
         Py_DECREF(req);
     }
-    (void)req_out;
     return 0;
 }
 
-static PyObject *normalise(PyObject *args) {
+static PyObject *normalise(PyObject *args, int owned) {
+    if (owned && PyList_CheckExact(args)) { /* our own list (an extractor's): in place */
+        Py_ssize_t n = PyList_GET_SIZE(args);
+        if (n > args_max && PyList_SetSlice(args, args_max, n, NULL) < 0)
+            return NULL;
+        n = PyList_GET_SIZE(args);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *a = PyList_GET_ITEM(args, i);
+            if (PyUnicode_CheckExact(a) && PyUnicode_GET_LENGTH(a) <= arg_max)
+                continue;
+            PyObject *s = PyObject_CallOneArg(s_func, a);
+            if (s == NULL)
+                return NULL;
+            PyList_SetItem(args, i, s);
+        }
+        return Py_NewRef(args);
+    }
     PyObject *seq = PySequence_Fast(args, "args must be a sequence");
     if (seq == NULL)
         return NULL;
@@ -418,14 +505,14 @@ static PyObject *request_dict(void) {
 /* The fast path; the caller has checked enabled / muted / busy. 0, or -1 with an exception
  * (RampartBlocked from the Python path included). `internal` is set for failures of our own
  * code, as opposed to the Python path's. */
-static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int *internal) {
+static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int owned, int *internal) {
     *internal = 1;
     if (fault_next) {
         fault_next = 0;
         PyErr_SetString(PyExc_RuntimeError, "rampart accelerator: injected fault");
         return -1;
     }
-    int np = needs_python(hook, kind, NULL);
+    int np = needs_python(hook, kind);
     if (np < 0)
         return -1;
     if (np) {
@@ -467,7 +554,7 @@ static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int *internal
     Py_INCREF(queue);
     PyObject *nargs = NULL, *stack = NULL, *req = NULL, *t = NULL, *entry = NULL, *r = NULL;
     *internal = 0; /* _s and to_dict are the Python path's own code */
-    nargs = normalise(args);
+    nargs = normalise(args, owned);
     if (nargs == NULL)
         goto out;
     *internal = 1;
@@ -496,7 +583,21 @@ static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int *internal
     entry = PyTuple_Pack(7, t, hook, kind, nargs, Py_None, req, stack);
     if (entry == NULL)
         goto out;
-    r = PyObject_CallMethodOneArg(queue, k_append, entry);
+    /* strings only (and the request's dict of strings): no cycle can pass through these,
+     * so the cyclic GC need not walk the queue on every collection */
+    PyObject_GC_UnTrack(entry);
+    if (PyList_CheckExact(nargs) && PyObject_GC_IsTracked(nargs))
+        PyObject_GC_UnTrack(nargs);
+    if (PyObject_GC_IsTracked(stack))
+        PyObject_GC_UnTrack(stack);
+    if (queue != c_queue) { /* a new deque after fork(): its bound append, once */
+        PyObject *ap = PyObject_GetAttr(queue, k_append);
+        if (ap == NULL)
+            goto out;
+        Py_XSETREF(c_append, ap);
+        Py_XSETREF(c_queue, Py_NewRef(queue));
+    }
+    r = PyObject_CallOneArg(c_append, entry);
 out:
     Py_DECREF(queue);
     Py_XDECREF(nargs);
@@ -646,8 +747,19 @@ static int audit_hook(const char *event, PyObject *args, void *ud) {
     if (!active || muted)
         return 0;
     event_t *e = lookup(event);
-    if (e == NULL || e->disabled)
+    if (e == NULL)
         return 0;
+    /* audit._table decides, as for the Python hook: a popped hook (it failed) or an emptied
+     * table (uninstall) is off; an entry replaced at run time goes the Python way */
+    PyObject *spec = PyDict_GetItemWithError(table_dict, e->name_obj);
+    if (spec == NULL) {
+        if (!PyErr_Occurred())
+            return 0;
+        go_broken();
+        return call_py_hook(event, args);
+    }
+    if (spec != e->spec)
+        return call_py_hook(event, args);
     int w = probe_wants(e->name_obj);
     if (w <= 0) {
         if (w < 0) {
@@ -666,7 +778,7 @@ static int audit_hook(const char *event, PyObject *args, void *ud) {
         Py_DECREF(a);
         return 0;
     }
-    int r = do_emit(e->name_obj, e->kind, a, &internal);
+    int r = do_emit(e->name_obj, e->kind, a, 1, &internal);
     Py_DECREF(a);
     if (r == 0)
         return 0;
@@ -683,7 +795,8 @@ failed:
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
         PyErr_NormalizeException(&et, &ev, &tb);
-        e->disabled = 1;
+        if (PyDict_DelItem(table_dict, e->name_obj) < 0)
+            PyErr_Clear();
         PyObject *res = PyObject_CallFunctionObjArgs(hook_failed_fn, e->name_obj,
                                                      ev ? ev : Py_None, NULL);
         if (res == NULL)
@@ -710,7 +823,7 @@ static PyObject *m_emit(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
     if (w == 0)
         Py_RETURN_NONE;
     int internal = 1;
-    if (w > 0 && do_emit(argv[0], argv[1], argv[2], &internal) == 0)
+    if (w > 0 && do_emit(argv[0], argv[1], argv[2], 0, &internal) == 0)
         Py_RETURN_NONE;
     if (!internal || is_blocked())
         return NULL; /* the Python path's own outcome: the caller handles it as before */
@@ -745,6 +858,7 @@ static PyObject *m_install(PyObject *self, PyObject *a) {
     CFG(probe_dir, "probe_dir");
     CFG(s_func, "normalise");
     CFG(blocked_type, "blocked");
+    CFG(table_dict, "table");
     arg_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "arg_max"));
     args_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "args_max"));
     queue_max = PyLong_AsSsize_t(PyDict_GetItemString(cfg, "queue_max"));
@@ -773,10 +887,10 @@ static PyObject *m_install(PyObject *self, PyObject *a) {
     Py_ssize_t pos = 0;
     while (PyDict_Next(table, &pos, &k, &v)) {
         const char *name = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : NULL;
-        PyObject *kind, *ex;
+        PyObject *kind, *ex, *spec;
         int importing, fast;
         if (name == NULL || strlen(name) >= sizeof events[0].name || n_events >= MAX_EVENTS ||
-            !PyArg_ParseTuple(v, "OOpi", &kind, &ex, &importing, &fast)) {
+            !PyArg_ParseTuple(v, "OOpiO", &kind, &ex, &importing, &fast, &spec)) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "bad event table entry");
             clear_events();
@@ -793,6 +907,7 @@ static PyObject *m_install(PyObject *self, PyObject *a) {
         e->extract = Py_NewRef(ex);
         e->importing = importing;
         e->fast = fast;
+        e->spec = Py_NewRef(spec);
         unsigned i = (unsigned)e->hash & (EV_SLOTS - 1);
         while (ev_index[i])
             i = (i + 1) & (EV_SLOTS - 1);
@@ -892,6 +1007,10 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(r_away, "agent_away");
     INTERN(r_queue_full, "queue_full");
     INTERN(empty_str, "");
+    INTERN(k_dropped, "dropped");
+    INTERN(k_dropped_by, "dropped_by");
+    if ((one = PyLong_FromLong(1)) == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
         return NULL;

@@ -58,8 +58,9 @@ def install(probe) -> bool:
         return False
 
     table = {
-        name: (kind, extract, importing, _FAST.get(extract.__name__, 0))
-        for name, (kind, extract, importing) in audit.EVENTS.items()
+        name: (kind, extract, importing, _FAST.get(extract.__name__, 0), spec)
+        for name, spec in audit.EVENTS.items()
+        for kind, extract, importing in (spec,)
     }
     cfg = {
         "py_hook": audit._hook,
@@ -71,6 +72,7 @@ def install(probe) -> bool:
         "arg_max": core.ARG_MAX,
         "args_max": core.ARGS_MAX,
         "queue_max": core.QUEUE_MAX,
+        "table": audit._table,  # C follows it: popped, cleared or replaced entries
     }
     try:
         m.install(probe, table, cfg)
