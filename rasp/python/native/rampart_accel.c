@@ -17,8 +17,8 @@
  *   instruction offset) -> request context (the ContextVar) -> one tuple appended to the
  *   probe's queue, as the Python path does.
  * - Any internal error turns the accelerator off for the life of the process: Python's
- *   `fallback` callback puts the pure-Python hook in place and the event at hand is handed
- *   to it. Errors of a hook's own Python extractor follow the Python rule (that hook
+ *   `fallback` callback puts the pure-Python hook in place; sys.audit calls Python hooks
+ *   after C hooks, reading the list as it goes, so the new hook sees the event at hand. Errors of a hook's own Python extractor follow the Python rule (that hook
  *   disables itself, reported once).
  *
  * Reads of the probe's state go straight to its instance __dict__ (materialised at install),
@@ -756,7 +756,7 @@ static int audit_hook(const char *event, PyObject *args, void *ud) {
         if (!PyErr_Occurred())
             return 0;
         go_broken();
-        return call_py_hook(event, args);
+        return 0; /* the Python hook it added runs for this very event (after C hooks) */
     }
     if (spec != e->spec)
         return call_py_hook(event, args);
@@ -787,7 +787,7 @@ failed:
         return -1;
     if (internal) {
         go_broken();
-        return call_py_hook(event, args);
+        return 0; /* the Python hook it added runs for this very event (after C hooks) */
     }
     /* the hook's own failure (its extractor, a detection rule...): as the Python path, the
      * hook disables itself, the app's call proceeds, the failure is reported once */
