@@ -63,7 +63,7 @@ def calls(name):
     with open(f, "w") as fh:
         fh.write("x")
     open(f, "rb").close()
-    open(f.encode(), "r").close()  # a bytes path: the Python extractor and _s
+    open(f.encode()).close()  # a bytes path: the Python extractor and _s
     open(os.path.join(work, "mod.py"), "w").close()  # written: reported
     open(os.path.join(work, "mod.py")).close()  # a .py read: not reported
     os.close(os.open(f, os.O_RDONLY))  # mode None: the Python extractor
@@ -170,7 +170,8 @@ p.dropped_by.clear()
 p.quotas = Quotas("q", [{"hook": "*", "per_minute": 10**6}])
 
 # filter rules drop without reporting; queue full drops and counts
-p.filters = RuleTable("f", [{"policy_id": "quiet", "hook": "os.system", "match": {"args": "^true$"}}])
+quiet = {"policy_id": "quiet", "hook": "os.system", "match": {"args": "^true$"}}
+p.filters = RuleTable("f", [quiet])
 os.system("true")
 os.system("true ")
 p.filters = RuleTable()
