@@ -88,8 +88,9 @@ def check_semantics(out: dict) -> None:
 def test_accelerator_gives_the_python_paths_events(tmp_path: Path) -> None:
     on = run(sys.executable, PROBE_DIR, tmp_path / "on")
     off = run(sys.executable, PROBE_DIR, tmp_path / "off", accel=False)
-    assert on["accel"] == "loaded" and on["active"] and on["c_emit"]
+    assert on["accel"] == "loaded" and on["active"] and on["c_emit"] and on["c_sql"]
     assert off["accel"] == "disabled" and not off["active"] and not off["c_emit"]
+    assert not off["c_sql"]
     assert on["stack_same"] is True
     check_semantics(on)
     check_semantics(off)

@@ -27,6 +27,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -306,6 +307,7 @@ static int quota_allow(PyObject *q, PyObject *hook) {
     return r;
 }
 
+static PyObject *empty_tuple;
 static PyObject *c_queue, *c_append, *one, *k_dropped, *k_dropped_by;
 
 static PyObject *pget(PyObject *key) { /* borrowed; NULL without exception if missing */
@@ -811,24 +813,159 @@ failed:
 
 /* ------------------------------------------------------------------ module functions */
 
+/* Probe.emit for the wrappers: 0, or -1 with the exception the Python path would raise
+ * (RampartBlocked, or its own failure, which the caller handles as before). */
+static int emit_any(PyObject *hook, PyObject *kind, PyObject *args, int owned) {
+    if (active) {
+        int w = probe_wants(hook);
+        if (w == 0)
+            return 0;
+        int internal = 1;
+        if (w > 0 && do_emit(hook, kind, args, owned, &internal) == 0)
+            return 0;
+        if (!internal || is_blocked())
+            return -1;
+        go_broken();
+    }
+    /* turned off after an error: the Python path */
+    PyObject *r = PyObject_CallFunctionObjArgs(emit_py, hook, kind, args, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *m_emit(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     (void)self;
     if (argc != 3) {
         PyErr_SetString(PyExc_TypeError, "emit(hook, kind, args)");
         return NULL;
     }
-    if (!active) /* turned off after an error: the Python path */
-        return PyObject_CallFunctionObjArgs(emit_py, argv[0], argv[1], argv[2], NULL);
-    int w = probe_wants(argv[0]);
-    if (w == 0)
-        Py_RETURN_NONE;
-    int internal = 1;
-    if (w > 0 && do_emit(argv[0], argv[1], argv[2], 0, &internal) == 0)
-        Py_RETURN_NONE;
-    if (!internal || is_blocked())
-        return NULL; /* the Python path's own outcome: the caller handles it as before */
-    go_broken();
-    return PyObject_CallFunctionObjArgs(emit_py, argv[0], argv[1], argv[2], NULL);
+    if (emit_any(argv[0], argv[1], argv[2], 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ DB-API methods */
+
+/* A method of the sqlite3 Cursor subclass (hooks/dbapi.py) in C: report the statement (as
+ * dbapi._emit: [sql] or [sql, repr(params)[:4096]]), then call the C base method; no Python
+ * frame in between. A descriptor, so it binds like a function. */
+typedef struct {
+    PyObject_HEAD PyObject *func; /* sqlite3.Cursor.execute, ... */
+    PyObject *hook;
+    int mode; /* 0 execute(sql, params=()), 1 executemany(sql, seq), 2 executescript(sql) */
+    vectorcallfunc vectorcall;
+} sqlm_t;
+
+static PyObject *sql_kind;
+
+static PyObject *sqlm_vectorcall(PyObject *o, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames) {
+    sqlm_t *m = (sqlm_t *)o;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t need = m->mode == 0 ? 2 : (m->mode == 1 ? 3 : 2);
+    if ((kwnames && PyTuple_GET_SIZE(kwnames)) || n < need || n > (m->mode == 0 ? 3 : need))
+        /* not the shape the wrapper reports: the base method says what is wrong */
+        return PyObject_Vectorcall(m->func, args, nargsf, kwnames);
+    if (probe != NULL && probe_wants(m->hook) != 0) {
+        PyErr_Clear();
+        PyObject *list;
+        PyObject *params = (m->mode == 0 && n == 3) ? args[2] : NULL;
+        int truthy = params ? PyObject_IsTrue(params) : 0;
+        if (truthy < 0)
+            return NULL; /* as the Python wrapper's `if parameters` */
+        if (truthy) {
+            PyObject *rep = PyObject_Repr(params), *cut = NULL;
+            if (rep == NULL)
+                return NULL; /* the Python wrapper's repr() would raise into the app too */
+            cut = PyUnicode_GET_LENGTH(rep) > 4096 ? PyUnicode_Substring(rep, 0, 4096)
+                                                   : Py_NewRef(rep);
+            Py_DECREF(rep);
+            if (cut == NULL)
+                return NULL;
+            list = PyList_New(2);
+            if (list == NULL) {
+                Py_DECREF(cut);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, 0, Py_NewRef(args[1]));
+            PyList_SET_ITEM(list, 1, cut);
+        } else {
+            list = list_of(1, args[1], NULL);
+            if (list == NULL)
+                return NULL;
+        }
+        int r = emit_any(m->hook, sql_kind, list, 1);
+        Py_DECREF(list);
+        if (r < 0) {
+            if (PyErr_ExceptionMatches(PyExc_PermissionError))
+                return NULL; /* RampartBlocked: a block policy refused the statement */
+            /* dbapi._emit: the hook disables itself, the failure is reported once */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            PyObject *hd = pget(k_hooks_disabled);
+            if (hd != NULL && PySet_Check(hd))
+                PySet_Add(hd, m->hook);
+            PyObject *res = PyObject_CallFunctionObjArgs(hook_failed_fn, m->hook,
+                                                         ev ? ev : Py_None, NULL);
+            Py_XDECREF(res);
+            PyErr_Clear();
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+    }
+    if (m->mode == 0 && n == 2) { /* execute(sql): the base with its default () */
+        PyObject *full[3] = {args[0], args[1], empty_tuple};
+        return PyObject_Vectorcall(m->func, full, 3, NULL);
+    }
+    return PyObject_Vectorcall(m->func, args, n, NULL);
+}
+
+static PyObject *sqlm_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+    (void)type;
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static void sqlm_dealloc(PyObject *o) {
+    sqlm_t *m = (sqlm_t *)o;
+    Py_XDECREF(m->func);
+    Py_XDECREF(m->hook);
+    Py_TYPE(o)->tp_free(o);
+}
+
+static PyTypeObject SqlMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rampart_probe._accel.SqlMethod",
+    .tp_basicsize = sizeof(sqlm_t),
+    .tp_dealloc = sqlm_dealloc,
+    .tp_vectorcall_offset = offsetof(sqlm_t, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_descr_get = sqlm_descr_get,
+};
+
+static PyObject *m_sql_method(PyObject *self, PyObject *a) {
+    (void)self;
+    PyObject *func, *hook;
+    int mode;
+    if (!PyArg_ParseTuple(a, "OUi", &func, &hook, &mode))
+        return NULL;
+    if (mode < 0 || mode > 2)
+        return PyErr_Format(PyExc_ValueError, "bad mode %d", mode);
+    sqlm_t *m = PyObject_New(sqlm_t, &SqlMethodType);
+    if (m == NULL)
+        return NULL;
+    m->func = Py_NewRef(func);
+    Py_INCREF(hook);
+    PyUnicode_InternInPlace(&hook);
+    m->hook = hook;
+    m->mode = mode;
+    m->vectorcall = sqlm_vectorcall;
+    return (PyObject *)m;
 }
 
 static PyObject *m_install(PyObject *self, PyObject *a) {
@@ -970,6 +1107,7 @@ static PyMethodDef methods[] = {
     {"active", m_active, METH_NOARGS, "True while the accelerator handles events"},
     {"inject_fault", m_inject_fault, METH_NOARGS, "tests: the next fast path fails"},
     {"capture_stack", m_capture_stack, METH_O, "the C stack walk (tests)"},
+    {"sql_method", m_sql_method, METH_VARARGS, "sql_method(base, hook, mode): a reporting method"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1008,6 +1146,9 @@ PyMODINIT_FUNC PyInit__accel(void) {
     INTERN(r_queue_full, "queue_full");
     INTERN(empty_str, "");
     INTERN(k_dropped, "dropped");
+    INTERN(sql_kind, "sql");
+    if ((empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SqlMethodType) < 0)
+        return NULL;
     INTERN(k_dropped_by, "dropped_by");
     if ((one = PyLong_FromLong(1)) == NULL)
         return NULL;

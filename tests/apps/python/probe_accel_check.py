@@ -29,6 +29,7 @@ p = rampart_probe.start(os.path.join(work, "no-agent.sock"), mode="sdk")
 out["accel"] = accel.status
 out["active"] = accel.active()
 out["c_emit"] = type(p.emit).__name__ == "builtin_function_or_method"
+out["c_sql"] = type(type(sqlite3.connect(":memory:").cursor()).execute).__name__ == "SqlMethod"
 
 # the agent is gone (no socket): the shipper marks the probe away, calls are dropped and counted
 deadline = time.time() + 10
