@@ -75,7 +75,7 @@ static Py_ssize_t arg_max = 4096, args_max = 64, queue_max = 10000;
 static PyObject *k_enabled, *k_hooks_disabled, *k_blocks, *k_detect, *k_quotas, *k_away,
     *k_queue, *k_filters, *k_stack_by_hook, *k_stack_depth, *k_empty, *k_by_kind, *k_by_hook,
     *k_window, *k_counts, *k_limits, *k_default, *k_built, *k_to_dict, *k_append,
-    *r_quota, *r_away, *r_queue_full;
+    *r_quota, *r_away, *r_queue_full, *k_dropped, *k_dropped_by;
 
 /* ------------------------------------------------------------------ event table */
 
@@ -308,10 +308,35 @@ static int quota_allow(PyObject *q, PyObject *hook) {
 }
 
 static PyObject *empty_tuple;
-static PyObject *c_queue, *c_append, *one, *k_dropped, *k_dropped_by;
+static PyObject *c_queue, *c_append, *one;
 
-static PyObject *pget(PyObject *key) { /* borrowed; NULL without exception if missing */
-    return PyDict_GetItemWithError(pdict, key);
+/* The probe's attributes the hot path reads, looked up again only when its __dict__ has
+ * changed since (ma_version_tag, bumped by every insert/replace/delete on 3.11): the
+ * shipper's counters change it once per batch, not per event. Borrowed: valid while the
+ * dict's version is the one they were read at, which pget checks at every read. */
+enum { P_ENABLED, P_HOOKS_DISABLED, P_BLOCKS, P_DETECT, P_FILTERS, P_QUOTAS, P_AWAY, P_QUEUE,
+       P_STACK_BY_HOOK, P_STACK_DEPTH, P_DROPPED_BY, P_N };
+static PyObject **p_keys[P_N] = {&k_enabled, &k_hooks_disabled, &k_blocks, &k_detect,
+                                 &k_filters, &k_quotas, &k_away, &k_queue,
+                                 &k_stack_by_hook, &k_stack_depth, &k_dropped_by};
+static PyObject *p_vals[P_N];
+static uint64_t p_version;
+static int p_valid;
+
+static PyObject *pget(int i) { /* borrowed; NULL without exception if missing */
+    uint64_t v = ((PyDictObject *)pdict)->ma_version_tag;
+    if (!p_valid || v != p_version) {
+        for (int j = 0; j < P_N; j++) {
+            p_vals[j] = PyDict_GetItemWithError(pdict, *p_keys[j]);
+            if (p_vals[j] == NULL && PyErr_Occurred()) {
+                p_valid = 0;
+                return NULL;
+            }
+        }
+        p_version = v;
+        p_valid = 1;
+    }
+    return p_vals[i];
 }
 
 static int incr(PyObject *d, PyObject *key) { /* d[key] = d.get(key, 0) + 1 */
@@ -328,7 +353,7 @@ static int incr(PyObject *d, PyObject *key) { /* d[key] = d.get(key, 0) + 1 */
 
 /* Probe.drop(reason), in C: dropped += 1, dropped_by[reason] += 1 */
 static int drop(PyObject *reason) {
-    PyObject *by = pget(k_dropped_by);
+    PyObject *by = pget(P_DROPPED_BY);
     if (by == NULL || !PyDict_CheckExact(by)) {
         PyObject *r = PyErr_Occurred() ? NULL : PyObject_CallOneArg(drop_fn, reason);
         if (r == NULL)
@@ -393,7 +418,7 @@ static int refresh_tables(PyObject *blocks, PyObject *detect, PyObject *filters)
 
 /* 1: the Python path must decide (block candidates, detection in a request, filters). */
 static int needs_python(PyObject *hook, PyObject *kind) {
-    PyObject *blocks = pget(k_blocks), *detect = pget(k_detect), *filters = pget(k_filters);
+    PyObject *blocks = pget(P_BLOCKS), *detect = pget(P_DETECT), *filters = pget(P_FILTERS);
     if (blocks == NULL || detect == NULL || filters == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "probe tables missing");
@@ -525,7 +550,7 @@ static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int owned, in
         Py_DECREF(r);
         return 0;
     }
-    PyObject *quotas = pget(k_quotas);
+    PyObject *quotas = pget(P_QUOTAS);
     if (quotas == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "probe has no quotas");
@@ -536,13 +561,13 @@ static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int owned, in
         return -1;
     if (!ok)
         return drop(r_quota);
-    PyObject *away = pget(k_away);
+    PyObject *away = pget(P_AWAY);
     int is_away = away ? PyObject_IsTrue(away) : 0;
     if (is_away < 0)
         return -1;
     if (is_away)
         return drop(r_away);
-    PyObject *queue = pget(k_queue);
+    PyObject *queue = pget(P_QUEUE);
     if (queue == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "probe has no queue");
@@ -561,7 +586,7 @@ static int do_emit(PyObject *hook, PyObject *kind, PyObject *args, int owned, in
         goto out;
     *internal = 1;
     Py_ssize_t depth;
-    PyObject *by_hook = pget(k_stack_by_hook), *dflt = pget(k_stack_depth);
+    PyObject *by_hook = pget(P_STACK_BY_HOOK), *dflt = pget(P_STACK_DEPTH);
     PyObject *d = NULL;
     if (by_hook != NULL && PyDict_Check(by_hook) && PyDict_GET_SIZE(by_hook) > 0) {
         d = PyDict_GetItemWithError(by_hook, hook);
@@ -617,13 +642,13 @@ out:
 static int probe_wants(PyObject *hook) {
     if (tls_busy || probe == NULL)
         return 0;
-    PyObject *en = pget(k_enabled);
+    PyObject *en = pget(P_ENABLED);
     if (en == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int e = PyObject_IsTrue(en);
     if (e <= 0)
         return e;
-    PyObject *hd = pget(k_hooks_disabled);
+    PyObject *hd = pget(P_HOOKS_DISABLED);
     if (hd == NULL)
         return PyErr_Occurred() ? -1 : 1;
     int in = PySequence_Contains(hd, hook);
@@ -905,7 +930,7 @@ static PyObject *sqlm_vectorcall(PyObject *o, PyObject *const *args, size_t narg
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
             PyErr_NormalizeException(&et, &ev, &tb);
-            PyObject *hd = pget(k_hooks_disabled);
+            PyObject *hd = pget(P_HOOKS_DISABLED);
             if (hd != NULL && PySet_Check(hd))
                 PySet_Add(hd, m->hook);
             PyObject *res = PyObject_CallFunctionObjArgs(hook_failed_fn, m->hook,
@@ -1017,6 +1042,11 @@ static PyObject *m_install(PyObject *self, PyObject *a) {
     Py_XSETREF(drop_fn, df);
     Py_XSETREF(hook_failed_fn, hf);
     Py_XSETREF(pdict, d);
+    p_valid = 0;
+    if (!PyDict_CheckExact(d)) {
+        PyErr_SetString(PyExc_TypeError, "the probe's __dict__ is not a dict");
+        return NULL;
+    }
     Py_XSETREF(probe, Py_NewRef(p));
     /* the event table: name -> (kind, extractor, importing, fast) */
     clear_events();
