@@ -55,7 +55,10 @@ def check_semantics(out: dict) -> None:
         ["os.system", ["true"], None],
     ]
     assert out["quota"] == {"queued": 3, "dropped_by": {"quota": 1}}
-    assert out["filter"] == {"events": [["true "]], "dropped_by": {"filter": 1}}
+    assert out["filter"] == {
+        "events": [["true "], ["/nonexistent/x"]],
+        "dropped_by": {"filter": 1},
+    }
     assert out["queue_full"] == {"queue_full": 1}
     first_round, in_request, depths = out["events"]
     events = first_round + in_request + depths

@@ -8,8 +8,8 @@
  * - For hooked events: the args (common extractors in C, the rest through the Python
  *   extractor), then `emit`.
  * - `emit` (also called by the DB-API wrappers): the same order as core.Probe.emit. When a
- *   block rule is a candidate for the hook, a detection rule could apply (kind, inside a
- *   request) or a filter table is in force, the whole call goes to the Python path
+ *   block or filter rule is a candidate for the hook, or a detection rule could apply (kind,
+ *   inside a request), the whole call goes to the Python path
  *   synchronously (regexes, detection checks). Otherwise: quota (on the Quotas object
  *   itself, so both paths share its counts) -> drop when away / queue full -> args
  *   normalised -> stack walked in C (PyFrame_GetBack/GetCode/GetLineNumber: no audit event
@@ -370,7 +370,7 @@ static int drop(PyObject *reason) {
 /* What the tables say, cached by the identity of the table objects: the agent's frames
  * replace a table whole (core.Probe.apply), never change one in place. The cache holds
  * strong references, so an address seen here cannot be reused by another table. */
-static PyObject *c_filters, *c_blocks, *c_detect, *c_by_hook, *c_by_kind;
+static PyObject *c_filters, *c_blocks, *c_detect, *c_by_hook, *c_by_kind, *c_filters_by_hook;
 static int c_filters_empty, c_blocks_empty;
 
 static int truth_attr(PyObject *o, PyObject *name) {
@@ -387,7 +387,16 @@ static int refresh_tables(PyObject *blocks, PyObject *detect, PyObject *filters)
         int e = truth_attr(filters, k_empty);
         if (e < 0)
             return -1;
+        PyObject *fh = PyObject_GetAttr(filters, k_by_hook);
+        if (fh == NULL)
+            return -1;
+        if (!PyDict_Check(fh)) {
+            Py_DECREF(fh);
+            PyErr_SetString(PyExc_TypeError, "RuleTable.by_hook is not a dict");
+            return -1;
+        }
         c_filters_empty = e;
+        Py_XSETREF(c_filters_by_hook, fh);
         Py_XSETREF(c_filters, Py_NewRef(filters));
     }
     if (blocks != c_blocks) {
@@ -416,7 +425,21 @@ static int refresh_tables(PyObject *blocks, PyObject *detect, PyObject *filters)
     return 0;
 }
 
-/* 1: the Python path must decide (block candidates, detection in a request, filters). */
+/* RuleTable.candidates(hook) is not empty: 1, empty: 0, error: -1 */
+static int candidates(PyObject *by_hook, PyObject *hook) {
+    PyObject *c = PyDict_GetItemWithError(by_hook, hook);
+    if (c == NULL && !PyErr_Occurred())
+        c = PyDict_GetItemWithError(by_hook, Py_None);
+    Py_ssize_t n = c ? PyObject_Length(c) : -1;
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "rule table has no default list");
+        return -1;
+    }
+    return n > 0;
+}
+
+/* 1: the Python path must decide (block or filter candidates, detection in a request). */
 static int needs_python(PyObject *hook, PyObject *kind) {
     PyObject *blocks = pget(P_BLOCKS), *detect = pget(P_DETECT), *filters = pget(P_FILTERS);
     if (blocks == NULL || detect == NULL || filters == NULL) {
@@ -426,20 +449,15 @@ static int needs_python(PyObject *hook, PyObject *kind) {
     }
     if (refresh_tables(blocks, detect, filters) < 0)
         return -1;
-    if (!c_filters_empty)
-        return 1;
+    if (!c_filters_empty) {
+        int n = candidates(c_filters_by_hook, hook);
+        if (n != 0)
+            return n; /* a filter rule for this hook: Python matches it (or an error) */
+    }
     if (!c_blocks_empty) {
-        PyObject *c = PyDict_GetItemWithError(c_by_hook, hook);
-        if (c == NULL && !PyErr_Occurred())
-            c = PyDict_GetItemWithError(c_by_hook, Py_None);
-        Py_ssize_t n = c ? PyObject_Length(c) : -1;
-        if (n < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_KeyError, "block table has no default list");
-            return -1;
-        }
-        if (n > 0)
-            return 1;
+        int n = candidates(c_by_hook, hook);
+        if (n != 0)
+            return n;
     }
     int has = PyDict_CheckExact(c_by_kind) ? (PyDict_GET_SIZE(c_by_kind) == 0
                                                   ? 0

@@ -175,6 +175,7 @@ quiet = {"policy_id": "quiet", "hook": "os.system", "match": {"args": "^true$"}}
 p.filters = RuleTable("f", [quiet])
 os.system("true")
 os.system("true ")
+sys.audit("os.remove", "/nonexistent/x")  # a hook no filter rule names: reported
 p.filters = RuleTable()
 out["filter"] = {"events": [e[2] for e in drain()], "dropped_by": dict(p.dropped_by)}
 p.dropped_by.clear()
