@@ -152,3 +152,45 @@ def test_other_interpreters_use_the_python_path(version: str, tmp_path: Path) ->
     out = run(exe, PROBE_DIR, tmp_path / "other")
     assert out["accel"].startswith("unavailable") and not out["active"]
     check_semantics(out)
+
+
+ENCODE = r"""
+import json, random, sys
+sys.path.insert(0, sys.argv[1])
+from rampart_probe import _accel, core, wire
+rnd = random.Random(7)
+alphabet = ["a", "Z", "0", " ", '"', "\\", "\n", "\r", "\t", "\b", "\f", "\x00", "\x1f", "\x7f",
+            "é", "€", "\u2028", "😀", "\udcff", "\ud800", "/", "<", "'"]
+def text():
+    return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+prefix = core.Probe("/nonexistent", "sdk").trace_prefix()
+same = unsupported = 0
+for i in range(3000):
+    req = None if i % 3 == 0 else {
+        "method": "GET", "url": text(), "remote_addr": "127.0.0.1",
+        "params": {text(): [text(), text()] for _ in range(rnd.randint(0, 3))},
+        "headers": {"user-agent": text()},
+    }
+    entry = (1764000000.123 + i, text(), "file", [text() for _ in range(rnd.randint(0, 4))],
+             None if i % 5 else text(), req, [text() for _ in range(rnd.randint(0, 5))])
+    c = _accel.encode_event(prefix, entry)
+    py = wire.encode_trace(prefix, *core._event(entry))
+    assert c == py, (entry, c, py)
+    same += 1
+# what it leaves to Python: a float arg, a list subclass
+class L(list):
+    pass
+for odd in ([1.5], L(["x"])):
+    if _accel.encode_event(prefix, (1.0, "h", "k", odd, None, None, [])) is None:
+        unsupported += 1
+print(json.dumps({"same": same, "unsupported": unsupported}))
+"""
+
+
+@pytest.mark.skipif(not BUILT, reason="the accelerator is not built (make setup)")
+def test_c_trace_encoder_gives_the_python_encoders_bytes() -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", ENCODE, str(PROBE_DIR)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout) == {"same": 3000, "unsupported": 2}

@@ -854,6 +854,212 @@ failed:
     return 0;
 }
 
+
+/* ------------------------------------------------------------------ trace frame encoder */
+
+/* The shipper's per-event work in C: one queued call (core.Probe.emit's tuple) -> the trace
+ * frame wire.encode_trace makes of it, byte for byte: json.dumps(ensure_ascii=False,
+ * separators=(",", ":")) of str / list / tuple / dict (str keys) / bool / None / int, then
+ * UTF-8 with lone surrogates as "?". Any other value: None, and the caller uses Python. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} buf_t;
+
+static int put(buf_t *b, const char *s, size_t n) {
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->n + n)
+            cap *= 2;
+        char *np = PyMem_Realloc(b->p, cap);
+        if (np == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+#define UNSUPPORTED 1 /* returned by enc_value: a type this encoder leaves to Python */
+
+static int enc_utf8(buf_t *b, const char *s, Py_ssize_t n) {
+    if (put(b, "\"", 1) < 0)
+        return -1;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (put(b, s + start, (size_t)(i - start)) < 0)
+            return -1;
+        char esc[8];
+        const char *e = NULL;
+        switch (c) {
+        case '"': e = "\\\""; break;
+        case '\\': e = "\\\\"; break;
+        case '\n': e = "\\n"; break;
+        case '\r': e = "\\r"; break;
+        case '\t': e = "\\t"; break;
+        case '\b': e = "\\b"; break;
+        case '\f': e = "\\f"; break;
+        default:
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            e = esc;
+        }
+        if (put(b, e, strlen(e)) < 0)
+            return -1;
+        start = i + 1;
+    }
+    if (put(b, s + start, (size_t)(n - start)) < 0)
+        return -1;
+    return put(b, "\"", 1);
+}
+
+static int enc_str(buf_t *b, PyObject *o) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (s != NULL)
+        return enc_utf8(b, s, n);
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+        return -1;
+    PyErr_Clear(); /* lone surrogates: "?" as .encode("utf-8", "replace") makes them */
+    PyObject *bytes = PyUnicode_AsEncodedString(o, "utf-8", "replace");
+    if (bytes == NULL)
+        return -1;
+    int r = enc_utf8(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+    Py_DECREF(bytes);
+    return r;
+}
+
+static int enc_value(buf_t *b, PyObject *o, int depth) {
+    if (depth > 16)
+        return UNSUPPORTED;
+    if (PyUnicode_CheckExact(o))
+        return enc_str(b, o);
+    if (o == Py_None)
+        return put(b, "null", 4);
+    if (o == Py_True)
+        return put(b, "true", 4);
+    if (o == Py_False)
+        return put(b, "false", 5);
+    if (PyLong_CheckExact(o)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return UNSUPPORTED;
+        }
+        char num[32];
+        int k = snprintf(num, sizeof num, "%lld", v);
+        return put(b, num, (size_t)k);
+    }
+    if (PyList_CheckExact(o) || PyTuple_CheckExact(o)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        PyObject **items = PySequence_Fast_ITEMS(o);
+        if (put(b, "[", 1) < 0)
+            return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i && put(b, ",", 1) < 0)
+                return -1;
+            int r = enc_value(b, items[i], depth + 1);
+            if (r != 0)
+                return r;
+        }
+        return put(b, "]", 1);
+    }
+    if (PyDict_CheckExact(o)) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        int first = 1;
+        if (put(b, "{", 1) < 0)
+            return -1;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k))
+                return UNSUPPORTED;
+            if ((!first && put(b, ",", 1) < 0) || enc_str(b, k) < 0 || put(b, ":", 1) < 0)
+                return -1;
+            first = 0;
+            int r = enc_value(b, v, depth + 1);
+            if (r != 0)
+                return r;
+        }
+        return put(b, "}", 1);
+    }
+    return UNSUPPORTED;
+}
+
+static int enc_key(buf_t *b, const char *key) { /* ,"key": */
+    return put(b, key, strlen(key));
+}
+
+/* encode_event(prefix, entry) -> bytes (the whole frame, length header included) | None */
+static PyObject *m_encode_event(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 2 || !PyBytes_Check(argv[0]) || !PyTuple_CheckExact(argv[1]) ||
+        PyTuple_GET_SIZE(argv[1]) != 7) {
+        PyErr_SetString(PyExc_TypeError, "encode_event(prefix: bytes, entry: 7-tuple)");
+        return NULL;
+    }
+    PyObject **e = &PyTuple_GET_ITEM(argv[1], 0);
+    /* (time, hook, kind, args, policy_id, request, stack) */
+    if (!PyFloat_CheckExact(e[0]))
+        Py_RETURN_NONE;
+    buf_t b = {NULL, 0, 0};
+    char head[4] = {0, 0, 0, 0}, num[32];
+    int r = put(&b, head, 4);
+    if (r == 0)
+        r = put(&b, PyBytes_AS_STRING(argv[0]), (size_t)PyBytes_GET_SIZE(argv[0]));
+    if (r == 0) {
+        long long ms = (long long)(PyFloat_AS_DOUBLE(e[0]) * 1000.0);
+        r = put(&b, num, (size_t)snprintf(num, sizeof num, "%lld", ms));
+    }
+    if (r == 0)
+        r = enc_key(&b, ",\"data\":{\"hook\":");
+    if (r == 0)
+        r = enc_value(&b, e[1], 0);
+    if (r == 0)
+        r = enc_key(&b, ",\"kind\":");
+    if (r == 0)
+        r = enc_value(&b, e[2], 0);
+    if (r == 0)
+        r = enc_key(&b, ",\"args\":");
+    if (r == 0)
+        r = enc_value(&b, e[3], 0);
+    if (r == 0 && e[4] != Py_None) {
+        r = enc_key(&b, ",\"blocked\":true,\"policy_id\":");
+        if (r == 0)
+            r = enc_value(&b, e[4], 0);
+    }
+    if (r == 0 && e[5] != Py_None) {
+        r = enc_key(&b, ",\"request\":");
+        if (r == 0)
+            r = enc_value(&b, e[5], 0);
+    }
+    if (r == 0)
+        r = enc_key(&b, ",\"stack\":");
+    if (r == 0)
+        r = enc_value(&b, e[6], 0);
+    if (r == 0)
+        r = put(&b, "}}", 2);
+    PyObject *out = NULL;
+    if (r == 0) {
+        uint32_t len = (uint32_t)(b.n - 4); /* wire.HEADER: ">I" */
+        b.p[0] = (char)(len >> 24);
+        b.p[1] = (char)(len >> 16);
+        b.p[2] = (char)(len >> 8);
+        b.p[3] = (char)len;
+        out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+    } else if (r == UNSUPPORTED) {
+        out = Py_NewRef(Py_None);
+    }
+    PyMem_Free(b.p);
+    return out;
+}
+
 /* ------------------------------------------------------------------ module functions */
 
 /* Probe.emit for the wrappers: 0, or -1 with the exception the Python path would raise
@@ -1155,6 +1361,8 @@ static PyMethodDef methods[] = {
     {"active", m_active, METH_NOARGS, "True while the accelerator handles events"},
     {"inject_fault", m_inject_fault, METH_NOARGS, "tests: the next fast path fails"},
     {"capture_stack", m_capture_stack, METH_O, "the C stack walk (tests)"},
+    {"encode_event", (PyCFunction)(void (*)(void))m_encode_event, METH_FASTCALL,
+     "encode_event(prefix, queued call) -> the trace frame, or None (Python encodes it)"},
     {"sql_method", m_sql_method, METH_VARARGS, "sql_method(base, hook, mode): a reporting method"},
     {NULL, NULL, 0, NULL},
 };

@@ -481,11 +481,23 @@ class Probe:
         q = self.queue
         sock = self.sock
         sent_any = False
+        # the C encoder when the accelerator runs (the same bytes; None: Python encodes it)
+        enc = accel.mod.encode_event if accel.mod is not None and accel.mod.active() else None
         while q:
             parts = []
             prefix = self.trace_prefix()
             while q and len(parts) < BATCH_MAX:
-                parts.append(wire.encode_trace(prefix, *_event(q.popleft())))
+                entry = q.popleft()
+                frame = None
+                if enc is not None:
+                    try:
+                        frame = enc(prefix, entry)
+                    except Exception as e:  # never lose the event: Python encodes it
+                        enc = None
+                        log.warning("rampart: C trace encoder failed, Python encodes: %r", e)
+                if frame is None:
+                    frame = wire.encode_trace(prefix, *_event(entry))
+                parts.append(frame)
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
             sent_any = True
