@@ -177,6 +177,13 @@ for i in range(3000):
     py = wire.encode_trace(prefix, *core._event(entry))
     assert c == py, (entry, c, py)
     same += 1
+# the same stack again (from the C stack cache), and the same list with one frame changed
+st = ["f (a.py:1)", "g (b\\\"q.py:2)", "\udcff (c.py:3)"]
+for i in range(4):
+    entry = (1764000000.5, "open", "file", ["/x"], None, None, list(st))
+    assert _accel.encode_event(prefix, entry) == wire.encode_trace(prefix, *core._event(entry))
+    same += 1
+    st[1] = st[1] if i % 2 else "h (d.py:%d)" % i
 # what it leaves to Python: a float arg, a list subclass
 class L(list):
     pass
@@ -193,4 +200,4 @@ def test_c_trace_encoder_gives_the_python_encoders_bytes() -> None:
         [sys.executable, "-c", ENCODE, str(PROBE_DIR)], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout) == {"same": 3000, "unsupported": 2}
+    assert json.loads(res.stdout) == {"same": 3004, "unsupported": 2}

@@ -996,6 +996,57 @@ static int enc_key(buf_t *b, const char *key) { /* ,"key": */
     return put(b, key, strlen(key));
 }
 
+/* The stack's JSON, cached: a hot call path repeats the same stack, and its frame texts are
+ * the same str objects (the frame cache hands them out), so a stack is recognised by the
+ * identity of its items. The entry keeps them alive: an address cannot be reused. */
+#define SJ_SLOTS 2048
+typedef struct {
+    PyObject *items; /* tuple of the stack's str objects */
+    uint64_t hash;
+    char *json;
+    size_t n;
+} sj_t;
+static sj_t sj_cache[SJ_SLOTS];
+
+static int enc_stack(buf_t *b, PyObject *stack) {
+    if (!PyList_CheckExact(stack))
+        return enc_value(b, stack, 0);
+    Py_ssize_t n = PyList_GET_SIZE(stack);
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= (uint64_t)(uintptr_t)PyList_GET_ITEM(stack, i);
+        h *= 0x100000001B3ULL;
+        h ^= h >> 31;
+    }
+    sj_t *e = &sj_cache[h & (SJ_SLOTS - 1)];
+    if (e->items != NULL && e->hash == h && PyTuple_GET_SIZE(e->items) == n) {
+        Py_ssize_t i = 0;
+        while (i < n && PyTuple_GET_ITEM(e->items, i) == PyList_GET_ITEM(stack, i))
+            i++;
+        if (i == n)
+            return put(b, e->json, e->n);
+    }
+    size_t start = b->n;
+    int r = enc_value(b, stack, 0);
+    if (r != 0)
+        return r;
+    PyObject *items = PyList_AsTuple(stack);
+    char *json = items ? PyMem_Malloc(b->n - start) : NULL;
+    if (json == NULL) { /* no cache entry this time; the frame is still right */
+        Py_XDECREF(items);
+        PyErr_Clear();
+        return 0;
+    }
+    memcpy(json, b->p + start, b->n - start);
+    Py_XDECREF(e->items);
+    PyMem_Free(e->json);
+    e->items = items;
+    e->hash = h;
+    e->json = json;
+    e->n = b->n - start;
+    return 0;
+}
+
 /* encode_event(prefix, entry) -> bytes (the whole frame, length header included) | None */
 static PyObject *m_encode_event(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     (void)self;
@@ -1042,7 +1093,7 @@ static PyObject *m_encode_event(PyObject *self, PyObject *const *argv, Py_ssize_
     if (r == 0)
         r = enc_key(&b, ",\"stack\":");
     if (r == 0)
-        r = enc_value(&b, e[6], 0);
+        r = enc_stack(&b, e[6]);
     if (r == 0)
         r = put(&b, "}}", 2);
     PyObject *out = NULL;
