@@ -480,7 +480,6 @@ class Probe:
         """Send what is queued (in batches), then read what the agent sent."""
         q = self.queue
         sock = self.sock
-        sent_any = False
         # the C encoder when the accelerator runs (the same bytes; None: Python encodes it)
         enc = accel.mod.encode_event if accel.mod is not None and accel.mod.active() else None
         while q:
@@ -500,8 +499,11 @@ class Probe:
                 parts.append(frame)
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
-            sent_any = True
-        r, _, _ = select.select([sock], [], [], 0 if sent_any or self.stopping else 0.05)
+
+        # After a batch too, wait for the agent (or 50 ms) rather than loop at once: a shipper
+        # that comes back for every event or two takes the GIL from the app's thread each
+        # time, and those hand-offs cost the app more than the encoding itself.
+        r, _, _ = select.select([sock], [], [], 0 if self.stopping else 0.05)
         if r:
             data = sock.recv(65536)
             if not data:
