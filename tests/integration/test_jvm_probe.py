@@ -648,11 +648,21 @@ def test_a_failing_hook_disables_itself_and_the_app_goes_on(
 # ------------------------------------------------------------------------------ servlets
 
 
-def test_servlet_request_context_and_block(spawn, jvm_classes: Path, jvm_agent: AgentProc) -> None:
+def test_servlet_request_context_and_block(
+    spawn, jvm_classes: Path, jvm_agent: AgentProc, tmp_path: Path
+) -> None:
     """A jakarta HttpServlet in embedded Tomcat 11: the request context comes from
     HttpServlet.service, blocking takes the servlet's error path."""
+    # Tomcat's base directory is a temp dir the killed JVM cannot delete on exit: keep it in
+    # the test's own tmp_path, not in /tmp.
     p = spawn(
-        ["java", "-cp", f"{jvm_classes}:{TEST_LIBS}", "ServletApp"],
+        [
+            "java",
+            f"-Djava.io.tmpdir={tmp_path}",
+            "-cp",
+            f"{jvm_classes}:{TEST_LIBS}",
+            "ServletApp",
+        ],
         stdout=subprocess.PIPE,
     )
     try:
