@@ -158,6 +158,8 @@ def _event_row(e: dict[str, Any]) -> list[str]:
         flags.append(f"BLOCKED:{e.get('policy_id')}")
     if e.get("alerts"):
         flags.append("alert:" + ",".join(e["alerts"]))
+    if e.get("count", 1) > 1:  # identical kernel records stored as one row (docs/driver.md)
+        flags.append(f"x{e['count']} until {_when(e['last_ts'])}")
     return [
         _when(e["ts"]),
         str(e["pid"]),
@@ -355,7 +357,8 @@ def _driver_line(d: dict[str, Any]) -> str:
         return f"driver: {d.get('mode', '?')} ({d.get('reason', '')}): process facts from /proc"
     return (
         f"driver: ebpf, {d.get('programs', 0)} programs, {d.get('received', 0)} records, "
-        f"{d.get('kernel_drops', 0)} dropped in the kernel; process cache "
+        f"{d.get('kernel_drops', 0)} dropped in the kernel, {d.get('stored', 0)} stored rows "
+        f"(+{d.get('aggregated', 0)} identical records folded in); process cache "
         f"{cache.get('entries', 0)} entries"
     )
 

@@ -40,6 +40,10 @@ SWEEP_S = 5.0
 #: records the process cache reads beyond the pid (ProcessCache.apply)
 _CACHE_TYPES = frozenset({ev.DT_EXECVE, ev.DT_FORK, ev.DT_EXIT, ev.DT_PRCTL})
 _LISTENED_TYPES = (ev.DT_EXECVE, ev.DT_EXIT)
+#: high-volume records no host rule reads: identical ones (every byte but the timestamp) in
+#: one batch are stored as one row with `count` and `last_ts` (docs/driver.md, "Storms")
+AGGREGATED_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT, ev.DT_DNS, ev.DT_OPEN})
+_TS = rbatch.TS
 BACKLOG_RETRY_S = 0.05
 
 
@@ -61,7 +65,8 @@ class HostDriver:
             e.data_type for e in EVENT_BY_TYPE.values() if e.name in settings.driver_events
         }
         self.decode_errors = 0
-        self.stored = 0
+        self.stored = 0  # rows handed to the pipeline
+        self.aggregated = 0  # records folded into the row of an identical earlier record
         self.deferred = 0  # drains put off because the sinks were behind
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
@@ -217,14 +222,29 @@ class HostDriver:
         """The records of one batch, in order: decoded only when something needs more than
         the pid. A record that is neither stored nor read by the cache (a connect when
         `connect` is not stored...) only touches the cache by its pid, which is all
-        ProcessCache.apply does with it."""
+        ProcessCache.apply does with it. A stored record of AGGREGATED_TYPES whose bytes
+        (all but the timestamp) equal an earlier one of the same batch is folded into that
+        one's row, which is built at the first (its `process` as it was then) and handed to
+        the pipeline at the end of the batch, with `count` and `last_ts` when it folded any."""
         stored, full = self.stored_types, _CACHE_TYPES | self.stored_types
         lookup = self.cache.lookup
+        folded: dict[bytes, list[Any]] = {}  # record bytes but ts -> [event, last ts, count]
         for dt, pid, start, size in rbatch.records(batch):
             try:
                 if dt not in full:
                     rbatch.check(dt, size)
                     lookup(pid)
+                    continue
+                if dt in AGGREGATED_TYPES and dt in stored:
+                    rbatch.check(dt, size)
+                    key = batch[start + 8 : start + size]
+                    row = folded.get(key)
+                    if row is not None:
+                        row[1] = _TS(batch, start)[0]
+                        row[2] += 1
+                        continue
+                    e = rbatch.decode_at(batch, start, size)
+                    folded[key] = [self._event(e, self.cache.apply(e)), e.ts_ns, 1]
                     continue
                 e = rbatch.decode_at(batch, start, size)
             except ValueError as err:
@@ -237,6 +257,13 @@ class HostDriver:
                     listener(e)
             if dt in stored:
                 self._store(e, entry)
+        for event, last_ns, count in folded.values():
+            if count > 1:
+                event["count"] = count
+                event["last_ts"] = (last_ns + self._offset_ns) // 1_000_000
+                self.aggregated += count - 1
+            self.stored += 1
+            self.pipeline.submit_host(event)
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
@@ -266,6 +293,11 @@ class HostDriver:
             self._drain(force=True)
 
     def _store(self, e: ev.DriverEvent, entry: Any) -> None:
+        self.stored += 1
+        self.pipeline.submit_host(self._event(e, entry))
+
+    def _event(self, e: ev.DriverEvent, entry: Any) -> dict[str, Any]:
+        """The stored event (design §4 shape) of a decoded record."""
         meta = EVENT_BY_TYPE[e.data_type]
         process = self.cache.process_fields(e.pid) or {}
         fields = e.common()
@@ -274,7 +306,7 @@ class HostDriver:
         fields.update(e.fields)
         if e.data_type == ev.DT_EXECVE and entry is not None:
             fields["cwd"] = entry.cwd  # "" when the process was gone before we looked
-        event = {
+        return {
             "ts": (e.ts_ns + self._offset_ns) // 1_000_000,
             "pid": e.pid,
             "runtime": "kernel",
@@ -292,8 +324,6 @@ class HostDriver:
             "event": meta.name,
             "driver": fields,
         }
-        self.stored += 1
-        self.pipeline.submit_host(event)
 
     # ------------------------------------------------------------------ enrichment
 
@@ -309,7 +339,12 @@ class HostDriver:
         return facts
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode, "stored": self.stored, "deferred": self.deferred}
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "stored": self.stored,
+            "aggregated": self.aggregated,
+            "deferred": self.deferred,
+        }
         if self.reason:
             out["reason"] = self.reason
         if self.driver is not None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from host_agent.detectors import Detectors
+from host_agent.detectors import host as host_rules
 from host_agent.policy import PolicySet
 from host_agent.registry import ProbeRecord, now_ms
 from host_agent.rules import RuleSet
@@ -124,17 +125,19 @@ class Pipeline:
 
     def submit_host(self, event: dict[str, Any]) -> None:
         """A host event from the driver (runtime "kernel"): same policies, same sinks, and
-        the host rules (with the process cache to look up parents)."""
-        self.received += 1
+        the host rules (with the process cache to look up parents). An event that stands
+        for `count` identical records (hostdriver.AGGREGATED_TYPES) counts as that many."""
+        n = event.get("count", 1)
+        self.received += n
         ignored, alerts = self.policy.evaluate(
             event["runtime"], event["kind"], event["hook"], event["args"], event["stack"]
         )
         if ignored:
-            self.ignored += 1
+            self.ignored += n
             return
         detections: tuple[dict[str, Any], ...] = ()
         signature = ""
-        if self.detectors is not None:
+        if self.detectors is not None and event.get("data_type") in host_rules.DATA_TYPES:
             findings = self.detectors.check_host(event, self.host_lookup)
             if findings:
                 exe = event["process"].get("exe", "")

@@ -178,3 +178,65 @@ def test_process_fields_memo_follows_every_change() -> None:
     cache.get(a).exe = "/edited/in/place"  # type: ignore[union-attr]
     cache.changed()
     assert cache.process_fields(a)["exe"] == "/edited/in/place"  # type: ignore[index]
+
+
+def _at(raw: bytes, ts: int) -> bytes:
+    """The same record with another timestamp (rp_hdr.ts is its first 8 bytes)."""
+    return ts.to_bytes(8, "little") + raw[8:]
+
+
+def test_identical_storm_records_of_a_batch_are_one_row_with_their_count() -> None:
+    hd, pipe = agent(["connect", "execve"])
+    me = os.getpid()
+    a = bytes(sock(ev.DT_CONNECT, pid=me, port=443))
+    b = bytes(sock(ev.DT_CONNECT, pid=me, port=8443))  # another destination: its own row
+    ex = ev.rp_exec(h=hdr(ev.DT_EXECVE, pid=me), argv_len=5, argv_kept=5, old_uid=0xFFFFFFFF)
+    ctypes.memmove(ex.argv, b"curl\0", 5)
+    ts = [10_000_000 * i for i in range(1, 8)]
+    hd._apply_batch(
+        pack(_at(a, ts[0]), _at(b, ts[1]), _at(a, ts[2]), bytes(ex), _at(a, ts[3]), _at(b, ts[4]))
+    )
+    execs = [e for e in pipe.events if e["data_type"] == ev.DT_EXECVE]
+    conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
+    assert len(execs) == 1 and "count" not in execs[0]
+    # first-occurrence order, each with the timestamp of its first record and its last
+    assert [c["args"][1] for c in conns] == ["443", "8443"]
+    first, second = conns
+    off = hd._offset_ns
+    assert first["count"] == 3 and first["ts"] == (ts[0] + off) // 1_000_000
+    assert first["last_ts"] == (ts[3] + off) // 1_000_000
+    assert second["count"] == 2 and second["last_ts"] == (ts[4] + off) // 1_000_000
+    assert first["driver"]["dport"] == 443 and first["process"]["pid_tree"].startswith(f"{me}.")
+    # every record is accounted for: rows + records folded into them
+    assert hd.stored == 3 and hd.aggregated == 3
+    assert hd.stats()["aggregated"] == 3
+    # the next batch starts afresh: a lone record is a row of its own, without `count`
+    hd._apply_batch(pack(_at(a, ts[5])))
+    assert "count" not in pipe.events[-1] and hd.stored == 4
+
+
+def test_records_differing_in_any_field_are_not_folded() -> None:
+    hd, pipe = agent(["connect"])
+    me = os.getpid()
+    a = sock(ev.DT_CONNECT, pid=me)
+    b = sock(ev.DT_CONNECT, pid=me)
+    b.lport = 50001  # another TCP connect: another source port
+    c = sock(ev.DT_CONNECT, pid=me)
+    c.ret = 0
+    hd._apply_batch(pack(bytes(a), bytes(b), bytes(c), _at(bytes(a), 5)))
+    assert [e.get("count", 1) for e in pipe.events] == [2, 1, 1]
+    assert [e["driver"]["sport"] for e in pipe.events] == [50000, 50001, 50000]
+
+
+def test_pipeline_counts_an_aggregated_row_as_its_records() -> None:
+    from host_agent.pipeline import Pipeline
+    from host_agent.policy import loads_policy
+
+    policy = loads_policy(
+        "policies:\n  - {id: quiet, kind: network, hook: connect, action: ignore}\n"
+    )
+    pipe = Pipeline(Settings(), [], policy)
+    hd = HostDriver(Settings(driver_events=["connect"]), pipe)
+    raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
+    hd._apply_batch(pack(raw, _at(raw, 7), _at(raw, 9)))
+    assert pipe.received == 3 and pipe.ignored == 3
