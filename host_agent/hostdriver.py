@@ -44,7 +44,35 @@ _LISTENED_TYPES = (ev.DT_EXECVE, ev.DT_EXIT)
 #: one batch are stored as one row with `count` and `last_ts` (docs/driver.md, "Storms")
 AGGREGATED_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT, ev.DT_DNS, ev.DT_OPEN})
 _TS = rbatch.TS
-BACKLOG_RETRY_S = 0.05
+_SOCK_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT})
+_H = ev.HDR_SIZE
+_DT_OFF = ev.rp_hdr.data_type.offset
+_PID_OFF = ev.rp_hdr.pid.offset
+# rp_sock: ret, fd, then family, port, addr (up to laddr), ..., sock_type
+_RET, _FAMILY, _LADDR = ev.rp_sock.ret.offset, ev.rp_sock.family.offset, ev.rp_sock.laddr.offset
+_STYPE = ev.rp_sock.sock_type.offset
+assert _FAMILY < ev.rp_sock.port.offset < ev.rp_sock.addr.offset < _LADDR
+
+
+EXACT, SUMMARY, SHED = 0, 1, 2  # how storm records are stored (HostDriver._storm_mode)
+
+
+def _summary_key(batch: bytes, dt: int, start: int, size: int) -> bytes:
+    """What a summary row keeps of a record: the process and event, and for a socket
+    record its result, family, port, address and socket type (rp_sock: ret, fd, family,
+    port, addr, laddr, lport, sock_type); for the others everything after the header."""
+    pid = batch[start + _PID_OFF : start + _PID_OFF + 4]
+    if dt in _SOCK_TYPES:
+        return (
+            pid
+            + batch[start + _DT_OFF : start + _DT_OFF + 4]
+            + (
+                batch[start + _RET : start + _RET + 8]
+                + batch[start + _FAMILY : start + _LADDR]
+                + batch[start + _STYPE : start + _STYPE + 2]
+            )
+        )
+    return pid + batch[start + _DT_OFF : start + _DT_OFF + 4] + batch[start + _H : start + size]
 
 
 def boot_to_epoch_offset_ns() -> int:
@@ -67,7 +95,10 @@ class HostDriver:
         self.decode_errors = 0
         self.stored = 0  # rows handed to the pipeline
         self.aggregated = 0  # records folded into the row of an identical earlier record
-        self.deferred = 0  # drains put off because the sinks were behind
+        #: the sinks behind: records folded into a summary row (same process, event and
+        #: args), and records of AGGREGATED_TYPES not stored at all (per event name)
+        self.summarized = 0
+        self.shed: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._offset_ns = boot_to_epoch_offset_ns()
@@ -171,23 +202,16 @@ class HostDriver:
             self._scheduled = False
 
     def _drain(self, force: bool = False) -> None:
+        """Everything the reader queued, in order. Never put off when the sinks are behind:
+        every record reaches the process cache and the host rules (a security product must
+        not lose an exec because a connect storm filled its store); the sinks' backlog only
+        decides how the high-volume records are stored (_apply_batch)."""
         self._scheduled = False
         if self.driver is None:
             return
-        if (
-            not force
-            and self.pipeline.backlog >= self.settings.queue_limit
-            and self._loop is not None
-        ):
-            # the sinks are behind: leave the records where they are. The driver's queue is
-            # bounded (its reader then stops), the ring buffer fills, the kernel side counts.
-            self.deferred += 1
-            self._scheduled = True
-            self._loop.call_later(BACKLOG_RETRY_S, self._drain)
-            return
         if isinstance(self.driver, Driver):
             for b in self.driver.take_batches():
-                self._apply_batch(b)
+                self._apply_batch(b, self._storm_mode())
             records: list[Any] = []
         else:
             records = self.driver.take()
@@ -218,17 +242,31 @@ class HostDriver:
                 self._store(e, entry)
         self._maybe_sweep()
 
-    def _apply_batch(self, batch: bytes) -> None:
+    def _storm_mode(self) -> int:
+        """How AGGREGATED_TYPES records are stored, from how far the sinks are behind:
+        EXACT (identical records folded), SUMMARY (folded by process, event and args), SHED
+        (not stored, counted)."""
+        backlog, limit = self.pipeline.backlog, self.settings.queue_limit
+        return EXACT if backlog < limit else SUMMARY if backlog < 2 * limit else SHED
+
+    def _apply_batch(self, batch: bytes, mode: int = 0) -> None:
         """The records of one batch, in order: decoded only when something needs more than
         the pid. A record that is neither stored nor read by the cache (a connect when
         `connect` is not stored...) only touches the cache by its pid, which is all
-        ProcessCache.apply does with it. A stored record of AGGREGATED_TYPES whose bytes
-        (all but the timestamp) equal an earlier one of the same batch is folded into that
-        one's row, which is built at the first (its `process` as it was then) and handed to
-        the pipeline at the end of the batch, with `count` and `last_ts` when it folded any."""
+        ProcessCache.apply does with it.
+
+        Stored records of AGGREGATED_TYPES (no host rule reads them) are folded per batch:
+        in mode EXACT a record whose bytes (all but the timestamp) equal an earlier one's is
+        counted into that one's row; in mode SUMMARY (the sinks a queue_limit behind) one
+        whose process, event and args (a connect's destination, family, socket type and
+        result) equal an earlier one's, the row marked `summary` (its tid, fd, source port
+        are the first record's); in mode SHED (two queue_limits behind) they are not stored,
+        and counted by event. A row is built at its first record (`process` as it was
+        then) and handed to the pipeline at the end of the batch, with `count` and
+        `last_ts` when it folded any."""
         stored, full = self.stored_types, _CACHE_TYPES | self.stored_types
         lookup = self.cache.lookup
-        folded: dict[bytes, list[Any]] = {}  # record bytes but ts -> [event, last ts, count]
+        folded: dict[bytes, list[Any]] = {}  # key -> [event, last ts, count]
         for dt, pid, start, size in rbatch.records(batch):
             try:
                 if dt not in full:
@@ -237,7 +275,15 @@ class HostDriver:
                     continue
                 if dt in AGGREGATED_TYPES and dt in stored:
                     rbatch.check(dt, size)
-                    key = batch[start + 8 : start + size]
+                    if mode == EXACT:
+                        key = batch[start + 8 : start + size]
+                    elif mode == SUMMARY:
+                        key = _summary_key(batch, dt, start, size)
+                    else:
+                        lookup(pid)
+                        name = EVENT_BY_TYPE[dt].name
+                        self.shed[name] = self.shed.get(name, 0) + 1
+                        continue
                     row = folded.get(key)
                     if row is not None:
                         row[1] = _TS(batch, start)[0]
@@ -261,7 +307,11 @@ class HostDriver:
             if count > 1:
                 event["count"] = count
                 event["last_ts"] = (last_ns + self._offset_ns) // 1_000_000
-                self.aggregated += count - 1
+                if mode == SUMMARY:
+                    event["summary"] = True
+                    self.summarized += count - 1
+                else:
+                    self.aggregated += count - 1
             self.stored += 1
             self.pipeline.submit_host(event)
 
@@ -343,7 +393,8 @@ class HostDriver:
             "mode": self.mode,
             "stored": self.stored,
             "aggregated": self.aggregated,
-            "deferred": self.deferred,
+            "summarized": self.summarized,
+            "shed": dict(self.shed),
         }
         if self.reason:
             out["reason"] = self.reason

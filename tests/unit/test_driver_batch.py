@@ -240,3 +240,34 @@ def test_pipeline_counts_an_aggregated_row_as_its_records() -> None:
     raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
     hd._apply_batch(pack(raw, _at(raw, 7), _at(raw, 9)))
     assert pipe.received == 3 and pipe.ignored == 3
+
+
+def test_sinks_behind_fold_by_destination_then_shed_but_the_cache_sees_everything() -> None:
+    from host_agent import hostdriver
+    from host_agent.cli import _driver_line
+
+    hd, pipe = agent(["connect", "execve"])
+    me = os.getpid()
+    a, b, c = (sock(ev.DT_CONNECT, pid=me) for _ in range(3))
+    b.lport, b.fd = 50001, 4  # another connect to the same place: same summary row
+    c.port = 8443  # another destination: a row of its own
+    ex = ev.rp_exec(h=hdr(ev.DT_EXECVE, pid=me), argv_len=5, argv_kept=5, old_uid=0xFFFFFFFF)
+    recs = pack(bytes(a), _at(bytes(b), 99), bytes(c), bytes(ex))
+    pipe.backlog = hd.settings.queue_limit  # the sinks a queue_limit behind
+    assert hd._storm_mode() == hostdriver.SUMMARY
+    hd._apply_batch(recs, hd._storm_mode())
+    conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
+    assert [(e["args"][1], e.get("count", 1)) for e in conns] == [("443", 2), ("8443", 1)]
+    assert conns[0]["summary"] is True and conns[0]["driver"]["sport"] == 50000
+    assert hd.summarized == 1 and hd.aggregated == 0
+    assert sum(e["data_type"] == ev.DT_EXECVE for e in pipe.events) == 1
+
+    pipe.events.clear()
+    pipe.backlog = 2 * hd.settings.queue_limit
+    assert hd._storm_mode() == hostdriver.SHED
+    hd._apply_batch(recs, hd._storm_mode())
+    # the exec is stored and reaches the cache; the connects are counted, not stored
+    assert [e["data_type"] for e in pipe.events] == [ev.DT_EXECVE]
+    assert hd.shed == {"connect": 3} and hd.stats()["shed"] == {"connect": 3}
+    line = _driver_line({**hd.stats(), "mode": "ebpf"})
+    assert "+1 into summary rows" in line and "NOT STORED (sinks behind): connect 3" in line
