@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from driver import batch as rbatch
 from driver import events as ev
@@ -48,6 +51,7 @@ _SOCK_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT})
 _H = ev.HDR_SIZE
 _DT_OFF = ev.rp_hdr.data_type.offset
 _PID_OFF = ev.rp_hdr.pid.offset
+_PID = struct.Struct("<I").unpack_from
 # rp_sock: ret, fd, then family, port, addr (up to laddr), ..., sock_type
 _RET, _FAMILY, _LADDR = ev.rp_sock.ret.offset, ev.rp_sock.family.offset, ev.rp_sock.laddr.offset
 _STYPE = ev.rp_sock.sock_type.offset
@@ -99,6 +103,15 @@ class HostDriver:
         #: args), and records of AGGREGATED_TYPES not stored at all (per event name)
         self.summarized = 0
         self.shed: dict[str, int] = {}
+        #: socket records: their header (all but ts) -> the encoded parts of their row that
+        #: depend on it alone, while the process cache does not change (_sock_row)
+        self._heads: dict[bytes, tuple[str, str, bytes, bytes]] = {}
+        self._heads_gen = -1
+        #: the open fold window (_apply_batch): key -> [row, last ts, count, summary]
+        self._folded: dict[bytes, list[Any]] = {}
+        self._fold_since = 0.0
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._encode = msgspec.json.Encoder().encode
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._offset_ns = boot_to_epoch_offset_ns()
@@ -181,6 +194,7 @@ class HostDriver:
         if self.driver is not None:
             self.driver.flush()
             self._drain(force=True)
+            self._emit_folded()
             if self.fanotify is not None:
                 self.fanotify.stop()
             log.info("driver stopped: %s", self.stats())
@@ -240,7 +254,19 @@ class HostDriver:
                     listener(e)
             if e.data_type in self.stored_types:
                 self._store(e, entry)
+        self._end_window()
         self._maybe_sweep()
+
+    def _end_window(self) -> None:
+        """Hand the folded rows over once their window is `store_flush_ms` old (the delay
+        the pipeline allows a batch anyway); a timer closes a window nothing else closes."""
+        if not self._folded:
+            return
+        wait = self.settings.store_flush_ms / 1000
+        if time.monotonic() - self._fold_since >= wait or self._loop is None:
+            self._emit_folded()
+        elif self._fold_timer is None:
+            self._fold_timer = self._loop.call_later(wait, self._emit_folded)
 
     def _storm_mode(self) -> int:
         """How AGGREGATED_TYPES records are stored, from how far the sinks are behind:
@@ -255,18 +281,22 @@ class HostDriver:
         `connect` is not stored...) only touches the cache by its pid, which is all
         ProcessCache.apply does with it.
 
-        Stored records of AGGREGATED_TYPES (no host rule reads them) are folded per batch:
-        in mode EXACT a record whose bytes (all but the timestamp) equal an earlier one's is
-        counted into that one's row; in mode SUMMARY (the sinks a queue_limit behind) one
-        whose process, event and args (a connect's destination, family, socket type and
-        result) equal an earlier one's, the row marked `summary` (its tid, fd, source port
-        are the first record's); in mode SHED (two queue_limits behind) they are not stored,
-        and counted by event. A row is built at its first record (`process` as it was
-        then) and handed to the pipeline at the end of the batch, with `count` and
-        `last_ts` when it folded any."""
+        Stored records of AGGREGATED_TYPES (no host rule reads them) are folded over a
+        window of `store_flush_ms` from its first record (_end_window or stop closes it,
+        _emit_folded hands its rows over, in the order of their first record, after the
+        window's other events). In mode EXACT a record whose bytes (all but the timestamp)
+        equal an earlier one's is counted into that one's row; in mode SUMMARY (the sinks a
+        queue_limit behind) one whose process, event and args (a connect's destination,
+        family, socket type and result) equal an earlier one's, the row marked `summary`
+        (its tid, fd, source port are the first record's); in mode SHED (two queue_limits
+        behind) they are not stored, and counted by event. A row is built at its first
+        record (`process` as it was then), with `count` and `last_ts` when it folded any."""
         stored, full = self.stored_types, _CACHE_TYPES | self.stored_types
         lookup = self.cache.lookup
-        folded: dict[bytes, list[Any]] = {}  # key -> [event, last ts, count]
+        folded = self._folded
+        if not folded:
+            self._fold_since = time.monotonic()
+        summary = mode == SUMMARY
         for dt, pid, start, size in rbatch.records(batch):
             try:
                 if dt not in full:
@@ -289,8 +319,12 @@ class HostDriver:
                         row[1] = _TS(batch, start)[0]
                         row[2] += 1
                         continue
+                    if dt in _SOCK_TYPES:
+                        enc = self._sock_row(batch, dt, start, size)
+                        folded[key] = [enc, enc[0], 1, summary]
+                        continue
                     e = rbatch.decode_at(batch, start, size)
-                    folded[key] = [self._event(e, self.cache.apply(e)), e.ts_ns, 1]
+                    folded[key] = [self._event(e, self.cache.apply(e)), e.ts_ns, 1, summary]
                     continue
                 e = rbatch.decode_at(batch, start, size)
             except ValueError as err:
@@ -303,17 +337,98 @@ class HostDriver:
                     listener(e)
             if dt in stored:
                 self._store(e, entry)
-        for event, last_ns, count in folded.values():
+
+    def _emit_folded(self) -> None:
+        """The rows of the fold window to the pipeline, in the order of their first record."""
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        folded, self._folded = self._folded, {}
+        for event, last_ns, count, summary in folded.values():
+            if isinstance(event, tuple):  # a socket row, encoded
+                ts_ns, pid, kind, hook, args, body = event
+                if count > 1:
+                    last = (last_ns + self._offset_ns) // 1_000_000
+                    body += b',"count":%d,"last_ts":%d' % (count, last)
+                    if summary:
+                        body += b',"summary":true'
+                        self.summarized += count - 1
+                    else:
+                        self.aggregated += count - 1
+                self.stored += 1
+                ms = (ts_ns + self._offset_ns) // 1_000_000
+                self.pipeline.submit_row(ms, pid, kind, hook, args, b'{"ts":%d,' % ms + body, count)
+                continue
             if count > 1:
                 event["count"] = count
                 event["last_ts"] = (last_ns + self._offset_ns) // 1_000_000
-                if mode == SUMMARY:
+                if summary:
                     event["summary"] = True
                     self.summarized += count - 1
                 else:
                     self.aggregated += count - 1
             self.stored += 1
             self.pipeline.submit_host(event)
+
+    def _sock_row(
+        self, batch: bytes, dt: int, start: int, size: int
+    ) -> tuple[int, int, str, str, list[str], bytes]:
+        """A connect/bind/accept record → (ts ns, pid, kind, hook, args, its event's JSON
+        without the "ts" member and the closing brace): the same event as _event gives
+        (tests/unit/test_driver_batch.py compares them), without building it as a dict.
+        What depends on the header alone (the `process` object, the common fields) is
+        encoded once per header while the process cache does not change."""
+        gen = self.cache.generation
+        if gen != self._heads_gen:
+            self._heads.clear()
+            self._heads_gen = gen
+        hkey = batch[start + 8 : start + _H]
+        head = self._heads.get(hkey)
+        if head is None:
+            e = rbatch.decode_at(batch, start, size)
+            event = self._event(e, self.cache.apply(e))
+            drv = event.pop("driver")
+            for k in e.fields:
+                del drv[k]
+            del event["ts"], event["args"]
+            head = (event["kind"], e.hook, self._encode(event)[1:-1], self._encode(drv)[:-1])
+            if self.cache.generation != self._heads_gen:  # the cache read /proc meanwhile
+                self._heads.clear()
+                self._heads_gen = self.cache.generation
+            if len(self._heads) < 4096:
+                self._heads[hkey] = head
+        kind, hook, mid, drv_head = head
+        ret, fd, family, port, addr, laddr, lport, sock_type = rbatch.SOCK.unpack_from(
+            batch, start + _H
+        )
+        ip = rbatch._ip(family, addr)
+        (ts,) = _TS(batch, start)
+        pid = _PID(batch, start + _PID_OFF)[0]
+        if dt == ev.DT_BIND:
+            private = b'"sa_family":%d,"res":%d,"fd":%d,"sock_type":%d,"sip":"%s","sport":%d' % (
+                family,
+                ret,
+                fd,
+                sock_type,
+                ip.encode(),
+                port,
+            )
+        else:
+            private = (
+                b'"sa_family":%d,"res":%d,"fd":%d,"sock_type":%d,"dip":"%s","dport":%d,'
+                b'"sip":"%s","sport":%d'
+                % (family, ret, fd, sock_type, ip.encode(), port,
+                   rbatch._ip(family, laddr).encode(), lport)
+            )  # fmt: skip
+        sport = str(port)
+        body = b'"args":["%s","%s"],%s,"driver":%s,%s}' % (
+            ip.encode(),
+            sport.encode(),
+            mid,
+            drv_head,
+            private,
+        )
+        return ts, pid, kind, hook, [ip, sport], body
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()

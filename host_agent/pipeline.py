@@ -149,6 +149,36 @@ class Pipeline:
                 signature = f"{event['hook']} {os.path.basename(event['process'].get('exe', ''))}"
         self._append(event, alerts, detections, signature)
 
+    def submit_row(
+        self, ts: int, pid: int, kind: str, hook: str, args: list[str], body: bytes, n: int = 1
+    ) -> None:
+        """A driver event already encoded (HostDriver's socket rows): `body` is its JSON
+        object without the closing brace; it stands for `n` records. Same policies as
+        submit_host; no host rule reads these events (detectors.host.DATA_TYPES)."""
+        self.received += n
+        alerts: list[str] = []
+        if self.policy.policies:
+            ignored, alerts = self.policy.evaluate("kernel", kind, hook, args, [])
+            if ignored:
+                self.ignored += n
+                return
+            if alerts:
+                self.alerted += 1
+                body += b',"alerts":' + self._encode(alerts)
+        self._push(
+            StoredEvent(
+                ts=ts,
+                pid=pid,
+                runtime="kernel",
+                kind=kind,
+                hook=hook,
+                blocked=False,
+                policy_id=None,
+                alerted=bool(alerts),
+                json=body + b"}",
+            )
+        )
+
     def _append(
         self,
         event: dict[str, Any],
@@ -156,11 +186,10 @@ class Pipeline:
         detections: tuple[dict[str, Any], ...] = (),
         signature: str = "",
     ) -> None:
-        s = self.settings
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
-        self._batch.append(
+        self._push(
             StoredEvent(
                 ts=event["ts"],
                 pid=event["pid"],
@@ -175,6 +204,10 @@ class Pipeline:
                 signature=signature,
             )
         )
+
+    def _push(self, stored: StoredEvent) -> None:
+        s = self.settings
+        self._batch.append(stored)
         if len(self._batch) >= s.store_batch:
             self.flush()
         elif self._flush_handle is None:

@@ -6,6 +6,7 @@ real programs: tests/integration/test_driver_batch.py."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from typing import Any
 
@@ -119,6 +120,15 @@ class Pipe:
     def submit_host(self, event: dict[str, Any]) -> None:
         self.events.append(event)
 
+    def submit_row(
+        self, ts: int, pid: int, kind: str, hook: str, args: list[str], body: bytes, n: int = 1
+    ) -> None:
+        """Pipeline.submit_row: an encoded socket row (closed by the pipeline)."""
+        e = json.loads(body + b"}")
+        assert (e["ts"], e["pid"], e["kind"], e["hook"], e["args"]) == (ts, pid, kind, hook, args)
+        assert e.get("count", 1) == n
+        self.events.append(e)
+
 
 def agent(stored: list[str]) -> tuple[HostDriver, Pipe]:
     pipe = Pipe()
@@ -129,6 +139,7 @@ def test_stored_records_become_events_with_the_reference_fields() -> None:
     hd, pipe = agent(["connect"])
     raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
     hd._apply_batch(pack(bytes(hdr(999)), raw))  # a bad record first: counted, skipped
+    hd._emit_folded()
     assert hd.decode_errors == 1
     (event,) = pipe.events
     ref = ev.decode(raw)
@@ -193,9 +204,10 @@ def test_identical_storm_records_of_a_batch_are_one_row_with_their_count() -> No
     ex = ev.rp_exec(h=hdr(ev.DT_EXECVE, pid=me), argv_len=5, argv_kept=5, old_uid=0xFFFFFFFF)
     ctypes.memmove(ex.argv, b"curl\0", 5)
     ts = [10_000_000 * i for i in range(1, 8)]
-    hd._apply_batch(
-        pack(_at(a, ts[0]), _at(b, ts[1]), _at(a, ts[2]), bytes(ex), _at(a, ts[3]), _at(b, ts[4]))
-    )
+    hd._apply_batch(pack(_at(a, ts[0]), _at(b, ts[1]), _at(a, ts[2]), bytes(ex)))
+    assert len(pipe.events) == 1  # the exec; the connects wait for the window to close
+    hd._apply_batch(pack(_at(a, ts[3]), _at(b, ts[4])))  # the window spans batches
+    hd._emit_folded()
     execs = [e for e in pipe.events if e["data_type"] == ev.DT_EXECVE]
     conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
     assert len(execs) == 1 and "count" not in execs[0]
@@ -210,8 +222,9 @@ def test_identical_storm_records_of_a_batch_are_one_row_with_their_count() -> No
     # every record is accounted for: rows + records folded into them
     assert hd.stored == 3 and hd.aggregated == 3
     assert hd.stats()["aggregated"] == 3
-    # the next batch starts afresh: a lone record is a row of its own, without `count`
+    # the next window starts afresh: a lone record is a row of its own, without `count`
     hd._apply_batch(pack(_at(a, ts[5])))
+    hd._end_window()  # no loop: closes at once
     assert "count" not in pipe.events[-1] and hd.stored == 4
 
 
@@ -224,6 +237,7 @@ def test_records_differing_in_any_field_are_not_folded() -> None:
     c = sock(ev.DT_CONNECT, pid=me)
     c.ret = 0
     hd._apply_batch(pack(bytes(a), bytes(b), bytes(c), _at(bytes(a), 5)))
+    hd._emit_folded()
     assert [e.get("count", 1) for e in pipe.events] == [2, 1, 1]
     assert [e["driver"]["sport"] for e in pipe.events] == [50000, 50001, 50000]
 
@@ -239,6 +253,7 @@ def test_pipeline_counts_an_aggregated_row_as_its_records() -> None:
     hd = HostDriver(Settings(driver_events=["connect"]), pipe)
     raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
     hd._apply_batch(pack(raw, _at(raw, 7), _at(raw, 9)))
+    hd._emit_folded()
     assert pipe.received == 3 and pipe.ignored == 3
 
 
@@ -256,6 +271,7 @@ def test_sinks_behind_fold_by_destination_then_shed_but_the_cache_sees_everythin
     pipe.backlog = hd.settings.queue_limit  # the sinks a queue_limit behind
     assert hd._storm_mode() == hostdriver.SUMMARY
     hd._apply_batch(recs, hd._storm_mode())
+    hd._emit_folded()
     conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
     assert [(e["args"][1], e.get("count", 1)) for e in conns] == [("443", 2), ("8443", 1)]
     assert conns[0]["summary"] is True and conns[0]["driver"]["sport"] == 50000
@@ -266,8 +282,44 @@ def test_sinks_behind_fold_by_destination_then_shed_but_the_cache_sees_everythin
     pipe.backlog = 2 * hd.settings.queue_limit
     assert hd._storm_mode() == hostdriver.SHED
     hd._apply_batch(recs, hd._storm_mode())
+    hd._emit_folded()
     # the exec is stored and reaches the cache; the connects are counted, not stored
     assert [e["data_type"] for e in pipe.events] == [ev.DT_EXECVE]
     assert hd.shed == {"connect": 3} and hd.stats()["shed"] == {"connect": 3}
     line = _driver_line({**hd.stats(), "mode": "ebpf"})
     assert "+1 into summary rows" in line and "NOT STORED (sinks behind): connect 3" in line
+
+
+def test_socket_rows_encoded_directly_equal_the_event_dicts() -> None:
+    """_sock_row (the storm path: no dict per record) gives what _event + JSON give."""
+    hd, _pipe = agent(["connect", "bind", "accept"])
+    me = os.getpid()
+    recs = [
+        sock(ev.DT_CONNECT, pid=me),
+        sock(ev.DT_CONNECT, v6=True, pid=me),
+        sock(ev.DT_BIND, pid=me),
+        sock(ev.DT_BIND, v6=True, pid=me),
+        sock(ev.DT_ACCEPT, pid=me),
+    ]
+    recs[1].h.tid = me + 7  # another thread: another header
+    batch = pack(*(bytes(r) for r in recs))
+    at = [(dt, start, size) for dt, _pid, start, size in rbatch.records(batch)]
+    decoded = [rbatch.decode_at(batch, start, size) for _dt, start, size in at]
+    refs = [json.loads(json.dumps(hd._event(e, hd.cache.lookup(e.pid)))) for e in decoded]
+    for _round in range(2):  # encoded parts built, then reused
+        for (dt, start, size), e, ref in zip(at, decoded, refs, strict=True):
+            ts, pid, kind, hook, args, body = hd._sock_row(batch, dt, start, size)
+            assert json.loads(b'{"ts":%d,' % ref["ts"] + body + b"}") == ref
+            assert (ts, pid, kind, hook, args) == (
+                e.ts_ns,
+                me,
+                ref["kind"],
+                ref["hook"],
+                ref["args"],
+            )
+    # one per header (all but ts): the second connect is another thread's
+    assert len(hd._heads) == 4
+    # a change in the cache (an exec, a rename...) drops what was encoded
+    hd.cache.changed()
+    hd._sock_row(batch, *at[0])
+    assert len(hd._heads) == 1
