@@ -580,7 +580,7 @@ def report(res: dict[str, Any], rounds: int) -> None:
     print(f"  read (C callback into batches)            {cap['read_per_s']:>11,}")
     print(f"  decode to DriverEvent (driver.batch)      {cap['decode_per_s']:>11,}")
     print(f"  agent, cache only (not stored)            {cap['cache_only_per_s']:>11,}")
-    print(f"  agent, decoded + stored-event dicts       {cap['stored_per_s']:>11,}")
+    print(f"  agent, stored (identical records folded)  {cap['stored_per_s']:>11,}")
     print(f"  before: ctypes callback per record        {cap['old_read_per_s']:>11,}")
     print(f"  before: events.decode per record          {cap['old_decode_per_s']:>11,}")
     print(
