@@ -16,6 +16,7 @@ final class FrameBuffer {
     private static final int KEEP_CHARS = 1 << 16, KEEP_BYTES = 1 << 20;
 
     private StringBuilder json = new StringBuilder(8192);
+    private char[] chars = new char[8192];
     private byte[] buf = new byte[64 * 1024];
     private int len;
     private int frames;
@@ -55,6 +56,7 @@ final class FrameBuffer {
         frames = 0;
         if (buf.length > KEEP_BYTES) buf = new byte[64 * 1024];
         if (json.capacity() > KEEP_CHARS) json = new StringBuilder(8192);
+        if (chars.length > KEEP_CHARS) chars = new char[8192];
     }
 
     /**
@@ -62,19 +64,22 @@ final class FrameBuffer {
      * (Json.string has already replaced lone surrogates; one left anyway becomes '?', as
      * getBytes makes it).
      */
-    private void utf8(StringBuilder s) {
+    private void utf8(StringBuilder sb) {
+        int n = sb.length();
+        if (chars.length < n) chars = new char[Math.max(n, 2 * chars.length)];
+        char[] s = chars;
+        sb.getChars(0, n, s, 0); // one bulk copy, then a plain array loop (no charAt checks)
         byte[] b = buf;
         int at = len;
-        int n = s.length();
         for (int i = 0; i < n; i++) {
-            char c = s.charAt(i);
+            char c = s[i];
             if (c < 0x80) {
                 b[at++] = (byte) c;
             } else if (c < 0x800) {
                 b[at++] = (byte) (0xc0 | (c >> 6));
                 b[at++] = (byte) (0x80 | (c & 0x3f));
-            } else if (Character.isHighSurrogate(c) && i + 1 < n && Character.isLowSurrogate(s.charAt(i + 1))) {
-                int cp = Character.toCodePoint(c, s.charAt(++i));
+            } else if (Character.isHighSurrogate(c) && i + 1 < n && Character.isLowSurrogate(s[i + 1])) {
+                int cp = Character.toCodePoint(c, s[++i]);
                 b[at++] = (byte) (0xf0 | (cp >> 18));
                 b[at++] = (byte) (0x80 | ((cp >> 12) & 0x3f));
                 b[at++] = (byte) (0x80 | ((cp >> 6) & 0x3f));
