@@ -5,7 +5,14 @@ Two JVMs run tests/apps/jvm/VulnApp.java side by side; one is attached live. wrk
 in turn (alternating rounds, so drift hits both) on:
 
 - `/ok`: a request that reaches no sink (the request-context bracket only),
-- `/read`: a request that opens a file (one `file` event per request, with request context).
+- `/read`: a request that opens a file (one `file` event per request, with request context);
+  with the default quota (12,000 events per hook and minute) only the first 12,000 calls of
+  each minute build and ship an event, so a run's cost depends on where in the minute it falls;
+- `/read, no quota`: the same with the quota lifted: every request builds and ships its event.
+
+Each run reports requests per second and the JVM's CPU time per request (utime + stime of the
+whole process from /proc/<pid>/stat, sender thread, GC and JIT included, over the requests wrk
+counted): on a shared machine CPU per request moves far less than throughput does.
 
 Also reported: attach latency split into its parts (attach listener start by SIGQUIT, the
 `load` command = agentmain incl. retransforming the hooked JDK classes, first hello at the
