@@ -23,14 +23,25 @@ FIELDS: dict[str, tuple[str, str]] = {
     "url_query": ("net/url.URL", "RawQuery"),
     "cmd_path": ("os/exec.Cmd", "Path"),
     "cmd_args": ("os/exec.Cmd", "Args"),
+    # the sink-side check that a goroutine's request is still live (gorasp.h go_req_live)
+    "resp_req": ("net/http.response", "req"),
+    "resp_done": ("net/http.response", "handlerDone"),
+    "g_goid": ("runtime.g", "goid"),
 }
 
-#: Offsets by Go minor version (amd64). go1.26 is checked against DWARF of the binaries we
-#: build (tests/unit/test_go_symbols.py). Earlier versions follow their sources' field order:
-#: http.Request up to RemoteAddr and os/exec.Cmd's Path/Args have not moved since 1.17;
-#: url.URL was Scheme, Opaque, User, Host, Path, RawPath, [OmitHost (1.19+),] ForceQuery,
-#: RawQuery (96: the bools share one word), and go1.26 moved RawQuery before RawPath (88).
-#: Versions not built here are not verified: a binary with DWARF never uses this table.
+#: fields the BPF side treats as optional: 0 there means "unknown, skip the check"
+OPTIONAL = ("resp_done", "g_goid")
+
+#: Offsets by Go minor version (amd64). go1.19 and go1.26 are checked against DWARF of the
+#: binaries we build (tests/unit/test_go_symbols.py; go1.19 from Debian's golang-1.19-go).
+#: Earlier versions follow their sources' field order: http.Request up to RemoteAddr and
+#: os/exec.Cmd's Path/Args have not moved since 1.17; url.URL was Scheme, Opaque, User, Host,
+#: Path, RawPath, [OmitHost (1.19+),] ForceQuery, RawQuery (96: the bools share one word), and
+#: go1.26 moved RawQuery before RawPath (88). http.response starts with conn, req in every
+#: version. response.handlerDone (160) and runtime.g's goid (152) are the same in 1.19 and
+#: 1.26, but fields around both moved in between (g's gobuf lost `ret`, gained `syscallbp`),
+#: so versions not built here leave them 0: the liveness check is skipped there (a sink in
+#: a ConnState hook may then carry the previous request). A binary with DWARF never uses this.
 _TABLE_1_17: dict[str, int] = {
     "req_method": 0,
     "req_url": 16,
@@ -40,12 +51,24 @@ _TABLE_1_17: dict[str, int] = {
     "url_query": 96,
     "cmd_path": 0,
     "cmd_args": 16,
+    "resp_req": 8,
+    "resp_done": 0,
+    "g_goid": 0,
 }
-_TABLE_1_26 = {**_TABLE_1_17, "url_query": 88}
+_VERIFIED = {"resp_done": 160, "g_goid": 152}
+_TABLE_1_19 = {**_TABLE_1_17, **_VERIFIED}
+_TABLE_1_26 = {**_TABLE_1_17, **_VERIFIED, "url_query": 88}
+#: go1.27 (checked by hand against DWARF of a GOTOOLCHAIN=go1.27.3 build, not by the tests:
+#: that toolchain is a 76 MB download) grew http.response: handlerDone at 168
+_TABLE_1_27 = {**_TABLE_1_26, "resp_done": 168}
 TABLE: dict[int, dict[str, int]] = {
     **{minor: _TABLE_1_17 for minor in range(17, 26)},
+    19: _TABLE_1_19,
     26: _TABLE_1_26,
+    27: _TABLE_1_27,
 }
+#: the versions whose table row the tests compare with DWARF of a binary built here
+VERIFIED = (19, 26)
 
 
 @dataclass
@@ -89,7 +112,9 @@ def from_table(minor: int) -> FieldOffsets:
     if minor in TABLE:
         return FieldOffsets(dict(TABLE[minor]), f"table go1.{minor}")
     nearest = max(TABLE) if minor > max(TABLE) else min(TABLE)
-    return FieldOffsets(dict(TABLE[nearest]), f"table go1.{nearest} (nearest to go1.{minor})")
+    # a version nobody checked: no liveness check rather than one reading the wrong field
+    values = {**TABLE[nearest], **dict.fromkeys(OPTIONAL, 0)}
+    return FieldOffsets(values, f"table go1.{nearest} (nearest to go1.{minor})")
 
 
 def resolve(path: str, minor: int, has_dwarf: bool) -> FieldOffsets:

@@ -1,10 +1,12 @@
 """The Go probe end to end: real Go processes (static, cgo and stripped builds of
-tests/apps/golang/vulnapp), real uprobes loaded by a real agent, requests on loopback, events
-read back from the agent's store with their args and request context."""
+tests/apps/golang/vulnapp, with the machine's Go and with Go 1.19), real uprobes loaded by a
+real agent, requests on loopback, events read back from the agent's store with their args and
+request context."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -29,6 +31,9 @@ BUILDS = {
     "static": {},
     "cgo": {"cgo": True},
     "stripped": {"stripped": True},
+    # Debian's Go 1.19 (pclntab 1.18 layout, older struct offsets: DWARF, then the table)
+    "go1.19": {"go": "1.19"},
+    "go1.19-stripped": {"go": "1.19", "stripped": True},
 }
 
 
@@ -88,6 +93,8 @@ def test_attach_events_request_context_detach(
     res = attach(agent, proc.pid)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"attached: pid {proc.pid} golang go1."), res.stdout
+    if "go" in BUILDS[build]:
+        assert res.stdout.startswith(f"attached: pid {proc.pid} golang go1.19."), res.stdout
     again = attach(agent, proc.pid)
     assert again.returncode == 0 and again.stdout.startswith("already attached"), again.stdout
 
@@ -155,6 +162,63 @@ def test_attach_events_request_context_detach(
     agent.control("stats")  # a round trip through the agent's loop
     assert not [e for e in agent.rows("runtime = 'golang'")[before:] if "after-detach" in
                 json.dumps(e)]  # fmt: skip
+    assert proc.poll() is None
+
+
+def _keepalive_get(conn: http.client.HTTPConnection, route: str) -> tuple[int, str]:
+    conn.request("GET", route)
+    r = conn.getresponse()
+    return r.status, r.read().decode()
+
+
+@pytest.mark.parametrize("build", ["static", "go1.19-stripped"])
+def test_no_stale_request_context(
+    build: str, go_build: GoBuild, spawn: Any, agent: AgentProc, tmp_path: Path
+) -> None:
+    """One uprobe hit per request (ServeHTTP), nothing at its end: a sink that runs on the
+    connection's goroutine after its request (a Server.ConnState hook, between keep-alive
+    requests) or on a goroutine the handler starts (possibly on a recycled g struct) carries
+    no request, and each request on a keep-alive connection carries its own. go1.19-stripped:
+    the liveness check's offsets come from the table there."""
+    idle = tmp_path / "idle-marker"
+    proc = spawn([str(go_build("vulnapp", **BUILDS[build])), "-idle-remove", str(idle)],
+                 stdout=subprocess.PIPE, cwd=tmp_path)  # fmt: skip
+    line = proc.stdout.readline().decode()
+    port = int(line.split()[1])
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    res = attach(agent, proc.pid)
+    assert res.returncode == 0, res.stderr
+    row = agent.control("golang.attach", pid=proc.pid)  # again: the agent's row
+    assert row["offsets"] == ("table go1.19" if "19" in build else "dwarf"), row
+    # fresh connections that close: their goroutines exit and free their g structs, which the
+    # goroutines /spawn starts may get
+    for _ in range(20):
+        assert get(f"http://127.0.0.1:{port}", "/health") == (200, "ok")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        assert _keepalive_get(conn, "/read?path=a.txt") == (200, "a")
+        assert _keepalive_get(conn, "/health") == (200, "ok")
+        assert _keepalive_get(conn, f"/spawn?path={tmp_path / 'spawned'}") == (200, "spawned")
+        assert _keepalive_get(conn, "/read?path=b.txt") == (200, "b")
+    finally:
+        conn.close()
+    reads = wait_for(
+        lambda: len(r := [e for e in agent.rows("runtime = 'golang' AND hook = 'os.OpenFile'")
+                          if e["args"][0] in ("a.txt", "b.txt")]) >= 2 and r,
+        15, "the two reads",
+    )  # fmt: skip
+    by_file = {e["args"][0]: e["request"] for e in reads}
+    assert by_file["a.txt"]["params"] == {"path": ["a.txt"]}
+    assert by_file["b.txt"]["params"] == {"path": ["b.txt"]}  # its own, on the same goroutine
+    assert by_file["a.txt"]["remote_addr"] == by_file["b.txt"]["remote_addr"]  # keep-alive
+    # the ConnState hook ran after each of the 4 keep-alive requests (urllib's close theirs)
+    idles = wait_for(lambda: len(r := with_arg(agent, "os.Remove", str(idle))) >= 4 and r, 15,
+                     "the idle hooks' removes")  # fmt: skip
+    assert [e for e in idles if e["request"]] == []
+    (spawned,) = wait_for(lambda: with_arg(agent, "os.Remove", str(tmp_path / "spawned")), 15,
+                          "the spawned goroutine's remove")  # fmt: skip
+    assert spawned["request"] is None
     assert proc.poll() is None
 
 

@@ -48,6 +48,11 @@ struct go_proc {
 	__u32 url_query;
 	__u32 cmd_path;
 	__u32 cmd_args;
+	/* the liveness check of a goroutine's request (go_req_live); 0: unknown, not checked */
+	__u32 resp_req;  /* net/http.response.req */
+	__u32 resp_done; /* net/http.response.handlerDone (a 4-byte bool) */
+	__u32 g_goid;    /* runtime.g.goid */
+	__u32 _pad;
 };
 
 struct go_gkey {
@@ -56,12 +61,16 @@ struct go_gkey {
 	__u64 g;
 };
 
-/* The request a goroutine is serving. Its record is written only when a sink fires in it
- * (`sent`), read then from the *http.Request, which lives until the handler returns: a
- * request that reaches no sink costs two map operations and no record. */
+/* The request a goroutine is serving, stored by serverHandler.ServeHTTP (one uprobe hit per
+ * request, nothing at its end: the next request on the goroutine overwrites it). Its record is
+ * written only when a sink fires in it (`sent`), read then from the *http.Request; before that
+ * the sink checks that the request is still being served (go_req_live): a request that
+ * reaches no sink costs one map update and no record. */
 struct go_req {
 	__u64 id;
-	__u64 req; /* *net/http.Request */
+	__u64 req;  /* *net/http.Request */
+	__u64 resp; /* *net/http.response (the ResponseWriter's data word) */
+	__u64 goid; /* the goroutine's id (g structs are reused, ids are not); 0: unknown */
 	__u32 sent;
 	__u32 _pad;
 };
@@ -84,8 +93,8 @@ struct go_procs_map {
 	__type(key, __u32);
 	__type(value, struct go_proc);
 };
-/* goroutine -> request id, set at serverHandler.ServeHTTP, removed at finishRequest. LRU: a
- * request whose end we miss (a panic in the handler) ages out instead of filling the map. */
+/* goroutine -> request, set (overwritten) at serverHandler.ServeHTTP, never deleted by a
+ * uprobe: LRU, so entries of goroutines that are gone age out instead of filling the map. */
 struct go_requests_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -200,15 +209,41 @@ static __always_inline void go_emit_request(struct pt_regs *ctx, struct go_proc 
 	go_submit(e);
 }
 
+/* Whether the request stored for this goroutine is still being served. The entry is never
+ * removed when a request ends, so a sink that runs on the goroutine afterwards (a
+ * Server.ConnState hook between keep-alive requests) or on another goroutine that got the
+ * same, recycled g struct must not take it: the goroutine id must be the one ServeHTTP saw,
+ * and the response must still belong to that request with its handler not returned
+ * (finishRequest sets handlerDone). Read here, at a sink hit (rare), not per request. */
+static __always_inline int go_req_live(struct go_proc *p, struct go_req *r, __u64 g)
+{
+	if (p->g_goid) {
+		__u64 goid = 0;
+		if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + p->g_goid)) ||
+		    goid != r->goid)
+			return 0;
+	}
+	if (p->resp_done && r->resp) {
+		__u64 req = 0;
+		__u32 done = 1;
+		if (bpf_probe_read_user(&req, sizeof(req), (void *)(r->resp + p->resp_req)) ||
+		    req != r->req)
+			return 0;
+		if (bpf_probe_read_user(&done, sizeof(done), (void *)(r->resp + p->resp_done)) || done)
+			return 0;
+	}
+	return 1;
+}
+
 /* Reserve a sink record for the current goroutine, header filled; the request it serves (if
- * any) is written first, once. */
+ * any, and still live) is written first, once. */
 static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct go_proc *p,
 						   __u32 tgid, __u32 slots)
 {
 	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
 	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
 	__u64 id = 0;
-	if (r) {
+	if (r && go_req_live(p, r, ctx->r14)) {
 		id = r->id;
 		if (!r->sent) {
 			r->sent = 1;
