@@ -239,6 +239,30 @@ class GoUprobes:
             self.detach(pid)
         return result
 
+    def attach_program(
+        self, pid: int, binary: str, program: str, offset: int, fields: dict[str, int]
+    ) -> None:
+        """One uprobe running `program` (any in the object, go_empty included) at `offset`, for
+        `pid`: what bench/go_overhead.py measures a single program's per-hit cost with.
+        Detached with `detach(pid)`."""
+        if self._obj is None:
+            raise GoProbeError("the Go probe is not loaded")
+        if pid in self._links:
+            raise GoProbeError(f"pid {pid} is already attached")
+        lib = _lib()
+        key = ctypes.c_uint32(pid)
+        value = go_proc(**fields)
+        if lib.bpf_map_update_elem(self._procs_fd, ctypes.byref(key), ctypes.byref(value), 0):
+            raise GoProbeError(f"cannot register pid {pid}")
+        opts = go_uprobe_opts(sz=ctypes.sizeof(go_uprobe_opts), bpf_cookie=0)
+        link = lib.bpf_program__attach_uprobe_opts(
+            self._progs[program], pid, binary.encode(), offset, ctypes.byref(opts)
+        )
+        self._links[pid] = [link] if link else []
+        if not link:
+            self.detach(pid)
+            raise GoProbeError(f"{program}: {libbpf.errno_text(libbpf.last_errno())}")
+
     def detach(self, pid: int) -> bool:
         links = self._links.pop(pid, None)
         if links is None:

@@ -24,10 +24,23 @@ int go_serve_http(struct pt_regs *ctx)
 	if (!p)
 		return 0;
 	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
-	struct go_req r = {.id = bpf_ktime_get_ns(), .req = ctx->di, .resp = ctx->cx};
+	__u64 goid = 0;
 	if (p->g_goid)
-		bpf_probe_read_user(&r.goid, sizeof(r.goid), (void *)(ctx->r14 + p->g_goid));
-	bpf_map_update_elem(&go_requests, &key, &r, BPF_ANY);
+		bpf_probe_read_user(&goid, sizeof(goid), (void *)(ctx->r14 + p->g_goid));
+	/* A keep-alive connection's goroutine already has its entry: rewrite it in place (only
+	 * this goroutine uses it, and it runs on one thread at a time) rather than update the LRU
+	 * map, which allocates a node each time (bench/go_overhead.py: per-hit figures). The id
+	 * is taken when the first sink emits the request (go_reserve): none here. */
+	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
+	if (r) {
+		r->req = ctx->di;
+		r->resp = ctx->cx;
+		r->goid = goid;
+		r->sent = 0;
+		return 0;
+	}
+	struct go_req fresh = {.req = ctx->di, .resp = ctx->cx, .goid = goid};
+	bpf_map_update_elem(&go_requests, &key, &fresh, BPF_ANY);
 	return 0;
 }
 

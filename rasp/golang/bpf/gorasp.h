@@ -67,7 +67,7 @@ struct go_gkey {
  * the sink checks that the request is still being served (go_req_live): a request that
  * reaches no sink costs one map update and no record. */
 struct go_req {
-	__u64 id;
+	__u64 id;   /* set by the first sink (with `sent`); 0 before */
 	__u64 req;  /* *net/http.Request */
 	__u64 resp; /* *net/http.response (the ResponseWriter's data word) */
 	__u64 goid; /* the goroutine's id (g structs are reused, ids are not); 0: unknown */
@@ -148,16 +148,24 @@ static __always_inline void go_str_at(struct go_event *e, __u32 i, __u64 addr)
 	go_str(e, i, hdr[0], hdr[1]);
 }
 
-/* Wake the agent's reader only when GO_WAKEUP_BYTES wait: a wakeup per record (the default,
- * adaptive mode wakes whenever the reader has caught up) costs the hooked thread an irq_work
- * and the reader a context switch each time; measured by bench/go_overhead.py it tripled the
- * per-hit cost. The reader polls every 50 ms anyway (rasp/golang/uprobes.py POLL_MS). */
+/* Wake the agent's reader only when the data waiting crosses GO_WAKEUP_BYTES: a wakeup per
+ * record (the default, adaptive mode wakes whenever the reader has caught up) costs the
+ * hooked thread an irq_work and the reader a context switch each time; measured by
+ * bench/go_overhead.py it tripled the per-hit cost. Only a record that crosses the
+ * threshold wakes: while the reader is behind (a storm) the records after it do not, since
+ * the ring's poll is level-triggered (readable while data waits) and a woken reader drains
+ * everything before it polls again. The reader also polls every 50 ms
+ * (rasp/golang/uprobes.py POLL_MS), which bounds the delay of a lone record. */
 #define GO_WAKEUP_BYTES (64 << 10)
+#define GO_RECORD_MAX (sizeof(struct go_event) + 8) /* with the ring's record header */
 
 static __always_inline void go_submit(struct go_event *e)
 {
+	/* what waits, this record included (it counts from its reservation): the records that
+	 * land in [threshold, threshold + the largest record) are the ones that cross it */
 	__u64 waiting = bpf_ringbuf_query(&go_events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, waiting >= GO_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	int crossing = waiting >= GO_WAKEUP_BYTES && waiting < GO_WAKEUP_BYTES + GO_RECORD_MAX;
+	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* A record with room for `slots` strings only (a constant at every call site): the strings
@@ -244,11 +252,12 @@ static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct g
 	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
 	__u64 id = 0;
 	if (r && go_req_live(p, r, ctx->r14)) {
-		id = r->id;
 		if (!r->sent) {
 			r->sent = 1;
+			r->id = bpf_ktime_get_ns(); /* the request's id, from its first sink on */
 			go_emit_request(ctx, p, tgid, r);
 		}
+		id = r->id;
 	}
 	struct go_event *e = go_alloc(ctx, tgid, slots);
 	if (e)
