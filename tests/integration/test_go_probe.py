@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from injector.attach import EXIT_FAIL, EXIT_NO_AGENT, EXIT_PROCESS, EXIT_UNSUPPORTED
+from rasp.golang.records import decode
 from tests.agentproc import RASP_ATTACH, AgentProc, wait_for
 from tests.conftest import REPO, GoBuild
 
@@ -393,3 +394,41 @@ def test_block_mode_from_the_kernel(
         assert get(base, "/connect", host="127.0.0.78", port=str(port)) == (200, "connected")
     finally:
         listener.close()
+
+
+def test_storm_every_record_accounted(go_build: GoBuild, spawn: Any, tmp_path: Path) -> None:
+    """A storm of sink records (60,000 os.Remove calls in one request, ~38 MB of records
+    into a 4 MiB ring, no wakeup per record): every record is either read or counted as a
+    ring drop, none vanishes. The reader is the probe's own (GoUprobes in this process), the
+    program the real os.Remove one, attached alone with GoUprobes.attach_program."""
+    from rasp.golang import offsets as field_offsets
+    from rasp.golang import symbols
+    from rasp.golang.hooks import ALL_SYMBOLS
+    from rasp.golang.uprobes import GoUprobes
+
+    binary = go_build("vulnapp")
+    proc, base = start_app(spawn, binary, tmp_path)
+    b = symbols.inspect(binary, ALL_SYMBOLS)
+    fields = field_offsets.resolve(str(binary), 26, b.has_dwarf).values
+    up = GoUprobes()
+    up.load()
+    try:
+        up.attach_program(proc.pid, str(binary), "go_path1", b.offsets["os.Remove"], fields)
+        n = 60_000
+        assert get(base, "/spin", n=str(n))[0] == 200
+        wait_for(lambda: up.received + up.kernel_drops() >= n, 20, "the reader to catch up")
+        # n, or a few more: a call that has to grow the goroutine's stack re-enters os.Remove
+        # from morestack and is probed twice (docs/go-probe.md, "Probe point")
+        total = up.received + up.kernel_drops()
+        assert n <= total <= n + 20, (up.received, up.kernel_drops())
+        assert up.received > 0 and up.malformed == 0
+        records = up.take()
+        assert len(records) == up.received
+        assert {decode(r)[1][0] for r in records} == {"/nonexistent/rampart-spin"}
+        up.detach(proc.pid)
+        assert get(base, "/spin", n="100")[0] == 200  # detached: nothing more arrives
+        up.flush()
+        assert up.received + up.kernel_drops() == total
+    finally:
+        up.stop()
+    assert proc.poll() is None
