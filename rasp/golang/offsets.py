@@ -82,29 +82,37 @@ def from_dwarf(elf: ELFFile) -> dict[str, int]:
     without net/http has no http.Request)."""
     wanted_types = {t for t, _ in FIELDS.values()}
     # the Go linker writes type DIEs into the "runtime" compile unit(s); older linkers put
-    # some in the defining package's unit: look in both
-    packages = {t.rsplit(".", 1)[0] for t in wanted_types} | {"runtime"}
+    # some in the defining package's unit. The runtime units first, the packages' only for
+    # what is still missing: parsing a unit's DIEs is the cost (net/http's alone ~1 s), and
+    # the agent does this on every attach
+    packages = {t.rsplit(".", 1)[0] for t in wanted_types} - {"runtime"}
     members: dict[tuple[str, str], int] = {}
     dwarf = elf.get_dwarf_info()
-    for cu in dwarf.iter_CUs():
-        if len(members) >= len(FIELDS) and all(tf in members for tf in FIELDS.values()):
-            break
-        top = cu.get_top_DIE()
-        name = top.attributes.get("DW_AT_name")
-        # Go emits one compile unit per package, named by its import path
-        if name is None or name.value.decode("utf-8", "replace") not in packages:
-            continue
-        for die in top.iter_children():
-            if die.tag != "DW_TAG_structure_type":
+
+    def complete() -> bool:
+        return all(tf in members for tf in FIELDS.values())
+
+    for units in ({"runtime"}, packages):
+        for cu in dwarf.iter_CUs():
+            if complete():
+                break
+            top = cu.get_top_DIE()
+            name = top.attributes.get("DW_AT_name")
+            # Go emits one compile unit per package, named by its import path
+            if name is None or name.value.decode("utf-8", "replace") not in units:
                 continue
-            tname = die.attributes.get("DW_AT_name")
-            if tname is None or tname.value.decode() not in wanted_types:
-                continue
-            for m in die.iter_children():
-                if m.tag == "DW_TAG_member" and "DW_AT_data_member_location" in m.attributes:
-                    members[(tname.value.decode(), m.attributes["DW_AT_name"].value.decode())] = (
-                        m.attributes["DW_AT_data_member_location"].value
-                    )
+            for die in top.iter_children():
+                if die.tag != "DW_TAG_structure_type":
+                    continue
+                tname = die.attributes.get("DW_AT_name")
+                if tname is None or tname.value.decode() not in wanted_types:
+                    continue
+                for m in die.iter_children():
+                    if m.tag == "DW_TAG_member" and "DW_AT_data_member_location" in m.attributes:
+                        field = m.attributes["DW_AT_name"].value.decode()
+                        members[(tname.value.decode(), field)] = m.attributes[
+                            "DW_AT_data_member_location"
+                        ].value
     return {k: members[tf] for k, tf in FIELDS.items() if tf in members}
 
 

@@ -65,7 +65,7 @@ struct go_gkey {
  * request, nothing at its end: the next request on the goroutine overwrites it). Its record is
  * written only when a sink fires in it (`sent`), read then from the *http.Request; before that
  * the sink checks that the request is still being served (go_req_live): a request that
- * reaches no sink costs one map update and no record. */
+ * reaches no sink costs a map lookup (an insert for a new goroutine) and no record. */
 struct go_req {
 	__u64 id;   /* set by the first sink (with `sent`); 0 before */
 	__u64 req;  /* *net/http.Request */
