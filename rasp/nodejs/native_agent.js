@@ -160,10 +160,14 @@ static void finish (Rec * r)
 {
   volatile int * lock = (volatile int *) &rampart_cfg[2];
   u64 head, i;
+  u32 spins = 0;
   *(u32 *) r->buf = r->pos;
   r->buf[5] = (u8) r->nargs;
+  /* the lock is held for a copy of <= 4 KiB; a holder that never lets go (a fork() child
+   * of a thread that held it) costs a record, never a hang */
   while (xchg (lock, 1) != 0)
-    while (*lock != 0) ;
+    while (*lock != 0)
+      if (++spins > (1U << 24)) { rampart_cfg[1]++; return; }
   head = (u64) rampart_cfg[3];
   if (RING - (head - (u64) rampart_cfg[4]) < r->pos) rampart_cfg[1]++; /* full: dropped */
   else {
