@@ -98,30 +98,27 @@ function sockaddr(b) {
   return [`family ${family}`, port];
 }
 
-/** One binary record (buf[off..off+len)) -> {h, k, a, t}; null when it is malformed. */
+/** One binary record (buf[off..off+len)) -> {h, k, a, t}; null when it is malformed.
+ * On the app's thread for every native call: no BigInt, no copies but the strings. */
 function decodeRecord(buf, off, len) {
   const id = buf[off + 4];
   const argc = buf[off + 5];
   const num = buf.readInt32LE(off + 8);
-  const t = Number(buf.readBigUInt64LE(off + 12));
+  const t = buf.readUInt32LE(off + 12) + buf.readUInt32LE(off + 16) * 4294967296;
   const end = off + len;
-  const raw = [];
+  const a = [];
   let p = off + REC_HEAD;
   for (let i = 0; i < argc; i++) {
     if (p + 2 > end) return null;
     const n = buf.readUInt16LE(p);
     if (p + 2 + n > end) return null;
-    raw.push(buf.subarray(p + 2, p + 2 + n));
+    a.push(id === 2 ? sockaddr(buf.subarray(p + 2, p + 2 + n)) : buf.toString('utf8', p + 2, p + 2 + n));
     p += 2 + n;
   }
   const hk = HOOK_IDS[id];
-  if (hk === undefined) return { h: `hook ${id}`, k: 'unknown', a: raw.map((x) => x.toString('utf8')), t };
-  let a;
-  if (id === 2) a = raw.length ? sockaddr(raw[0]) : ['', '0'];
-  else {
-    a = raw.map((x) => x.toString('utf8'));
-    if (id === 1) a = [a.length ? a[0] : '', String(num)];
-  }
+  if (hk === undefined) return { h: `hook ${id}`, k: 'unknown', a: a.map(String), t };
+  if (id === 2) return { h: hk[0], k: hk[1], a: a.length ? a[0] : ['', '0'], t };
+  if (id === 1) return { h: hk[0], k: hk[1], a: [a.length ? a[0] : '', String(num)], t };
   return { h: hk[0], k: hk[1], a, t };
 }
 
