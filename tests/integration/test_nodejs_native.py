@@ -120,6 +120,27 @@ def test_the_app_serves_300_requests_with_both_layers(spawn, agent, tmp_path) ->
     assert len(rows) == 75
 
 
+def test_two_threads_recording_at_once_lose_no_record(spawn, agent, tmp_path) -> None:
+    # the C hooks of both threads append to one ring (a spinlock orders them): a record torn
+    # or lost would make the worker's count short or turn a main-thread read into a bypass
+    p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
+    attach(agent, p.pid)
+    worker_side, main_side = tmp_path / "worker-side.txt", tmp_path / "main-side.txt"
+    worker_side.write_text("w")
+    main_side.write_text("m")
+    n = 1500
+    assert get(port, "workerreads", path=str(main_side), wpath=str(worker_side), n=str(n)) == (
+        200,
+        "done",
+    )
+    sentinel(agent, port, p.pid, tmp_path / "threads.txt", "threads")
+    rows = bypasses(agent, p.pid)
+    assert len([e for e in rows if e["args"][0] == str(worker_side)]) == n
+    assert not [e for e in rows if e["args"][0] == str(main_side)]
+    assert native_agent.ask(p.pid)["dropped"] == 0  # type: ignore[index]
+    assert p.poll() is None
+
+
 def test_attach_twice_keeps_one_native_layer(spawn, agent, tmp_path) -> None:
     p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
     attach(agent, p.pid)
