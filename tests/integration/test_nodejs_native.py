@@ -72,6 +72,12 @@ def test_js_originated_calls_yield_no_bypass_duplicates(spawn, agent, tmp_path) 
     p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
     attach(agent, p.pid)
     target = tmp_path / "written.txt"
+    # longer than the native layer's 1 KiB argument cap: its record holds the first 1 KiB only
+    deep = tmp_path.joinpath(*["d" * 200] * 6)
+    deep.mkdir(parents=True)
+    (long_path := deep / "long-path.txt").write_text("long")
+    assert len(str(long_path).encode()) > 1024
+    assert get(port, "readsync", path=str(long_path)) == (200, "long")
     assert get(port, "exec", cmd="echo exec-marker") == (200, "exec-marker\n")
     assert get(port, "execsync", cmd="echo sync-marker") == (200, "sync-marker\n")
     assert get(port, "spawnsync", cmd="echo spawnsync-marker") == (200, "spawnsync-marker\n")
@@ -92,6 +98,7 @@ def test_js_originated_calls_yield_no_bypass_duplicates(spawn, agent, tmp_path) 
         ("child_process.spawnSync", "spawnsync-marker"),
         ("fs.readFile", "/etc/hostname"),
         ("fs.readFileSync", "/etc/hostname"),
+        ("fs.readFileSync", "long-path.txt"),
         ("fs.promises.readFile", "/etc/hostname"),
         ("fs.writeFileSync", str(target)),
         ("net.Socket.connect", f"127.0.0.1:{port}"),

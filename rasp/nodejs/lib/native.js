@@ -27,6 +27,17 @@ const HOOK_IDS = [['uv_spawn', 'process'], ['uv_fs_open', 'file'], ['uv_tcp_conn
   ['uv_getaddrinfo', 'dns']];
 const PROBE_DIR = require('path').dirname(__dirname) + '/';
 const LOOKUPS = new Set(['dns.lookup', 'dns.promises.lookup']);
+// native_agent.js ARG_CAP: the native hooks copy at most this many bytes of an argument, so a
+// longer path (PATH_MAX is 4096) must be noted by its first ARG_CAP bytes too, or its record
+// would not match its note and would come back as a false bypass
+const ARG_CAP = 1024;
+
+/** s cut to its first ARG_CAP UTF-8 bytes, decoded as the native record's bytes are. */
+function capped(s) {
+  if (s.length * 3 <= ARG_CAP) return s; // cannot exceed the cap: the common case, no copy
+  const b = Buffer.from(s, 'utf8');
+  return b.length <= ARG_CAP ? s : b.subarray(0, ARG_CAP).toString('utf8');
+}
 
 function pathKey(v) {
   if (typeof v === 'string') return v;
@@ -44,13 +55,13 @@ function keyOf(hook, args) {
   switch (hook.kind) {
     case 'file': {
       const p = pathKey(a0);
-      return p === null ? null : `file:${p}`;
+      return p === null ? null : `file:${capped(p)}`;
     }
     case 'process':
-      return a0 && typeof a0 === 'object' && typeof a0.file === 'string' ? `process:${a0.file}` : null;
+      return a0 && typeof a0 === 'object' && typeof a0.file === 'string' ? `process:${capped(a0.file)}` : null;
     case 'dns':
       // net resolves host names through dns.lookup (the module's property): noted there
-      return LOOKUPS.has(hook.name) && typeof a0 === 'string' ? `dns:${a0}` : null;
+      return LOOKUPS.has(hook.name) && typeof a0 === 'string' ? `dns:${capped(a0)}` : null;
     case 'network': {
       // net.Socket.connect(options | [options, cb] | port, host): the port (the native side
       // sees the resolved address, not the host name); IPC paths are not TCP
