@@ -14,7 +14,8 @@
  * by checking candidates against entries we know ("strlen", "stdclass", "exception").
  *
  * How sinks are hooked: the `handler` pointer of each zend_internal_function is swapped for a
- * NativeCallback that decides and then calls the original handler. No code is patched, an
+ * NativeCallback that decides and then calls the original handler, behind a small C gate that
+ * keeps a forked child out of Frida (see "fork guard"). No code is patched, an
  * alias (mysqli::query vs mysqli_query) is hooked under its own name, and uninstall writes
  * the old pointer back. `include`/`eval` go through the engine's function pointers
  * `zend_compile_file` / `zend_compile_string` (opcache wraps them too), swapped the same way.
