@@ -475,9 +475,11 @@ def test_forked_child_runs_no_frida_code(spawn, agent, tmp_path: Path) -> None:
     line = p.stdout.readline().decode().split()
     assert line[0] == "child", line
     child = int(line[1])
-    assert patched_code(child) == []
-    assert patched_code(p.pid) == parent
-    go.touch()
+    try:
+        assert patched_code(child) == []
+        assert patched_code(p.pid) == parent
+    finally:
+        go.touch()  # the child exits either way
     assert p.stdout.readline().decode().strip() == "child exit 0"
     assert p.stdout.readline().decode().strip() == "parent ok"
     agent.wait_rows(1, "json_extract(event, '$.args[0]') = '/etc/os-release'")

@@ -8,7 +8,8 @@ fgets(STDIN);
 $pid = pcntl_fork();
 if ($pid === 0) {
     echo "child ", posix_getpid(), "\n";
-    while (!file_exists($argv[1])) usleep(10000);
+    $deadline = microtime(true) + 60; // not left behind if the test stops before the file
+    while (!file_exists($argv[1])) { if (microtime(true) > $deadline) exit(4); usleep(10000); }
     exit(file_get_contents('/etc/hostname') === false ? 3 : 0);
 }
 pcntl_waitpid($pid, $status);
