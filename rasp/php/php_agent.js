@@ -14,7 +14,8 @@
  * by checking candidates against entries we know ("strlen", "stdclass", "exception").
  *
  * How sinks are hooked: the `handler` pointer of each zend_internal_function is swapped for a
- * NativeCallback that decides and then calls the original handler. No code is patched, an
+ * NativeCallback that decides and then calls the original handler, behind a small C gate that
+ * keeps a forked child out of Frida (see "fork guard"). No code is patched, an
  * alias (mysqli::query vs mysqli_query) is hooked under its own name, and uninstall writes
  * the old pointer back. `include`/`eval` go through the engine's function pointers
  * `zend_compile_file` / `zend_compile_string` (opcache wraps them too), swapped the same way.
@@ -989,8 +990,7 @@ function swapHandler(hookName, kind, fn, handlerOff) {
   const callOrig = new NativeFunction(orig, 'void', ['pointer', 'pointer'], HOT);
   const replacement = new NativeCallback(function (ed, rv) {
     let rule = null;
-    // no fork check here: in a forked child (pcntl_fork) these hooks still run and block, but
-    // nothing sends (no Frida thread there): events stay in the bounded queue and are lost
+    // never runs in a forked child: the fork guard's C gate calls the original there
     if (!state.stopped && !state.disabled[hookName]) {
       try {
         if (edOffset < 0) locateEd(ed); // teaches include/eval where the current frame is
@@ -1008,35 +1008,193 @@ function swapHandler(hookName, kind, fn, handlerOff) {
     callOrig(ed, rv);
   }, 'void', ['pointer', 'pointer']);
   state.keep.push(callOrig, replacement);
-  slot.writePointer(replacement);
+  slot.writePointer(gate('handler', orig, replacement) || replacement);
   state.swaps.push({ slot, orig });
 }
 
-/* php-fpm compiles (or fetches from opcache) the primary script of every request through
- * zend_compile_file: entering JS for it cost ~25 us a request. This C gate sends only real
- * includes (a PHP frame is running) to the JS callback. */
-function compileFileGate(orig, jsCallback, getExecutedFilename) {
+// ------------------------------------------------------------------------- fork guard
+/*
+ * pcntl_fork (issue 6). A forked child inherits every hook but no Frida thread, and any lock a
+ * Frida thread held at the fork stays locked for ever in it (the script's JS lock, Gum's heap
+ * and interceptor locks): a child that entered Frida hung there. Stress run of
+ * tests/apps/php/fork.php (6 x 1,000 children, 8 alive at once, the parent busy reporting):
+ * 51 children hung in pthread_mutex_lock called from Frida's agent code. So nothing of Frida
+ * runs in a child: each hook is a small C gate (Frida CModule, plain machine code, no lock)
+ * in front of its JS callback. glibc's fork runs our atfork child handler, which sets
+ * `rampart_forked` in the child; a gate that sees it calls PHP's original directly. A forked
+ * child therefore runs unprobed: it neither reports (it never could: no thread to send) nor
+ * blocks. Until the handler is registered (the end of start(): an atfork handler cannot be
+ * removed, so it is registered once nothing can fail any more) the gates compare getpid().
+ *
+ * Slots (pointers, written before a gate is put in PHP's tables): 0 compile_file original,
+ * 1 its JS callback, 2 zend_get_executed_filename_ex, 3/4 compile_string original/JS,
+ * 5/6 the exit hook's original/JS, 7 getpid, 8 our pid (until armed, then 0), then two per
+ * internal-function hook: original, JS.
+ */
+const GATES = SINKS.length + 4;
+const SLOT_HOOKS = 9;
+const forkGuard = { cm: null, slots: null, flag: null, patches: null, next: 0 };
+const PATCHES_MAX = 32;
+
+function gateSource(n) {
+  let src = `
+typedef void (*handler_fn) (void *, void *);
+typedef void * (*compile_file_fn) (void *, int);
+typedef void * (*compile_string_fn) (void *, void *, int);
+typedef int (*shutdown_fn) (int, int);
+typedef void * (*filename_fn) (void);
+typedef int (*getpid_fn) (void);
+typedef int (*mprotect_fn) (void *, unsigned long, int);
+extern volatile int rampart_forked;
+extern void * volatile rampart_slots[];
+/* code Frida patched (see codePatches): mprotect, a count, then {address, original 16 bytes} */
+extern unsigned char rampart_patches[];
+
+/* glibc's fork runs this in the child, on the forking thread (the only one there). Frida's
+ * inline hooks (exit, _exit, abort, signal, sigaction, ld.so's _dl_debug_state that dlopen and
+ * dlclose call, our php_request_startup listener) would run Gum's code in the child: the
+ * child gets the original bytes back, in its own copy of those pages. */
+void rampart_on_fork_child (void)
+{
+  const unsigned long long * h = (const unsigned long long *) rampart_patches;
+  mprotect_fn mp = (mprotect_fn) h[0];
+  unsigned long long n = h[1], i;
+  int k;
+  rampart_forked = 1;
+  for (i = 0; i < n; i++) {
+    unsigned char * at = (unsigned char *) h[2 + 3 * i];
+    const unsigned char * orig = (const unsigned char *) &h[3 + 3 * i];
+    unsigned long long page = (unsigned long long) at & ~4095ULL;
+    unsigned long long len = ((unsigned long long) at + 16 - page + 4095) & ~4095ULL;
+    for (k = 0; k < 16 && at[k] == orig[k]; k++) {}
+    if (k == 16) continue; /* not patched */
+    if (mp ((void *) page, len, 7) != 0) continue; /* read, write, exec */
+    for (k = 0; k < 16; k++) at[k] = orig[k];
+    mp ((void *) page, len, 5); /* read, exec */
+  }
+}
+
+/* 1 in a forked child: then only PHP's originals run */
+static int child (void)
+{
+  if (rampart_forked) return 1;
+  if (rampart_slots[8] != 0 && ((getpid_fn) rampart_slots[7]) () != (int) (long) rampart_slots[8])
+    { rampart_forked = 1; return 1; }
+  return 0;
+}
+
+/* a request's primary script (no PHP frame running) is not an include: no JS for it */
+void * rampart_compile_file (void * handle, int type)
+{
+  if (child () || ((filename_fn) rampart_slots[2]) () == 0)
+    return ((compile_file_fn) rampart_slots[0]) (handle, type);
+  return ((compile_file_fn) rampart_slots[1]) (handle, type);
+}
+
+void * rampart_compile_string (void * source, void * filename, int position)
+{
+  return ((compile_string_fn) rampart_slots[child () ? 3 : 4]) (source, filename, position);
+}
+
+int rampart_shutdown (int type, int module)
+{
+  return ((shutdown_fn) rampart_slots[child () ? 5 : 6]) (type, module);
+}
+`;
+  for (let i = 0; i < n; i++) {
+    const k = SLOT_HOOKS + 2 * i;
+    src += `void rampart_h${i} (void * ed, void * rv) ` +
+      `{ ((handler_fn) rampart_slots[child () ? ${k} : ${k + 1}]) (ed, rv); }\n`;
+  }
+  return src;
+}
+
+function installForkGuard() {
   try {
-    const gate = Memory.alloc(Process.pointerSize * 3);
-    gate.writePointer(orig);
-    gate.add(Process.pointerSize).writePointer(jsCallback);
-    gate.add(2 * Process.pointerSize).writePointer(getExecutedFilename);
-    const cm = new CModule(`
-      typedef void * (*compile_fn) (void * handle, int type);
-      typedef void * (*filename_fn) (void);
-      extern void * rampart_gate[3];
-      void * rampart_compile_file (void * handle, int type)
-      {
-        if (((filename_fn) rampart_gate[2]) () == 0)
-          return ((compile_fn) rampart_gate[0]) (handle, type);
-        return ((compile_fn) rampart_gate[1]) (handle, type);
-      }
-    `, { rampart_gate: gate });
-    state.keep.push(cm, gate);
-    return cm.rampart_compile_file;
+    const slots = Memory.alloc((SLOT_HOOKS + 2 * GATES) * Process.pointerSize);
+    const flag = Memory.alloc(8);
+    const patches = Memory.alloc(16 + PATCHES_MAX * 24); // count 0 until armForkGuard
+    patches.writePointer(Module.getGlobalExportByName('mprotect'));
+    slots.add(7 * Process.pointerSize).writePointer(Module.getGlobalExportByName('getpid'));
+    slots.add(8 * Process.pointerSize).writePointer(ptr(state.pid));
+    const cm = new CModule(gateSource(GATES),
+      { rampart_forked: flag, rampart_slots: slots, rampart_patches: patches });
+    Object.assign(forkGuard, { cm, slots, flag, patches });
+    state.keep.push(cm, slots, flag, patches);
   } catch (e) {
-    log('include gate in C failed (' + e.message + '): every compile enters JS');
-    return null;
+    log('fork guard in C failed (' + e.message + '): a forked child may hang in a hook');
+  }
+}
+
+/* The gate to write into PHP's table for a hook: `orig` in a forked child, `js` otherwise.
+ * `which`: 'handler', 'compile_file', 'compile_string' or 'shutdown'. Null without a guard
+ * (the caller then writes `js` itself, as before the guard existed). */
+function gate(which, orig, js, extra) {
+  if (forkGuard.cm === null) return null;
+  const put = (i, p) => forkGuard.slots.add(i * Process.pointerSize).writePointer(p);
+  switch (which) {
+    case 'compile_file': put(0, orig); put(1, js); put(2, extra); return forkGuard.cm.rampart_compile_file;
+    case 'compile_string': put(3, orig); put(4, js); return forkGuard.cm.rampart_compile_string;
+    case 'shutdown': put(5, orig); put(6, js); return forkGuard.cm.rampart_shutdown;
+    default: {
+      if (forkGuard.next >= GATES) return null;
+      const i = forkGuard.next++;
+      put(SLOT_HOOKS + 2 * i, orig);
+      put(SLOT_HOOKS + 2 * i + 1, js);
+      return forkGuard.cm['rampart_h' + i];
+    }
+  }
+}
+
+/* Functions whose code Frida patches in this process (inline hooks: Gum's exceptor on
+ * signal/sigaction, Frida's exit monitor on exit/_exit/abort, its module registry on ld.so's
+ * _dl_debug_state, our php_request_startup listener...): each candidate's first 16 bytes as
+ * the file it is mapped from has them. -> [[address, original bytes]] */
+const PATCH_CANDIDATES = ['abort', 'signal', 'ssignal', 'sigaction', '__sigaction', 'exit', '_exit',
+  '_Exit', 'fork', 'vfork', 'execve', 'dlopen', 'dlclose', 'close', 'posix_spawn', 'raise'];
+function codePatches() {
+  const addrs = PATCH_CANDIDATES.map((n) => Module.findGlobalExportByName(n));
+  addrs.push(sym('php_request_startup'), sym('php_module_shutdown'));
+  // ld.so's r_debug.r_brk (_dl_debug_state), which Gum hooks to see dlopen/dlclose
+  const rDebug = Module.findGlobalExportByName('_r_debug');
+  if (rDebug !== null) addrs.push(rDebug.add(16).readPointer());
+  const open = libcFn('open', 'int', ['pointer', 'int']);
+  const pread = libcFn('pread', 'ssize_t', ['int', 'pointer', 'size_t', 'int64']);
+  const buf = Memory.alloc(16);
+  const seen = new Set();
+  const out = [];
+  for (const a of addrs) {
+    if (a === null || seen.has(a.toString())) continue;
+    seen.add(a.toString());
+    const r = Process.findRangeByAddress(a);
+    if (r === null || !r.file || a.add(16).compare(r.base.add(r.size)) > 0) continue;
+    const fd = open(Memory.allocUtf8String(r.file.path), 0);
+    if (fd < 0) continue;
+    try {
+      if (pread(fd, buf, 16, r.file.offset + a.sub(r.base).toInt32()).toNumber() !== 16) continue;
+    } finally { net.close(fd); }
+    // kept whether patched now or not: Frida patches some later (ld.so's, seen in tests)
+    out.push([a, new Uint8Array(buf.readByteArray(16))]);
+  }
+  return out;
+}
+
+/* Called last in start() (an atfork handler cannot be removed, and the script is unloaded
+ * after a failed start): from now on glibc's fork tells the gates (no getpid() a call) and
+ * gives the child the original code back. */
+function armForkGuard() {
+  if (forkGuard.cm === null) return;
+  const reg = Module.findGlobalExportByName('__register_atfork');
+  if (reg === null) return; // not glibc: the gates keep comparing getpid()
+  const patches = codePatches().slice(0, PATCHES_MAX);
+  patches.forEach(([a, orig], i) => {
+    forkGuard.patches.add(16 + i * 24).writePointer(a);
+    forkGuard.patches.add(24 + i * 24).writeByteArray(orig.buffer);
+  });
+  forkGuard.patches.add(8).writeU64(patches.length);
+  const registerAtfork = new NativeFunction(reg, 'int', ['pointer', 'pointer', 'pointer', 'pointer']);
+  if (registerAtfork(NULL, NULL, forkGuard.cm.rampart_on_fork_child, NULL) === 0) {
+    forkGuard.slots.add(8 * Process.pointerSize).writePointer(NULL);
   }
 }
 
@@ -1062,7 +1220,7 @@ function installCompileHooks() {
       return callOrig(handle, type);
     }, 'pointer', ['pointer', 'int']);
     state.keep.push(callOrig, cb);
-    fileSlot.writePointer(compileFileGate(orig, cb, getExecutedFilename) || cb);
+    fileSlot.writePointer(gate('compile_file', orig, cb, getExecutedFilename) || cb);
     state.swaps.push({ slot: fileSlot, orig });
     state.installed.push('include');
   } else state.missing.push('include');
@@ -1083,7 +1241,7 @@ function installCompileHooks() {
       return callOrig(source, filename, position);
     }, 'pointer', ['pointer', 'pointer', 'int']);
     state.keep.push(callOrig, cb);
-    strSlot.writePointer(cb);
+    strSlot.writePointer(gate('compile_string', orig, cb) || cb);
     state.swaps.push({ slot: strSlot, orig });
     state.installed.push('eval');
   } else state.missing.push('eval');
@@ -1204,9 +1362,42 @@ function exitFlush() {
   }
 }
 
+// zend_module_entry (PHP 8.x, LP64): size, zend_api, zend_debug, zts, ini_entry @16, deps @24,
+// name @32, functions @40, module_startup_func @48, module_shutdown_func @56
+const ME_NAME = 32, ME_SHUTDOWN = 56;
+
+/* The exit flush runs from the "standard" module's MSHUTDOWN, which php_module_shutdown calls
+ * for every SAPI (zend_shutdown destroys the modules): a function pointer swapped behind the
+ * fork guard's gate, so a forked child's exit never enters Frida. (An Interceptor listener on
+ * php_module_shutdown runs Gum's invocation code first, which allocates on a thread's first
+ * pass: Gum's heap lock, possibly held by a Frida thread at the fork.) */
 function installExitHook() {
+  let entry = null;
+  try {
+    const reg = sym('module_registry');
+    const z = reg === null ? null : hashFind(reg, 'standard');
+    if (z !== null && z.add(8).readU8() === IS_PTR) entry = z.readPointer();
+    if (entry !== null && cstr(entry.add(ME_NAME).readPointer(), 16) !== 'standard') entry = null;
+  } catch (e) { entry = null; }
+  const slot = entry === null ? null : entry.add(ME_SHUTDOWN);
+  const orig = slot === null ? null : slot.readPointer();
+  if (orig !== null && !orig.isNull() && isCode(orig)) {
+    const callOrig = new NativeFunction(orig, 'int', ['int', 'int'], HOT);
+    const cb = new NativeCallback(function (type, module) {
+      try { exitFlush(); } catch (e) { /* exiting anyway */ }
+      return callOrig(type, module);
+    }, 'int', ['int', 'int']);
+    const g = gate('shutdown', orig, cb);
+    if (g !== null) {
+      state.keep.push(callOrig, cb);
+      slot.writePointer(g);
+      state.swaps.push({ slot, orig });
+      return;
+    }
+  }
   const addr = sym('php_module_shutdown');
   if (addr === null) return;
+  log('exit hook: standard module not found, using an Interceptor listener');
   state.listeners.push(Interceptor.attach(addr, {
     onEnter() {
       try { exitFlush(); } catch (e) { /* exiting anyway */ }
@@ -1479,8 +1670,15 @@ let started = false;
 function start() {
   if (started) return;
   started = true;
-  if (ROLE === 'worker') install();
-  installExitHook();
+  installForkGuard();
+  try {
+    if (ROLE === 'worker') install();
+    installExitHook();
+  } catch (e) {
+    uninstall(); // the script is unloaded after a failed start: no pointer may lead into it
+    throw e;
+  }
+  try { armForkGuard(); } catch (e) { log("fork guard: atfork: " + e.message); }
   setInterval(() => { flush(); }, 50);
   setInterval(() => {
     if (state.conn !== null && !state.stopped) {

@@ -395,13 +395,16 @@ def test_native_and_js_readers_report_the_same_args_and_stacks(spawn, agent) -> 
 FORK = Path(__file__).resolve().parents[1] / "apps" / "php" / "fork.php"
 
 
-def test_pcntl_fork_children_work_and_are_not_reported(spawn, agent) -> None:
+def test_pcntl_fork_children_never_hang_and_run_unprobed(spawn, agent) -> None:
     # A Frida script does not follow fork(): a child inherits the hooks but not Frida's
-    # thread. The children must keep working (and exit: no deadlock on the JS lock inherited
-    # from a parent whose probe was busy), their events are not reported (nothing can send
-    # them), and the parent's probe keeps reporting.
-    n = 30
-    p = spawn(["php", str(FORK), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # thread, and a lock a Frida thread held at the fork stays locked in it. Before the fork
+    # guard (docs/php-probe.md, "fork"), a child entering a hook hung now and then: 51 of
+    # 6,000 in a stress run of this victim, so about 97% of runs of this test saw one. Now a
+    # child's hooks go straight to PHP's originals: every child exits 0 (strict: a hung one
+    # is killed after 10 s and fails the test), none is reported, and the parent, busy
+    # reporting through all the forks, keeps reporting.
+    n = 400
+    p = spawn(["php", str(FORK), str(n), "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdin is not None
     assert p.stdout.readline().strip() == b"ready"
     res = rasp_attach(p.pid, agent)
@@ -411,22 +414,77 @@ def test_pcntl_fork_children_work_and_are_not_reported(spawn, agent) -> None:
     lines = []
     while not lines or not lines[-1].startswith("forked "):
         lines.append(p.stdout.readline().decode().strip())
-    hung = [x for x in lines if x.startswith("hung ")]
-    assert lines[-1] == f"forked {n} ok {n - len(hung)}", lines  # the others exited 0
-    assert p.stdout.readline().decode().strip() == "parent ok"
-    agent.wait_rows(
-        1, "hook = 'file_get_contents' AND json_extract(event, '$.args[0]') = '/etc/os-release'"
-    )
-    pids = {r["pid"] for r in agent.rows("hook = 'file_get_contents'")}
-    assert pids == {p.pid}, "only the parent reports"
-    assert len(agent.rows("hook = 'file_get_contents'")) == n + 1
+    assert lines == [f"forked {n} ok {n}"], lines  # no "hung PID" line, every child exited 0
+    # the parent's probe still reports. Its busy loop may have filled the bounded queue
+    # (drops are counted, by design): one more call each time until one gets through.
+    final = "json_extract(event, '$.args[0]') = '/etc/os-release'"
+
+    def reported() -> bool:
+        p.stdin.write(b"again\n")
+        p.stdin.flush()
+        assert p.stdout.readline().decode().strip() == "parent ok"
+        time.sleep(0.2)
+        return bool(agent.rows(final))
+
+    wait_for(reported, 30, "an event of the parent after the forks")
+    assert {r["pid"] for r in agent.rows()} == {p.pid}, "only the parent reports"
+    # the children's own calls (/etc/hostname) went unprobed
+    assert not agent.rows("json_extract(event, '$.args[0]') = '/etc/hostname'")
     assert [r["pid"] for r in agent.control("ps") if r["state"] == "connected"] == [p.pid]
-    if hung:
-        # Known open bug (docs/php-probe.md, "fork"): now and then (1 child in 30, in about
-        # one run in ten) a child forked while Frida's thread held a lock the child's first
-        # hooked call needs never gets past it. Recorded as xfail, not hidden: the parent and
-        # every other child are checked above.
-        pytest.xfail(f"known: {len(hung)} of {n} forked children hung ({hung})")
+
+
+FORKWAIT = Path(__file__).resolve().parents[1] / "apps" / "php" / "forkwait.php"
+
+
+def patched_code(pid: int) -> list[str]:
+    """Where the code a process runs differs from the file it is mapped from (inline hooks):
+    "path+offset" for each differing stretch of its file-backed executable mappings."""
+    out = []
+    with open(f"/proc/{pid}/mem", "rb") as mem, open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            f = line.split()
+            if len(f) != 6 or "x" not in f[1] or not f[5].startswith("/"):
+                continue  # anonymous, or Frida's agent (a deleted memfd)
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            mem.seek(lo)
+            now = mem.read(hi - lo)
+            with open(f[5], "rb") as fh:
+                fh.seek(int(f[2], 16))
+                orig = fh.read(hi - lo)
+            if now != orig:
+                first = next(i for i, (a, b) in enumerate(zip(now, orig, strict=False)) if a != b)
+                out.append(f"{f[5]}+{int(f[2], 16) + first:#x}")
+    return out
+
+
+def test_forked_child_runs_no_frida_code(spawn, agent, tmp_path: Path) -> None:
+    # The deterministic half of the fork fix (the stress half is the test above): in a child
+    # of a probed process, the code Frida patched (exit, _exit, abort, signal, sigaction,
+    # ld.so's _dl_debug_state, php_request_startup) is the original again, so neither its
+    # exit, its dlclose nor its signal set-up can enter Frida; the parent keeps its hooks.
+    go = tmp_path / "go"
+    p = spawn(["php", str(FORKWAIT), str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == b"ready"
+    assert patched_code(p.pid) == []  # nothing patched before the attach
+    assert rasp_attach(p.pid, agent).returncode == 0
+    parent = patched_code(p.pid)
+    assert any("libc.so" in x for x in parent) and any("php" in x for x in parent), parent
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    line = p.stdout.readline().decode().split()
+    assert line[0] == "child", line
+    child = int(line[1])
+    try:
+        assert patched_code(child) == []
+        assert patched_code(p.pid) == parent
+    finally:
+        go.touch()  # the child exits either way
+    assert p.stdout.readline().decode().strip() == "child exit 0"
+    assert p.stdout.readline().decode().strip() == "parent ok"
+    agent.wait_rows(1, "json_extract(event, '$.args[0]') = '/etc/os-release'")
+    assert {r["pid"] for r in agent.rows()} == {p.pid}
+    assert not agent.rows("json_extract(event, '$.args[0]') = '/etc/hostname'")
 
 
 def test_events_queued_at_exit_are_sent(spawn, agent) -> None:
