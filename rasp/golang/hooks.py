@@ -99,8 +99,12 @@ HOOKS: tuple[Hook, ...] = (
     Hook("net.(*Resolver).LookupHost", ("net.(*Resolver).LookupHost",), "go_lookup_host", "dns",
          _first),
     *_SQL,
+    # the end of a connection (conn.serve's deferred recover): clears a request whose handler
+    # panicked, so only goroutines serving a request are ever blocked (bpf/go_detect.bpf.c)
+    Hook("net/http.(*conn).serve.func1", ("net/http.(*conn).serve.func1",), "go_conn_done", ""),
 )  # fmt: skip
 
+DIAL_HOOK = 7  # bpf/go_detect.h GO_DIAL_HOOK: DialContext's address is host:port
 REQUEST_HOOK = 0  # index of ServeHTTP: its records carry the request, not a sink event
 PROGRAMS = sorted({h.program for h in HOOKS})
 ALL_SYMBOLS = [s for h in HOOKS for s in h.symbols]

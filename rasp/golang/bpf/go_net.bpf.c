@@ -6,7 +6,7 @@
  * net.(*Resolver).lookupIPAddr(r, ctx, network, host) is where Dial resolves names (same
  * registers); net.(*Resolver).LookupHost(r, ctx, host) takes the host in di+si.
  */
-#include "gorasp.h"
+#include "go_detect.h"
 
 SEC("uprobe")
 int go_dial(struct pt_regs *ctx)
@@ -15,12 +15,17 @@ int go_dial(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
+	/* DialContext's address is host:port; lookupIPAddr's (same registers) a bare host */
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_NET, ctx->r8, ctx->r9,
+			       bpf_get_attach_cookie(ctx) == GO_DIAL_HOOK);
 	struct go_event *e = go_reserve(ctx, p, tgid, 2);
-	if (!e)
-		return 0;
-	go_str(e, 0, ctx->di, ctx->si);
-	go_str(e, 1, ctx->r8, ctx->r9);
-	go_submit(e);
+	if (e) {
+		go_str(e, 0, ctx->di, ctx->si);
+		go_str(e, 1, ctx->r8, ctx->r9);
+		go_verdict(e, rule);
+		go_submit(e);
+	}
+	go_block(ctx, tgid, rule);
 	return 0;
 }
 
@@ -31,10 +36,13 @@ int go_lookup_host(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_NET, ctx->di, ctx->si, 0);
 	struct go_event *e = go_reserve(ctx, p, tgid, 1);
-	if (!e)
-		return 0;
-	go_str(e, 0, ctx->di, ctx->si);
-	go_submit(e);
+	if (e) {
+		go_str(e, 0, ctx->di, ctx->si);
+		go_verdict(e, rule);
+		go_submit(e);
+	}
+	go_block(ctx, tgid, rule);
 	return 0;
 }
