@@ -142,10 +142,11 @@ class GoProbes:
     def push_detect(self, target: GoTarget | None = None) -> None:
         """Put the detection rules in block mode into the kernel for one process (all when
         None): at attach, and when the rules are reloaded."""
-        if self.uprobes is None:
+        rules = getattr(self.agent, "rules", None)  # None: an agent without detection rules
+        if self.uprobes is None or rules is None:
             return
         for t in [target] if target is not None else list(self.targets.values()):
-            t.detect = kernel_detect(self.agent.rules.detect_rules(t.record.process.get("exe", "")))
+            t.detect = kernel_detect(rules.detect_rules(t.record.process.get("exe", "")))
             for note in t.detect.notes:
                 log.warning("golang: pid %d: %s", t.pid, note)
             try:
