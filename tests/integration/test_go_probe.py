@@ -378,6 +378,11 @@ def test_block_on_detection(
     assert res.returncode == 0, res.stderr
     row = ps_rows(a)[proc.pid]
     assert row["runtime"] == "golang"
+    detect = a.control("golang.attach", pid=proc.pid)["detect"]
+    assert detect == {
+        "kernel": ["cmdi.input", "path.traversal", "sqli.input", "ssrf.internal"],
+        "notes": [],
+    }
     port = closed_port()
 
     attacks = [  # (route, params, the hook that is stopped, rule)
@@ -453,3 +458,4 @@ def test_detections_do_not_block_in_observe_mode(
     rows = a.wait_rows(1, "pid = ? AND kind = 'sql'", (proc.pid,))
     assert not rows[0]["blocked"]
     assert "sqli.input" in [d["rule"] for d in rows[0].get("detections", [])]
+    assert a.control("golang.attach", pid=proc.pid)["detect"] == {"kernel": [], "notes": []}
