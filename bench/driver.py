@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,8 +38,12 @@ from driver import batch as rbatch  # noqa: E402
 from driver import events as ev  # noqa: E402
 from driver.loader import Driver, DriverConfig  # noqa: E402
 from driver.programs import DEFAULT_STORED  # noqa: E402
-from host_agent.hostdriver import HostDriver  # noqa: E402
+from host_agent.hostdriver import EXACT, HostDriver  # noqa: E402
+from host_agent.pipeline import Pipeline  # noqa: E402
+from host_agent.policy import empty as empty_policy  # noqa: E402
 from host_agent.settings import Settings  # noqa: E402
+from host_agent.sinks import SinkRunner  # noqa: E402
+from host_agent.sinks.sqlite import SqliteSink  # noqa: E402
 
 SRC = REPO / "bench" / "workloads" / "syscall_loop.c"
 BIN = REPO / "build" / "bench" / "syscall_loop"
@@ -84,17 +89,28 @@ class CountingPipeline:
         self.received = 0
 
     def submit_host(self, event: dict[str, Any]) -> None:
-        self.received += 1
+        self.received += event.get("count", 1)
+
+    def submit_row(self, *row: Any) -> None:  # ts, pid, kind, hook, args, body, n
+        self.received += row[6]
 
 
 class AgentConsumer:
     """The agent's driver consumer, as in the agent: HostDriver on an asyncio loop of its own
     thread, the loader's reader thread notifying it."""
 
-    def __init__(self, events: list[str], ringbuf_kb: int = 8192, store: bool = True) -> None:
-        self.pipeline = CountingPipeline()
+    def __init__(
+        self, events: list[str], ringbuf_kb: int = 8192, store: bool = True, sqlite: bool = False
+    ) -> None:
         settings = Settings(driver="on", driver_events=events, driver_ringbuf_kb=ringbuf_kb)
-        self.hd = HostDriver(settings, self.pipeline)  # type: ignore[arg-type]
+        self.runner: SinkRunner | None = None
+        self.pipeline: Any = CountingPipeline()
+        if sqlite:  # the agent's own pipeline and SQLite store, in a temporary directory
+            self._tmp = tempfile.TemporaryDirectory(prefix="rampart-bench-")
+            self.runner = SinkRunner(SqliteSink(Path(self._tmp.name) / "events.db"))
+            self.runner.start()
+            self.pipeline = Pipeline(settings, [self.runner], empty_policy())
+        self.hd = HostDriver(settings, self.pipeline)
         if not store:  # the programs load, their records feed the cache only
             self.hd.stored_types = set()
         self.loop = asyncio.new_event_loop()
@@ -131,8 +147,16 @@ class AgentConsumer:
     def stats(self) -> dict[str, Any]:
         return self.sync(self.hd.stats)
 
+    def rows(self) -> int:
+        """Rows the SQLite sink has written (sqlite=True)."""
+        return self.runner.written if self.runner is not None else 0
+
     def __exit__(self, *exc: object) -> None:
         self.sync(self.hd.stop)
+        if self.runner is not None:
+            self.sync(self.pipeline.flush)
+            self.runner.close()
+            self._tmp.cleanup()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._t.join(10)
         self.loop.close()
@@ -278,10 +302,11 @@ def slowdown(rounds: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------- 3. capacity
 
 
-def _fill(n: int, native: bool) -> tuple[Driver, list[bytes], float]:
-    """n UDP connects left in a 512 MiB ring buffer, then read in one go: (driver, batches,
-    read seconds). The driver is still loaded (stop it)."""
-    port = str(closed_port())
+def _fill(n: int, native: bool, storm: str = "udpconnect") -> tuple[Driver, list[bytes], float]:
+    """n UDP connects (`udpconnect`: identical records; `udpscan`: to 20,000 ports in turn)
+    left in a 512 MiB ring buffer, then read in one go: (driver, batches, read seconds). The
+    driver is still loaded (stop it)."""
+    port = "20000" if storm == "udpscan" else str(closed_port())
     d = Driver(
         DriverConfig(
             events={"connect"},
@@ -292,7 +317,7 @@ def _fill(n: int, native: bool) -> tuple[Driver, list[bytes], float]:
         )
     )
     d.start()
-    run_loop("udpconnect", str(n), port)
+    run_loop(storm, str(n), port)
     t0 = time.thread_time()
     d.flush()
     batches = d.take_batches()
@@ -309,7 +334,59 @@ def _consume(batches: list[bytes], store: bool) -> tuple[int, float]:
     t0 = time.thread_time()
     for b in batches:
         hd._apply_batch(b)
+    hd._emit_folded()
     return pipe.received, time.thread_time() - t0
+
+
+def stored_capacity(storm: str, n: int = 300_000) -> dict[str, Any]:
+    """The whole stored path over records waiting in the ring buffer: HostDriver (mode
+    EXACT: every record stored, identical ones folded per batch), the agent's Pipeline
+    (policies, host rules) and the SQLite sink in its thread, until the last row is written.
+    CPU time of this process (every thread: the loop's and the sink's), and the loop
+    thread's alone."""
+    d, batches, _read_s = _fill(n, native=True, storm=storm)
+    d.stop()
+    records = sum(1 for b in batches for _ in rbatch.records(b))
+    connects = sum(1 for b in batches for r in rbatch.records(b) if r[0] == ev.DT_CONNECT)
+    with tempfile.TemporaryDirectory(prefix="rampart-bench-") as tmp:
+        settings = Settings(driver_events=["connect"])
+        runner = SinkRunner(SqliteSink(Path(tmp) / "events.db"))
+        runner.start()
+        out: dict[str, Any] = {}
+
+        async def consume() -> None:
+            pipe = Pipeline(settings, [runner], empty_policy())
+            hd = HostDriver(settings, pipe)
+            hd.cache.scan()
+            p0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
+            for b in batches:
+                hd._apply_batch(b, EXACT)
+                hd._end_window()  # as the agent's drain does: rows every store_flush_ms
+            hd._emit_folded()
+            pipe.flush()
+            out["loop_s"] = time.thread_time() - t0
+            while runner.pending:
+                await asyncio.sleep(0.002)
+            out["cpu_s"] = time.process_time() - p0
+            out["wall_s"] = time.perf_counter() - w0
+            out["rows"] = runner.written
+            out["folded"] = hd.aggregated
+            out["received"] = pipe.received
+
+        asyncio.run(consume())
+        runner.close()
+    return {
+        "storm": storm,
+        "records": records,
+        "rows": out["rows"],
+        "connects": connects,
+        # every connect record is a row or counted in one (the others feed the cache only)
+        "accounted": out["rows"] + out["folded"] == connects == out["received"],
+        "per_cpu_s": round(records / out["cpu_s"]),
+        "loop_per_s": round(records / out["loop_s"]),
+        "rows_per_cpu_s": round(out["rows"] / out["cpu_s"]),
+        "per_wall_s": round(records / out["wall_s"]),
+    }
 
 
 def capacity(n: int = 500_000) -> dict[str, Any]:
@@ -370,39 +447,52 @@ def exec_consumer(n: int = 1000) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- 4. live
 
 
-def live(store: bool, procs: int = 1, each: int = 500_000) -> dict[str, Any]:
-    """UDP-connect storms while the agent's consumer reads and consumes live."""
-    port = str(closed_port())
-    with AgentConsumer(["connect"], ringbuf_kb=16384, store=store) as agent:
+def live(
+    store: bool,
+    procs: int = 1,
+    each: int = 500_000,
+    storm: str = "udpconnect",
+    sqlite: bool = False,
+) -> dict[str, Any]:
+    """UDP-connect storms while the agent's consumer reads and consumes live; with `sqlite`,
+    into the agent's pipeline and SQLite store (until the last row is written)."""
+    port = "20000" if storm == "udpscan" else str(closed_port())
+    with AgentConsumer(["connect"], ringbuf_kb=16384, store=store, sqlite=sqlite) as agent:
         before = agent.stats()
         t0 = time.perf_counter()
         workers = [
-            subprocess.Popen([str(BIN), "udpconnect", str(each), port], stdout=subprocess.DEVNULL)
+            subprocess.Popen([str(BIN), storm, str(each), port], stdout=subprocess.DEVNULL)
             for _ in range(procs)
         ]
         for w in workers:
             w.wait()
         storm_s = time.perf_counter() - t0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # let the consumer finish what is waiting
             s = agent.stats()
             time.sleep(0.2)
             s2 = agent.stats()
-            if s2["received"] == s["received"] and not s2["queued"]:
+            idle = s2["received"] == s["received"] and not s2["queued"]
+            if idle and (agent.runner is None or not agent.runner.pending):
                 break
         total_s = time.perf_counter() - t0
         after = agent.stats()
         stored = agent.pipeline.received
+        rows = agent.rows()
     got = after["received"] - before["received"]
     drops = after["kernel_drops"] - before["kernel_drops"]
     expected = procs * each
     return {
-        "consumer": "stored" if store else "cache only",
+        "consumer": ("sqlite " if sqlite else "") + ("stored" if store else "cache only"),
+        "storm": storm,
         "connects": expected,
         "offered_per_s": round(expected / storm_s),
         "consumed": got,
         "consumed_per_s": round(got / total_s),
         "stored": stored,
+        "rows": rows,
+        "folded": after["aggregated"] + after["summarized"],
+        "shed": sum(after["shed"].values()),
         "kernel_drops": drops,
         "accounted": got + drops >= expected,
         "reader_paused": after["reader_paused"] - before["reader_paused"],
@@ -424,7 +514,13 @@ def main() -> int:
         "exec": exec_consumer(),
         "slowdown": slowdown(a.rounds),
         "capacity": capacity(),
-        "live": [live(store=False), live(store=True)],
+        "stored_capacity": [stored_capacity("udpconnect"), stored_capacity("udpscan")],
+        "live": [
+            live(store=False),
+            live(store=True),
+            live(store=True, sqlite=True),
+            live(store=True, sqlite=True, storm="udpscan"),
+        ],
     }
     res["other_drivers_at_end"] = other_dispatchers()
     BIN.with_name("driver.json").write_text(json.dumps(res))  # the raw figures, kept
@@ -484,15 +580,26 @@ def report(res: dict[str, Any], rounds: int) -> None:
     print(f"  read (C callback into batches)            {cap['read_per_s']:>11,}")
     print(f"  decode to DriverEvent (driver.batch)      {cap['decode_per_s']:>11,}")
     print(f"  agent, cache only (not stored)            {cap['cache_only_per_s']:>11,}")
-    print(f"  agent, decoded + stored-event dicts       {cap['stored_per_s']:>11,}")
+    print(f"  agent, stored (identical records folded)  {cap['stored_per_s']:>11,}")
     print(f"  before: ctypes callback per record        {cap['old_read_per_s']:>11,}")
     print(f"  before: events.decode per record          {cap['old_decode_per_s']:>11,}")
+    print(
+        "stored path, end to end (HostDriver + Pipeline + SQLite sink until written; records per"
+        " second of the process's CPU time, all threads / of the loop thread alone)"
+    )
+    for c in res["stored_capacity"]:
+        print(
+            f"  {c['storm']:<10} {c['connects']:,} connects -> {c['rows']:,} rows: "
+            f"{c['per_cpu_s']:>10,}/s CPU, loop thread {c['loop_per_s']:>10,}/s, rows "
+            f"{c['rows_per_cpu_s']:,}/s CPU  {'all accounted' if c['accounted'] else 'LOSS'}"
+        )
     print("live UDP-connect storm, the agent's consumer (reader thread + asyncio loop)")
     for t in lv:
         print(
-            f"  {t['consumer']:<10} offered {t['offered_per_s']:>9,}/s  consumed "
+            f"  {t['consumer']:<14} {t['storm']:<10} offered {t['offered_per_s']:>9,}/s  consumed "
             f"{t['consumed_per_s']:>9,}/s  {t['consumed']:,} of {t['connects']:,}, kernel drops "
-            f"{t['kernel_drops']:,}, reader paused {t['reader_paused']}"
+            f"{t['kernel_drops']:,}, rows {t['rows']:,} (+{t['folded']:,} folded, "
+            f"{t['shed']:,} shed), reader paused {t['reader_paused']}"
             f"  {'all accounted' if t['accounted'] else 'UNACCOUNTED LOSS'}"
         )
 

@@ -5,7 +5,14 @@ Two JVMs run tests/apps/jvm/VulnApp.java side by side; one is attached live. wrk
 in turn (alternating rounds, so drift hits both) on:
 
 - `/ok`: a request that reaches no sink (the request-context bracket only),
-- `/read`: a request that opens a file (one `file` event per request, with request context).
+- `/read`: a request that opens a file (one `file` event per request, with request context);
+  with the default quota (12,000 events per hook and minute) only the first 12,000 calls of
+  each minute build and ship an event, so a run's cost depends on where in the minute it falls;
+- `/read, no quota`: the same with the quota lifted: every request builds and ships its event.
+
+Each run reports requests per second and the JVM's CPU time per request (utime + stime of the
+whole process from /proc/<pid>/stat, sender thread, GC and JIT included, over the requests wrk
+counted): on a shared machine CPU per request moves far less than throughput does.
 
 Also reported: attach latency split into its parts (attach listener start by SIGQUIT, the
 `load` command = agentmain incl. retransforming the hooked JDK classes, first hello at the
@@ -47,6 +54,12 @@ NO_QUOTA = {
     "data": {"uuid": "bench-no-quota", "quotas": [{"hook": "*", "per_minute": 100_000_000}]},
 }
 
+#: the probe's default quota back (docs/probe-contract.md)
+DEFAULT_QUOTA = {
+    "message_type": 8,
+    "data": {"uuid": "bench-default-quota", "quotas": [{"hook": "*", "per_minute": 12_000}]},
+}
+
 #: an `ignore` rule for the measured hook: the event is built (args, stack) then dropped in
 #: the probe, so the figure is the app thread's cost without the sender and the agent
 #: competing for the same two cores
@@ -72,7 +85,14 @@ def start_jvm(classes: Path, stderr: Path) -> tuple[subprocess.Popen[bytes], int
     return p, int(p.stdout.readline().split()[1])
 
 
-def wrk(port: int, path: str, duration: float, connections: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, path: str, duration: float, connections: int) -> tuple[float, int]:
+    """(requests per second, requests served)."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(duration)}s", f"http://127.0.0.1:{port}{path}"],
         capture_output=True,
@@ -80,10 +100,20 @@ def wrk(port: int, path: str, duration: float, connections: int) -> float:
         check=True,
     ).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if not m or errors:
+    if not m or not n or errors:
         raise SystemExit(f"wrk failed or saw errors:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(n.group(1))
+
+
+def measured(
+    pid: int, port: int, path: str, duration: float, connections: int
+) -> tuple[float, float]:
+    """(requests per second, the JVM's CPU time per request in µs) of one wrk run."""
+    c0 = cpu_seconds(pid)
+    rate, n = wrk(port, path, duration, connections)
+    return rate, (cpu_seconds(pid) - c0) / n * 1e6
 
 
 def get(port: int, path: str) -> str:
@@ -117,6 +147,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the side-by-side throughput and CPU per request (JSON), for quick A/B loops",
+    )
     ap.add_argument(
         "--jar", type=Path, default=AGENT_JAR, help="agent jar (e.g. an older build to compare)"
     )
@@ -175,13 +210,37 @@ def main() -> None:
             wrk(port, read, 2, args.connections)
 
         results: dict[str, dict[str, object]] = {}
-        for name, path in (("/ok", "/ok"), ("/read", read)):
-            base, with_probe = [], []
-            for _ in range(args.rounds):
-                base.append(wrk(plain_port, path, args.duration, args.connections))
-                with_probe.append(wrk(probed_port, path, args.duration, args.connections))
-            b, w = statistics.median(base), statistics.median(with_probe)
-            results[name] = {"without": base, "with": with_probe, "ratio": w / b}
+        load_before = os.getloadavg()[0]
+        cases = (("/ok", "/ok"), ("/read", read), ("/read, no quota", read))
+        for name, path in cases:
+            if name == "/read, no quota":
+                # every request builds and ships its event (with the default quota, only the
+                # first 12,000 calls of each minute do: a run's cost depends on where in the
+                # minute it falls)
+                control(agent.socket, "push", {"frame": NO_QUOTA, "pid": probed.pid})
+                time.sleep(0.5)
+            runs: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+            for i in range(args.rounds):
+                # alternate which JVM goes first, so a drift in the machine's load hits both
+                order = [("without", plain.pid, plain_port), ("with", probed.pid, probed_port)]
+                for key, pid, port in order if i % 2 == 0 else order[::-1]:
+                    runs[key].append(measured(pid, port, path, args.duration, args.connections))
+            base = [r for r, _ in runs["without"]]
+            with_probe = [r for r, _ in runs["with"]]
+            cpu_b = statistics.median(c for _, c in runs["without"])
+            cpu_w = statistics.median(c for _, c in runs["with"])
+            results[name] = {
+                "without": base,
+                "with": with_probe,
+                "ratio": statistics.median(with_probe) / statistics.median(base),
+                "cpu_us_per_request": {"without": cpu_b, "with": cpu_w},
+                "cpu_ratio": cpu_b / cpu_w,
+            }
+        control(agent.socket, "push", {"frame": DEFAULT_QUOTA, "pid": probed.pid})
+        load_avg = (load_before, os.getloadavg()[0])
+        if args.throughput_only:
+            print(json.dumps({"throughput": results, "load_average": load_avg}))
+            return
 
         repeat = f"/repeat?n=20000&path={data}"
         for port in (plain_port, probed_port):
@@ -209,6 +268,7 @@ def main() -> None:
         "attach": first,
         "second_load_ms": second_load_ms,
         "throughput": results,
+        "load_average": load_avg,
         "hooked_open_ns": {
             "without": ns_plain,
             "event_built_then_filtered": ns_built,
@@ -231,11 +291,14 @@ def main() -> None:
             f"  inside the JVM: probe start {a['agentmain_ms']:.0f} ms, "
             f"of which retransforming loaded classes {a['retransform_ms']:.0f} ms"
         )
+    print(f"load average {load_avg[0]:.1f} before the throughput runs, {load_avg[1]:.1f} after")
     for name, r in results.items():
-        base, with_probe = r["without"], r["with"]
+        base, with_probe, cpu = r["without"], r["with"], r["cpu_us_per_request"]
         print(
-            f"{name:6} req/s without {statistics.median(base):9.0f}  with "  # type: ignore[arg-type]
-            f"{statistics.median(with_probe):9.0f}  ratio {r['ratio']:.3f}"  # type: ignore[arg-type]
+            f"{name:15} req/s without {statistics.median(base):9.0f}  with "  # type: ignore[arg-type]
+            f"{statistics.median(with_probe):9.0f}  ratio {r['ratio']:.3f};"  # type: ignore[arg-type]
+            f"  JVM CPU per request {cpu['without']:.1f} -> {cpu['with']:.1f} µs"  # type: ignore[index]
+            f"  (ratio {r['cpu_ratio']:.3f})"
         )
     print(f"hooked FileInputStream open, ns per call: {ns_plain:.0f} without probe;")
     print(f"  over quota      {ns_over_quota:8.0f} (+{ns_over_quota - ns_plain:.0f})")

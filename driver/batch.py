@@ -32,8 +32,11 @@ SOCK = struct.Struct("<qiHH16s16sHH")
 FORK = struct.Struct("<QII")  # child_start_time, child_pid, child_ppid
 EXIT = struct.Struct("<i")
 _SIZE = struct.Struct("<I")
+#: rp_hdr.ts, the first field: `TS(batch, start)` reads a record's timestamp alone
+TS = struct.Struct("<Q").unpack_from
 _DT_PID = struct.Struct("<II")  # data_type, pid: adjacent in rp_hdr
 _DT_OFF = ev.rp_hdr.data_type.offset
+assert ev.rp_hdr.ts.offset == 0
 assert ev.rp_hdr.pid.offset == _DT_OFF + 4 and HDR.size == ev.HDR_SIZE
 assert ev.rp_sock.ret.offset == ev.HDR_SIZE and ev.rp_fork.child_start_time.offset == ev.HDR_SIZE
 

@@ -158,6 +158,8 @@ def _event_row(e: dict[str, Any]) -> list[str]:
         flags.append(f"BLOCKED:{e.get('policy_id')}")
     if e.get("alerts"):
         flags.append("alert:" + ",".join(e["alerts"]))
+    if e.get("count", 1) > 1:  # identical kernel records stored as one row (docs/driver.md)
+        flags.append(f"x{e['count']} until {_when(e['last_ts'])}")
     return [
         _when(e["ts"]),
         str(e["pid"]),
@@ -355,9 +357,21 @@ def _driver_line(d: dict[str, Any]) -> str:
         return f"driver: {d.get('mode', '?')} ({d.get('reason', '')}): process facts from /proc"
     return (
         f"driver: ebpf, {d.get('programs', 0)} programs, {d.get('received', 0)} records, "
-        f"{d.get('kernel_drops', 0)} dropped in the kernel; process cache "
-        f"{cache.get('entries', 0)} entries"
+        f"{d.get('kernel_drops', 0)} dropped in the kernel, {d.get('stored', 0)} stored rows "
+        f"(+{d.get('aggregated', 0)} identical records folded in"
+        f"{_storm_line(d)}); process cache {cache.get('entries', 0)} entries"
     )
+
+
+def _storm_line(d: dict[str, Any]) -> str:
+    """What the sinks' backlog cost the store (hostdriver: summary rows, shed records)."""
+    out = ""
+    if d.get("summarized"):
+        out += f", +{d['summarized']} into summary rows"
+    shed = d.get("shed") or {}
+    if shed:
+        out += ", NOT STORED (sinks behind): " + ", ".join(f"{k} {v}" for k, v in shed.items())
+    return out
 
 
 @cli.command()

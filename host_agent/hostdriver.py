@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from driver import batch as rbatch
 from driver import events as ev
@@ -40,7 +43,40 @@ SWEEP_S = 5.0
 #: records the process cache reads beyond the pid (ProcessCache.apply)
 _CACHE_TYPES = frozenset({ev.DT_EXECVE, ev.DT_FORK, ev.DT_EXIT, ev.DT_PRCTL})
 _LISTENED_TYPES = (ev.DT_EXECVE, ev.DT_EXIT)
-BACKLOG_RETRY_S = 0.05
+#: high-volume records no host rule reads: identical ones (every byte but the timestamp) in
+#: one batch are stored as one row with `count` and `last_ts` (docs/driver.md, "Storms")
+AGGREGATED_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT, ev.DT_DNS, ev.DT_OPEN})
+_TS = rbatch.TS
+_SOCK_TYPES = frozenset({ev.DT_CONNECT, ev.DT_BIND, ev.DT_ACCEPT})
+_H = ev.HDR_SIZE
+_DT_OFF = ev.rp_hdr.data_type.offset
+_PID_OFF = ev.rp_hdr.pid.offset
+_PID = struct.Struct("<I").unpack_from
+# rp_sock: ret, fd, then family, port, addr (up to laddr), ..., sock_type
+_RET, _FAMILY, _LADDR = ev.rp_sock.ret.offset, ev.rp_sock.family.offset, ev.rp_sock.laddr.offset
+_STYPE = ev.rp_sock.sock_type.offset
+assert _FAMILY < ev.rp_sock.port.offset < ev.rp_sock.addr.offset < _LADDR
+
+
+EXACT, SUMMARY, SHED = 0, 1, 2  # how storm records are stored (HostDriver._storm_mode)
+
+
+def _summary_key(batch: bytes, dt: int, start: int, size: int) -> bytes:
+    """What a summary row keeps of a record: the process and event, and for a socket
+    record its result, family, port, address and socket type (rp_sock: ret, fd, family,
+    port, addr, laddr, lport, sock_type); for the others everything after the header."""
+    pid = batch[start + _PID_OFF : start + _PID_OFF + 4]
+    if dt in _SOCK_TYPES:
+        return (
+            pid
+            + batch[start + _DT_OFF : start + _DT_OFF + 4]
+            + (
+                batch[start + _RET : start + _RET + 8]
+                + batch[start + _FAMILY : start + _LADDR]
+                + batch[start + _STYPE : start + _STYPE + 2]
+            )
+        )
+    return pid + batch[start + _DT_OFF : start + _DT_OFF + 4] + batch[start + _H : start + size]
 
 
 def boot_to_epoch_offset_ns() -> int:
@@ -61,8 +97,21 @@ class HostDriver:
             e.data_type for e in EVENT_BY_TYPE.values() if e.name in settings.driver_events
         }
         self.decode_errors = 0
-        self.stored = 0
-        self.deferred = 0  # drains put off because the sinks were behind
+        self.stored = 0  # rows handed to the pipeline
+        self.aggregated = 0  # records folded into the row of an identical earlier record
+        #: the sinks behind: records folded into a summary row (same process, event and
+        #: args), and records of AGGREGATED_TYPES not stored at all (per event name)
+        self.summarized = 0
+        self.shed: dict[str, int] = {}
+        #: socket records: their header (all but ts) -> the encoded parts of their row that
+        #: depend on it alone, while the process cache does not change (_sock_row)
+        self._heads: dict[bytes, tuple[str, str, bytes, bytes]] = {}
+        self._heads_gen = -1
+        #: the open fold window (_apply_batch): key -> [row, last ts, count, summary]
+        self._folded: dict[bytes, list[Any]] = {}
+        self._fold_since = 0.0
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._encode = msgspec.json.Encoder().encode
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._offset_ns = boot_to_epoch_offset_ns()
@@ -145,6 +194,7 @@ class HostDriver:
         if self.driver is not None:
             self.driver.flush()
             self._drain(force=True)
+            self._emit_folded()
             if self.fanotify is not None:
                 self.fanotify.stop()
             log.info("driver stopped: %s", self.stats())
@@ -166,23 +216,16 @@ class HostDriver:
             self._scheduled = False
 
     def _drain(self, force: bool = False) -> None:
+        """Everything the reader queued, in order. Never put off when the sinks are behind:
+        every record reaches the process cache and the host rules (a security product must
+        not lose an exec because a connect storm filled its store); the sinks' backlog only
+        decides how the high-volume records are stored (_apply_batch)."""
         self._scheduled = False
         if self.driver is None:
             return
-        if (
-            not force
-            and self.pipeline.backlog >= self.settings.queue_limit
-            and self._loop is not None
-        ):
-            # the sinks are behind: leave the records where they are. The driver's queue is
-            # bounded (its reader then stops), the ring buffer fills, the kernel side counts.
-            self.deferred += 1
-            self._scheduled = True
-            self._loop.call_later(BACKLOG_RETRY_S, self._drain)
-            return
         if isinstance(self.driver, Driver):
             for b in self.driver.take_batches():
-                self._apply_batch(b)
+                self._apply_batch(b, self._storm_mode())
             records: list[Any] = []
         else:
             records = self.driver.take()
@@ -211,20 +254,77 @@ class HostDriver:
                     listener(e)
             if e.data_type in self.stored_types:
                 self._store(e, entry)
+        self._end_window()
         self._maybe_sweep()
 
-    def _apply_batch(self, batch: bytes) -> None:
+    def _end_window(self) -> None:
+        """Hand the folded rows over once their window is `store_flush_ms` old (the delay
+        the pipeline allows a batch anyway); a timer closes a window nothing else closes."""
+        if not self._folded:
+            return
+        wait = self.settings.store_flush_ms / 1000
+        if time.monotonic() - self._fold_since >= wait or self._loop is None:
+            self._emit_folded()
+        elif self._fold_timer is None:
+            self._fold_timer = self._loop.call_later(wait, self._emit_folded)
+
+    def _storm_mode(self) -> int:
+        """How AGGREGATED_TYPES records are stored, from how far the sinks are behind:
+        EXACT (identical records folded), SUMMARY (folded by process, event and args), SHED
+        (not stored, counted)."""
+        backlog, limit = self.pipeline.backlog, self.settings.queue_limit
+        return EXACT if backlog < limit else SUMMARY if backlog < 2 * limit else SHED
+
+    def _apply_batch(self, batch: bytes, mode: int = 0) -> None:
         """The records of one batch, in order: decoded only when something needs more than
         the pid. A record that is neither stored nor read by the cache (a connect when
         `connect` is not stored...) only touches the cache by its pid, which is all
-        ProcessCache.apply does with it."""
+        ProcessCache.apply does with it.
+
+        Stored records of AGGREGATED_TYPES (no host rule reads them) are folded over a
+        window of `store_flush_ms` from its first record (_end_window or stop closes it,
+        _emit_folded hands its rows over, in the order of their first record, after the
+        window's other events). In mode EXACT a record whose bytes (all but the timestamp)
+        equal an earlier one's is counted into that one's row; in mode SUMMARY (the sinks a
+        queue_limit behind) one whose process, event and args (a connect's destination,
+        family, socket type and result) equal an earlier one's, the row marked `summary`
+        (its tid, fd, source port are the first record's); in mode SHED (two queue_limits
+        behind) they are not stored, and counted by event. A row is built at its first
+        record (`process` as it was then), with `count` and `last_ts` when it folded any."""
         stored, full = self.stored_types, _CACHE_TYPES | self.stored_types
         lookup = self.cache.lookup
+        folded = self._folded
+        if not folded:
+            self._fold_since = time.monotonic()
+        summary = mode == SUMMARY
         for dt, pid, start, size in rbatch.records(batch):
             try:
                 if dt not in full:
                     rbatch.check(dt, size)
                     lookup(pid)
+                    continue
+                if dt in AGGREGATED_TYPES and dt in stored:
+                    rbatch.check(dt, size)
+                    if mode == EXACT:
+                        key = batch[start + 8 : start + size]
+                    elif mode == SUMMARY:
+                        key = _summary_key(batch, dt, start, size)
+                    else:
+                        lookup(pid)
+                        name = EVENT_BY_TYPE[dt].name
+                        self.shed[name] = self.shed.get(name, 0) + 1
+                        continue
+                    row = folded.get(key)
+                    if row is not None:
+                        row[1] = _TS(batch, start)[0]
+                        row[2] += 1
+                        continue
+                    if dt in _SOCK_TYPES:
+                        enc = self._sock_row(batch, dt, start, size)
+                        folded[key] = [enc, enc[0], 1, summary]
+                        continue
+                    e = rbatch.decode_at(batch, start, size)
+                    folded[key] = [self._event(e, self.cache.apply(e)), e.ts_ns, 1, summary]
                     continue
                 e = rbatch.decode_at(batch, start, size)
             except ValueError as err:
@@ -237,6 +337,98 @@ class HostDriver:
                     listener(e)
             if dt in stored:
                 self._store(e, entry)
+
+    def _emit_folded(self) -> None:
+        """The rows of the fold window to the pipeline, in the order of their first record."""
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        folded, self._folded = self._folded, {}
+        for event, last_ns, count, summary in folded.values():
+            if isinstance(event, tuple):  # a socket row, encoded
+                ts_ns, pid, kind, hook, args, body = event
+                if count > 1:
+                    last = (last_ns + self._offset_ns) // 1_000_000
+                    body += b',"count":%d,"last_ts":%d' % (count, last)
+                    if summary:
+                        body += b',"summary":true'
+                        self.summarized += count - 1
+                    else:
+                        self.aggregated += count - 1
+                self.stored += 1
+                ms = (ts_ns + self._offset_ns) // 1_000_000
+                self.pipeline.submit_row(ms, pid, kind, hook, args, b'{"ts":%d,' % ms + body, count)
+                continue
+            if count > 1:
+                event["count"] = count
+                event["last_ts"] = (last_ns + self._offset_ns) // 1_000_000
+                if summary:
+                    event["summary"] = True
+                    self.summarized += count - 1
+                else:
+                    self.aggregated += count - 1
+            self.stored += 1
+            self.pipeline.submit_host(event)
+
+    def _sock_row(
+        self, batch: bytes, dt: int, start: int, size: int
+    ) -> tuple[int, int, str, str, list[str], bytes]:
+        """A connect/bind/accept record → (ts ns, pid, kind, hook, args, its event's JSON
+        without the "ts" member and the closing brace): the same event as _event gives
+        (tests/unit/test_driver_batch.py compares them), without building it as a dict.
+        What depends on the header alone (the `process` object, the common fields) is
+        encoded once per header while the process cache does not change."""
+        gen = self.cache.generation
+        if gen != self._heads_gen:
+            self._heads.clear()
+            self._heads_gen = gen
+        hkey = batch[start + 8 : start + _H]
+        head = self._heads.get(hkey)
+        if head is None:
+            e = rbatch.decode_at(batch, start, size)
+            event = self._event(e, self.cache.apply(e))
+            drv = event.pop("driver")
+            for k in e.fields:
+                del drv[k]
+            del event["ts"], event["args"]
+            head = (event["kind"], e.hook, self._encode(event)[1:-1], self._encode(drv)[:-1])
+            if self.cache.generation != self._heads_gen:  # the cache read /proc meanwhile
+                self._heads.clear()
+                self._heads_gen = self.cache.generation
+            if len(self._heads) < 4096:
+                self._heads[hkey] = head
+        kind, hook, mid, drv_head = head
+        ret, fd, family, port, addr, laddr, lport, sock_type = rbatch.SOCK.unpack_from(
+            batch, start + _H
+        )
+        ip = rbatch._ip(family, addr)
+        (ts,) = _TS(batch, start)
+        pid = _PID(batch, start + _PID_OFF)[0]
+        if dt == ev.DT_BIND:
+            private = b'"sa_family":%d,"res":%d,"fd":%d,"sock_type":%d,"sip":"%s","sport":%d' % (
+                family,
+                ret,
+                fd,
+                sock_type,
+                ip.encode(),
+                port,
+            )
+        else:
+            private = (
+                b'"sa_family":%d,"res":%d,"fd":%d,"sock_type":%d,"dip":"%s","dport":%d,'
+                b'"sip":"%s","sport":%d'
+                % (family, ret, fd, sock_type, ip.encode(), port,
+                   rbatch._ip(family, laddr).encode(), lport)
+            )  # fmt: skip
+        sport = str(port)
+        body = b'"args":["%s","%s"],%s,"driver":%s,%s}' % (
+            ip.encode(),
+            sport.encode(),
+            mid,
+            drv_head,
+            private,
+        )
+        return ts, pid, kind, hook, [ip, sport], body
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
@@ -266,6 +458,11 @@ class HostDriver:
             self._drain(force=True)
 
     def _store(self, e: ev.DriverEvent, entry: Any) -> None:
+        self.stored += 1
+        self.pipeline.submit_host(self._event(e, entry))
+
+    def _event(self, e: ev.DriverEvent, entry: Any) -> dict[str, Any]:
+        """The stored event (design §4 shape) of a decoded record."""
         meta = EVENT_BY_TYPE[e.data_type]
         process = self.cache.process_fields(e.pid) or {}
         fields = e.common()
@@ -274,7 +471,7 @@ class HostDriver:
         fields.update(e.fields)
         if e.data_type == ev.DT_EXECVE and entry is not None:
             fields["cwd"] = entry.cwd  # "" when the process was gone before we looked
-        event = {
+        return {
             "ts": (e.ts_ns + self._offset_ns) // 1_000_000,
             "pid": e.pid,
             "runtime": "kernel",
@@ -292,8 +489,6 @@ class HostDriver:
             "event": meta.name,
             "driver": fields,
         }
-        self.stored += 1
-        self.pipeline.submit_host(event)
 
     # ------------------------------------------------------------------ enrichment
 
@@ -309,7 +504,13 @@ class HostDriver:
         return facts
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode, "stored": self.stored, "deferred": self.deferred}
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "stored": self.stored,
+            "aggregated": self.aggregated,
+            "summarized": self.summarized,
+            "shed": dict(self.shed),
+        }
         if self.reason:
             out["reason"] = self.reason
         if self.driver is not None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from host_agent.detectors import Detectors
+from host_agent.detectors import host as host_rules
 from host_agent.policy import PolicySet
 from host_agent.registry import ProbeRecord, now_ms
 from host_agent.rules import RuleSet
@@ -124,17 +125,19 @@ class Pipeline:
 
     def submit_host(self, event: dict[str, Any]) -> None:
         """A host event from the driver (runtime "kernel"): same policies, same sinks, and
-        the host rules (with the process cache to look up parents)."""
-        self.received += 1
+        the host rules (with the process cache to look up parents). An event that stands
+        for `count` identical records (hostdriver.AGGREGATED_TYPES) counts as that many."""
+        n = event.get("count", 1)
+        self.received += n
         ignored, alerts = self.policy.evaluate(
             event["runtime"], event["kind"], event["hook"], event["args"], event["stack"]
         )
         if ignored:
-            self.ignored += 1
+            self.ignored += n
             return
         detections: tuple[dict[str, Any], ...] = ()
         signature = ""
-        if self.detectors is not None:
+        if self.detectors is not None and event.get("data_type") in host_rules.DATA_TYPES:
             findings = self.detectors.check_host(event, self.host_lookup)
             if findings:
                 exe = event["process"].get("exe", "")
@@ -146,6 +149,36 @@ class Pipeline:
                 signature = f"{event['hook']} {os.path.basename(event['process'].get('exe', ''))}"
         self._append(event, alerts, detections, signature)
 
+    def submit_row(
+        self, ts: int, pid: int, kind: str, hook: str, args: list[str], body: bytes, n: int = 1
+    ) -> None:
+        """A driver event already encoded (HostDriver's socket rows): `body` is its JSON
+        object without the closing brace; it stands for `n` records. Same policies as
+        submit_host; no host rule reads these events (detectors.host.DATA_TYPES)."""
+        self.received += n
+        alerts: list[str] = []
+        if self.policy.policies:
+            ignored, alerts = self.policy.evaluate("kernel", kind, hook, args, [])
+            if ignored:
+                self.ignored += n
+                return
+            if alerts:
+                self.alerted += 1
+                body += b',"alerts":' + self._encode(alerts)
+        self._push(
+            StoredEvent(
+                ts=ts,
+                pid=pid,
+                runtime="kernel",
+                kind=kind,
+                hook=hook,
+                blocked=False,
+                policy_id=None,
+                alerted=bool(alerts),
+                json=body + b"}",
+            )
+        )
+
     def _append(
         self,
         event: dict[str, Any],
@@ -153,11 +186,10 @@ class Pipeline:
         detections: tuple[dict[str, Any], ...] = (),
         signature: str = "",
     ) -> None:
-        s = self.settings
         if alerts:
             self.alerted += 1
             event["alerts"] = alerts
-        self._batch.append(
+        self._push(
             StoredEvent(
                 ts=event["ts"],
                 pid=event["pid"],
@@ -172,6 +204,10 @@ class Pipeline:
                 signature=signature,
             )
         )
+
+    def _push(self, stored: StoredEvent) -> None:
+        s = self.settings
+        self._batch.append(stored)
         if len(self._batch) >= s.store_batch:
             self.flush()
         elif self._flush_handle is None:

@@ -107,6 +107,11 @@ class ProcessCache:
         self._put(e)
         return e
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever anything in the cache does (memos of what it says key on it)."""
+        return self._generation
+
     def changed(self) -> None:
         """Something in an entry changed (also for whoever edits an entry in place)."""
         self._fields_memo.clear()

@@ -5,6 +5,8 @@
 //   syscall_loop connect N PORT   socket + connect (to a closed loopback port) + close
 //   syscall_loop udpconnect N PORT  connect one UDP socket again and again (no packet sent):
 //                                  the cheapest syscall that makes a driver record (storms)
+//   syscall_loop udpscan N PORT     the same to PORT, PORT+1, ... PORT+19999 in turn (loopback, no
+//                                  packet sent): a storm of records that differ (a port scan)
 //   syscall_loop exec N           fork + execve("/bin/true") + waitpid
 //   syscall_loop getpid N         a syscall no handler is registered for (dispatch cost only)
 #include <arpa/inet.h>
@@ -46,6 +48,16 @@ int main(int argc, char **argv)
 		int s = socket(AF_INET, SOCK_DGRAM, 0);
 		for (long i = 0; i < n; i++)
 			connect(s, (struct sockaddr *)&a, sizeof(a));
+		close(s);
+	} else if (!strcmp(argv[1], "udpscan") && argc == 4) {
+		int base = atoi(argv[3]);
+		struct sockaddr_in a = {.sin_family = AF_INET};
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+		for (long i = 0; i < n; i++) {
+			a.sin_port = htons(base + i % 20000);
+			connect(s, (struct sockaddr *)&a, sizeof(a));
+		}
 		close(s);
 	} else if (!strcmp(argv[1], "exec")) {
 		for (long i = 0; i < n; i++) {

@@ -359,7 +359,9 @@ static __always_inline void rp_fill(struct rp_hdr *h, struct task_struct *t, __u
 
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 	struct uts_namespace *uts = t->nsproxy->uts_ns;
-	bpf_core_read_str(h->nodename, sizeof(h->nodename), &uts->name.nodename);
+	/* the whole array, not up to the NUL: the kernel keeps its tail zeroed, so two records
+	 * of one process are byte-equal but for ts (the agent folds identical storm records) */
+	bpf_core_read(h->nodename, sizeof(h->nodename), &uts->name.nodename);
 }
 
 static __always_inline struct task_struct *rp_current(void)

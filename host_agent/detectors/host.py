@@ -29,6 +29,8 @@ _EXEC = 59
 _PTRACE = 101
 _LOAD_MODULE = 603
 _CRED = 604
+#: the only data_types `check` looks at: the pipeline skips the rules for the others
+DATA_TYPES = frozenset({_EXEC, _PTRACE, _LOAD_MODULE, _CRED})
 
 
 def _fd_is_socket(pid: int, fd: int) -> bool:

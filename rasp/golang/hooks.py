@@ -85,8 +85,6 @@ _SQL = [
 HOOKS: tuple[Hook, ...] = (
     Hook("net/http.serverHandler.ServeHTTP", ("net/http.serverHandler.ServeHTTP",),
          "go_serve_http", ""),
-    Hook("net/http.(*response).finishRequest", ("net/http.(*response).finishRequest",),
-         "go_finish_request", ""),
     Hook("os/exec.(*Cmd).Start", ("os/exec.(*Cmd).Start",), "go_cmd_start", "process", _argv),
     Hook("os.OpenFile", ("os.OpenFile",), "go_open_file", "file", _open),
     Hook("os.Remove", ("os.Remove",), "go_path1", "file"),
@@ -94,17 +92,15 @@ HOOKS: tuple[Hook, ...] = (
     Hook("os.Rename", ("os.Rename", "os.rename"), "go_path2", "file"),
     Hook("net.(*Dialer).DialContext", ("net.(*Dialer).DialContext",), "go_dial", "network",
          _dial),
-    Hook("net.(*Resolver).lookupIPAddr", ("net.(*Resolver).lookupIPAddr",), "go_dial", "dns",
+    Hook("net.(*Resolver).lookupIPAddr", ("net.(*Resolver).lookupIPAddr",), "go_lookup_ip", "dns",
          _lookup),
     Hook("net.(*Resolver).LookupHost", ("net.(*Resolver).LookupHost",), "go_lookup_host", "dns",
          _first),
     *_SQL,
-    # the end of a connection (conn.serve's deferred recover): clears a request whose handler
-    # panicked, so only goroutines serving a request are ever blocked (bpf/go_detect.bpf.c)
-    Hook("net/http.(*conn).serve.func1", ("net/http.(*conn).serve.func1",), "go_conn_done", ""),
 )  # fmt: skip
 
-DIAL_HOOK = 7  # bpf/go_detect.h GO_DIAL_HOOK: DialContext's address is host:port
 REQUEST_HOOK = 0  # index of ServeHTTP: its records carry the request, not a sink event
-PROGRAMS = sorted({h.program for h in HOOKS})
+#: programs in the object besides the hooks' (go_empty: the benchmark's empty uprobe)
+EXTRA_PROGRAMS = ("go_empty",)
+PROGRAMS = sorted({h.program for h in HOOKS} | set(EXTRA_PROGRAMS))
 ALL_SYMBOLS = [s for h in HOOKS for s in h.symbols]

@@ -294,3 +294,48 @@ def test_rasp_event_of_a_live_attached_python_app_carries_its_pid_tree(
         if app:  # the parent reaps it; killing the parent first would orphan it
             os.kill(app, signal.SIGKILL)
         parent.wait(30)
+
+
+STORM = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+"""
+
+
+def test_a_connect_storm_is_stored_whole_as_counted_rows(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """20,000 identical UDP connects: every record reaches the store, as rows that carry how
+    many identical records each one stands for; `rasp-agent events` and status show it."""
+    agent = driver_agent(agent_factory).start()
+    n = 20_000
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        storm = subprocess.Popen([PY, "-c", STORM, str(port), str(n)])
+        assert storm.wait(60) == 0
+    where = "pid = ? AND kind = 'network' AND json_extract(event, '$.driver.dport') = ?"
+
+    def total() -> int:
+        return sum(r.get("count", 1) for r in agent.rows(where, (storm.pid, port)))
+
+    wait_for(lambda: total() >= n, 60, f"{n} connects accounted for")
+    rows = agent.rows(where, (storm.pid, port))
+    assert total() == n
+    assert len(rows) < n  # storms fold: a batch holds many identical records
+    folded = [r for r in rows if r.get("count", 1) > 1]
+    assert folded and all(r["last_ts"] >= r["ts"] for r in folded)
+    assert all(r["args"] == ["127.0.0.1", str(port)] for r in rows)
+    status = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
+    d = status["driver"]
+    assert d["aggregated"] + d["summarized"] >= n - len(rows) and d["kernel_drops"] == 0
+    assert "identical records folded in" in agent.cli("ps", "--socket", str(agent.socket)).stdout
+    common = ["--store", str(agent.store), "--pid", str(storm.pid), "--limit", "100000"]
+    res = agent.cli("events", *common, "--json")
+    assert res.returncode == 0, res.stderr
+    shown = [json.loads(x) for x in res.stdout.splitlines()]
+    assert sum(e.get("count", 1) for e in shown if e["kind"] == "network") == n
+    text = agent.cli("events", *common).stdout
+    assert f" x{folded[0]['count']} until " in text

@@ -319,6 +319,28 @@ def test_events_outside_requests_have_no_request(app: dict, jvm_agent: AgentProc
             assert ev["request"]["url"].startswith("/exec")
 
 
+def test_a_request_that_reaches_no_sink_enters_no_hook(
+    app: dict, jvm_agent: AgentProc, tmp_path: Path
+) -> None:
+    """The JDK HttpServer's own work on a request (socket reads and writes, header parsing,
+    the executor) must not reach a hooked method: only the request bracket runs for `/ok`.
+    Events leave in order over one connection, so once the later `/read` event is stored,
+    any event a `/ok` request caused would be too."""
+    marker = f"noop-{uuid.uuid4().hex[:8]}"
+    for i in range(100):
+        assert get(app["port"], "/ok", {"m": f"{marker}-{i}"}) == (200, "ok")
+    data = tmp_path / f"{marker}.txt"
+    data.write_text("x")
+    assert get(app["port"], "/read", {"path": str(data)}) == (200, "x")
+    events(jvm_agent, app["proc"].pid, "java.io.FileInputStream.<init>", marker)
+    during_ok = [
+        e
+        for e in jvm_agent.rows("pid = ?", (app["proc"].pid,))
+        if marker in ((e.get("request") or {}).get("url") or "") and "/ok" in e["request"]["url"]
+    ]
+    assert during_ok == []
+
+
 # ------------------------------------------------------------------------------ blocking
 
 BLOCKS = [
@@ -648,11 +670,21 @@ def test_a_failing_hook_disables_itself_and_the_app_goes_on(
 # ------------------------------------------------------------------------------ servlets
 
 
-def test_servlet_request_context_and_block(spawn, jvm_classes: Path, jvm_agent: AgentProc) -> None:
+def test_servlet_request_context_and_block(
+    spawn, jvm_classes: Path, jvm_agent: AgentProc, tmp_path: Path
+) -> None:
     """A jakarta HttpServlet in embedded Tomcat 11: the request context comes from
     HttpServlet.service, blocking takes the servlet's error path."""
+    # Tomcat's base directory is a temp dir the killed JVM cannot delete on exit: keep it in
+    # the test's own tmp_path, not in /tmp.
     p = spawn(
-        ["java", "-cp", f"{jvm_classes}:{TEST_LIBS}", "ServletApp"],
+        [
+            "java",
+            f"-Djava.io.tmpdir={tmp_path}",
+            "-cp",
+            f"{jvm_classes}:{TEST_LIBS}",
+            "ServletApp",
+        ],
         stdout=subprocess.PIPE,
     )
     try:

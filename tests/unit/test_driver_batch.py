@@ -6,6 +6,7 @@ real programs: tests/integration/test_driver_batch.py."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from typing import Any
 
@@ -119,6 +120,15 @@ class Pipe:
     def submit_host(self, event: dict[str, Any]) -> None:
         self.events.append(event)
 
+    def submit_row(
+        self, ts: int, pid: int, kind: str, hook: str, args: list[str], body: bytes, n: int = 1
+    ) -> None:
+        """Pipeline.submit_row: an encoded socket row (closed by the pipeline)."""
+        e = json.loads(body + b"}")
+        assert (e["ts"], e["pid"], e["kind"], e["hook"], e["args"]) == (ts, pid, kind, hook, args)
+        assert e.get("count", 1) == n
+        self.events.append(e)
+
 
 def agent(stored: list[str]) -> tuple[HostDriver, Pipe]:
     pipe = Pipe()
@@ -129,6 +139,7 @@ def test_stored_records_become_events_with_the_reference_fields() -> None:
     hd, pipe = agent(["connect"])
     raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
     hd._apply_batch(pack(bytes(hdr(999)), raw))  # a bad record first: counted, skipped
+    hd._emit_folded()
     assert hd.decode_errors == 1
     (event,) = pipe.events
     ref = ev.decode(raw)
@@ -178,3 +189,137 @@ def test_process_fields_memo_follows_every_change() -> None:
     cache.get(a).exe = "/edited/in/place"  # type: ignore[union-attr]
     cache.changed()
     assert cache.process_fields(a)["exe"] == "/edited/in/place"  # type: ignore[index]
+
+
+def _at(raw: bytes, ts: int) -> bytes:
+    """The same record with another timestamp (rp_hdr.ts is its first 8 bytes)."""
+    return ts.to_bytes(8, "little") + raw[8:]
+
+
+def test_identical_storm_records_of_a_batch_are_one_row_with_their_count() -> None:
+    hd, pipe = agent(["connect", "execve"])
+    me = os.getpid()
+    a = bytes(sock(ev.DT_CONNECT, pid=me, port=443))
+    b = bytes(sock(ev.DT_CONNECT, pid=me, port=8443))  # another destination: its own row
+    ex = ev.rp_exec(h=hdr(ev.DT_EXECVE, pid=me), argv_len=5, argv_kept=5, old_uid=0xFFFFFFFF)
+    ctypes.memmove(ex.argv, b"curl\0", 5)
+    ts = [10_000_000 * i for i in range(1, 8)]
+    hd._apply_batch(pack(_at(a, ts[0]), _at(b, ts[1]), _at(a, ts[2]), bytes(ex)))
+    assert len(pipe.events) == 1  # the exec; the connects wait for the window to close
+    hd._apply_batch(pack(_at(a, ts[3]), _at(b, ts[4])))  # the window spans batches
+    hd._emit_folded()
+    execs = [e for e in pipe.events if e["data_type"] == ev.DT_EXECVE]
+    conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
+    assert len(execs) == 1 and "count" not in execs[0]
+    # first-occurrence order, each with the timestamp of its first record and its last
+    assert [c["args"][1] for c in conns] == ["443", "8443"]
+    first, second = conns
+    off = hd._offset_ns
+    assert first["count"] == 3 and first["ts"] == (ts[0] + off) // 1_000_000
+    assert first["last_ts"] == (ts[3] + off) // 1_000_000
+    assert second["count"] == 2 and second["last_ts"] == (ts[4] + off) // 1_000_000
+    assert first["driver"]["dport"] == 443 and first["process"]["pid_tree"].startswith(f"{me}.")
+    # every record is accounted for: rows + records folded into them
+    assert hd.stored == 3 and hd.aggregated == 3
+    assert hd.stats()["aggregated"] == 3
+    # the next window starts afresh: a lone record is a row of its own, without `count`
+    hd._apply_batch(pack(_at(a, ts[5])))
+    hd._end_window()  # no loop: closes at once
+    assert "count" not in pipe.events[-1] and hd.stored == 4
+
+
+def test_records_differing_in_any_field_are_not_folded() -> None:
+    hd, pipe = agent(["connect"])
+    me = os.getpid()
+    a = sock(ev.DT_CONNECT, pid=me)
+    b = sock(ev.DT_CONNECT, pid=me)
+    b.lport = 50001  # another TCP connect: another source port
+    c = sock(ev.DT_CONNECT, pid=me)
+    c.ret = 0
+    hd._apply_batch(pack(bytes(a), bytes(b), bytes(c), _at(bytes(a), 5)))
+    hd._emit_folded()
+    assert [e.get("count", 1) for e in pipe.events] == [2, 1, 1]
+    assert [e["driver"]["sport"] for e in pipe.events] == [50000, 50001, 50000]
+
+
+def test_pipeline_counts_an_aggregated_row_as_its_records() -> None:
+    from host_agent.pipeline import Pipeline
+    from host_agent.policy import loads_policy
+
+    policy = loads_policy(
+        "policies:\n  - {id: quiet, kind: network, hook: connect, action: ignore}\n"
+    )
+    pipe = Pipeline(Settings(), [], policy)
+    hd = HostDriver(Settings(driver_events=["connect"]), pipe)
+    raw = bytes(sock(ev.DT_CONNECT, pid=os.getpid()))
+    hd._apply_batch(pack(raw, _at(raw, 7), _at(raw, 9)))
+    hd._emit_folded()
+    assert pipe.received == 3 and pipe.ignored == 3
+
+
+def test_sinks_behind_fold_by_destination_then_shed_but_the_cache_sees_everything() -> None:
+    from host_agent import hostdriver
+    from host_agent.cli import _driver_line
+
+    hd, pipe = agent(["connect", "execve"])
+    me = os.getpid()
+    a, b, c = (sock(ev.DT_CONNECT, pid=me) for _ in range(3))
+    b.lport, b.fd = 50001, 4  # another connect to the same place: same summary row
+    c.port = 8443  # another destination: a row of its own
+    ex = ev.rp_exec(h=hdr(ev.DT_EXECVE, pid=me), argv_len=5, argv_kept=5, old_uid=0xFFFFFFFF)
+    recs = pack(bytes(a), _at(bytes(b), 99), bytes(c), bytes(ex))
+    pipe.backlog = hd.settings.queue_limit  # the sinks a queue_limit behind
+    assert hd._storm_mode() == hostdriver.SUMMARY
+    hd._apply_batch(recs, hd._storm_mode())
+    hd._emit_folded()
+    conns = [e for e in pipe.events if e["data_type"] == ev.DT_CONNECT]
+    assert [(e["args"][1], e.get("count", 1)) for e in conns] == [("443", 2), ("8443", 1)]
+    assert conns[0]["summary"] is True and conns[0]["driver"]["sport"] == 50000
+    assert hd.summarized == 1 and hd.aggregated == 0
+    assert sum(e["data_type"] == ev.DT_EXECVE for e in pipe.events) == 1
+
+    pipe.events.clear()
+    pipe.backlog = 2 * hd.settings.queue_limit
+    assert hd._storm_mode() == hostdriver.SHED
+    hd._apply_batch(recs, hd._storm_mode())
+    hd._emit_folded()
+    # the exec is stored and reaches the cache; the connects are counted, not stored
+    assert [e["data_type"] for e in pipe.events] == [ev.DT_EXECVE]
+    assert hd.shed == {"connect": 3} and hd.stats()["shed"] == {"connect": 3}
+    line = _driver_line({**hd.stats(), "mode": "ebpf"})
+    assert "+1 into summary rows" in line and "NOT STORED (sinks behind): connect 3" in line
+
+
+def test_socket_rows_encoded_directly_equal_the_event_dicts() -> None:
+    """_sock_row (the storm path: no dict per record) gives what _event + JSON give."""
+    hd, _pipe = agent(["connect", "bind", "accept"])
+    me = os.getpid()
+    recs = [
+        sock(ev.DT_CONNECT, pid=me),
+        sock(ev.DT_CONNECT, v6=True, pid=me),
+        sock(ev.DT_BIND, pid=me),
+        sock(ev.DT_BIND, v6=True, pid=me),
+        sock(ev.DT_ACCEPT, pid=me),
+    ]
+    recs[1].h.tid = me + 7  # another thread: another header
+    batch = pack(*(bytes(r) for r in recs))
+    at = [(dt, start, size) for dt, _pid, start, size in rbatch.records(batch)]
+    decoded = [rbatch.decode_at(batch, start, size) for _dt, start, size in at]
+    refs = [json.loads(json.dumps(hd._event(e, hd.cache.lookup(e.pid)))) for e in decoded]
+    for _round in range(2):  # encoded parts built, then reused
+        for (dt, start, size), e, ref in zip(at, decoded, refs, strict=True):
+            ts, pid, kind, hook, args, body = hd._sock_row(batch, dt, start, size)
+            assert json.loads(b'{"ts":%d,' % ref["ts"] + body + b"}") == ref
+            assert (ts, pid, kind, hook, args) == (
+                e.ts_ns,
+                me,
+                ref["kind"],
+                ref["hook"],
+                ref["args"],
+            )
+    # one per header (all but ts): the second connect is another thread's
+    assert len(hd._heads) == 4
+    # a change in the cache (an exec, a rename...) drops what was encoded
+    hd.cache.changed()
+    hd._sock_row(batch, *at[0])
+    assert len(hd._heads) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 
 from rasp.golang.detectcfg import kernel_detect, literal_path
-from rasp.golang.hooks import DIAL_HOOK, HOOKS
+from rasp.golang.hooks import HOOKS
 from rasp.golang.records import RULES, go_detect_cfg, go_event
 from rasp.protocol.schema import DetectExempt, DetectRule
 
@@ -57,6 +57,8 @@ def test_layout_the_bpf_side_relies_on() -> None:
     assert go_event.hook.size == 2 and go_event.rule.offset == go_event.hook.offset + 2
     assert go_event.blocked.offset == go_event.hook.offset + 3
     assert go_event.num.offset == go_event.nstr.offset + 4
-    # go_detect.h GO_DIAL_HOOK: DialContext's address is host:port
-    assert HOOKS[DIAL_HOOK].name == "net.(*Dialer).DialContext"
+    # go_net.bpf.c: DialContext's address is read as host:port, lookupIPAddr's as a host
+    programs = {h.name: h.program for h in HOOKS}
+    assert programs["net.(*Dialer).DialContext"] == "go_dial"
+    assert programs["net.(*Resolver).lookupIPAddr"] == "go_lookup_ip"
     assert ctypes.sizeof(go_detect_cfg) == 8 + 4 * (16 + 64)

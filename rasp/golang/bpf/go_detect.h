@@ -13,8 +13,9 @@
  *   path.traversal `..` as a path element (or encoded), or an absolute path the path starts with;
  *   ssrf.internal  the dialled/resolved host is loopback, private, link-local, unspecified or
  *                  an internal name, and a parameter names it.
- * Only for a goroutine serving a request (go_requests has it: it runs under net/http's
- * recover), only when the agent put the rule in block mode for this pid (go_detect_cfg).
+ * Only for a goroutine serving a request (go_requests has it and go_req_live says it is still
+ * being served: it runs under net/http's recover), only when the agent put the rule in block
+ * mode for this pid (go_detect_cfg).
  *
  * How the call is stopped: bpf_send_signal_thread(SIGFPE). The kernel sends it with si_code
  * SI_KERNEL, so Go's signal handler treats it as a fault in Go code at that PC and injects a
@@ -30,7 +31,6 @@
 #include "gorasp.h"
 
 #define GO_SIGFPE 8
-#define GO_DIAL_HOOK 7 /* rasp/golang/hooks.py: net.(*Dialer).DialContext (tests/unit/test_go_hooks.py) */
 
 /* rule codes: the record's `rule` (rasp/golang/records.py RULES) and bits of cfg.rules */
 #define GO_RULE_SQLI 1
@@ -767,7 +767,7 @@ static __always_inline __u32 go_detect(__u64 g, __u32 tgid, __u32 kind, __u64 sp
 		return 0;
 	struct go_gkey key = {.tgid = tgid, .g = g};
 	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
-	if (!r)
+	if (!r || !go_req_live(p, r, g))
 		return 0; /* not serving a request: no parameters, and no recover to unwind to */
 	__u32 zero = 0;
 	struct go_scratch *sc = bpf_map_lookup_elem(&go_scratch, &zero);
@@ -840,8 +840,8 @@ static __always_inline __u32 go_detect(__u64 g, __u32 tgid, __u32 kind, __u64 sp
 	return rule;
 }
 
-/* Stop the call (see the top of this file) and forget the request: its handler unwinds now,
- * and finishRequest will not run for it. */
+/* Stop the call (see the top of this file) and forget the request: its handler unwinds now
+ * (finishRequest will not run for it). */
 static __always_inline void go_block(struct pt_regs *ctx, __u32 tgid, __u32 rule)
 {
 	if (!rule)

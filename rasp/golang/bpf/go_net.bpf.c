@@ -8,16 +8,15 @@
  */
 #include "go_detect.h"
 
-SEC("uprobe")
-int go_dial(struct pt_regs *ctx)
+/* (network, address) in di+si, r8+r9: the same record for both; the check reads the address
+ * as host:port (DialContext) or as a bare host (lookupIPAddr) */
+static __always_inline int go_dial_common(struct pt_regs *ctx, __u32 hostport)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
-	/* DialContext's address is host:port; lookupIPAddr's (same registers) a bare host */
-	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_NET, ctx->r8, ctx->r9,
-			       bpf_get_attach_cookie(ctx) == GO_DIAL_HOOK);
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_NET, ctx->r8, ctx->r9, hostport);
 	struct go_event *e = go_reserve(ctx, p, tgid, 2);
 	if (e) {
 		go_str(e, 0, ctx->di, ctx->si);
@@ -27,6 +26,18 @@ int go_dial(struct pt_regs *ctx)
 	}
 	go_block(ctx, tgid, rule);
 	return 0;
+}
+
+SEC("uprobe")
+int go_dial(struct pt_regs *ctx)
+{
+	return go_dial_common(ctx, 1);
+}
+
+SEC("uprobe")
+int go_lookup_ip(struct pt_regs *ctx)
+{
+	return go_dial_common(ctx, 0);
 }
 
 SEC("uprobe")

@@ -174,25 +174,33 @@ public final class Hooks {
     static volatile Probe probe;
 
     /**
-     * Per thread: [0] re-entrancy depth (the probe's own work, and its threads, never report);
-     * [1] request nesting depth. The exchange of the current request is in REQUEST.
+     * Per thread, one object found with one thread-local lookup per callback: the re-entrancy
+     * depth (the probe's own work, and its threads, never report), the request nesting depth
+     * and the current request object. The object stays for the thread's life and its fields
+     * are overwritten: a request costs no thread-local map entry created and removed (a weak
+     * reference allocated per request, and work for the collector).
      */
-    private static final ThreadLocal<int[]> STATE = new ThreadLocal<int[]>() {
+    static final class State {
+        int internal;
+        int requestDepth;
+        Object request;
+    }
+
+    private static final ThreadLocal<State> STATE = new ThreadLocal<State>() {
         @Override
-        protected int[] initialValue() {
-            return new int[2];
+        protected State initialValue() {
+            return new State();
         }
     };
-    private static final ThreadLocal<Object> REQUEST = new ThreadLocal<Object>();
 
     /** Marks the calling thread as the probe's own: nothing it does is reported. */
     static void markInternal() {
-        STATE.get()[0] = 1 << 20;
+        STATE.get().internal = 1 << 20;
     }
 
     /** Brackets the probe's own work on an app thread (class transforms). */
     static void markInternalTemporarily(boolean on) {
-        STATE.get()[0] += on ? 1 : -1;
+        STATE.get().internal += on ? 1 : -1;
     }
 
     /** Called at the entry of every hooked method; args are the method's arguments. */
@@ -201,17 +209,17 @@ public final class Hooks {
         if (p == null) return;
         Spec spec = SPECS[id];
         if (spec.failed) return;
-        int[] st = STATE.get();
-        if (st[0] != 0) return;
+        State st = STATE.get();
+        if (st.internal != 0) return;
         String blockedBy = null;
-        st[0]++;
+        st.internal++;
         try {
-            blockedBy = p.onCall(spec, self, args, REQUEST.get());
+            blockedBy = p.onCall(spec, self, args, st.request);
         } catch (Throwable t) {
             spec.failed = true;
             p.hookFailed(spec, t);
         } finally {
-            st[0]--;
+            st.internal--;
         }
         if (blockedBy != null) {
             throw new SecurityException("Rampart blocked " + spec.name + " by policy " + blockedBy);
@@ -221,8 +229,8 @@ public final class Hooks {
     /** Entry of com.sun.net.httpserver.Filter.Chain.doFilter: the outermost call sets the request. */
     public static void requestEnter(Object exchange) {
         try {
-            int[] st = STATE.get();
-            if (st[1]++ == 0) REQUEST.set(exchange);
+            State st = STATE.get();
+            if (st.requestDepth++ == 0) st.request = exchange;
         } catch (Throwable ignored) {
             // never break the request
         }
@@ -231,8 +239,8 @@ public final class Hooks {
     /** Every exit (return or throw) of the same method. */
     public static void requestExit() {
         try {
-            int[] st = STATE.get();
-            if (st[1] > 0 && --st[1] == 0) REQUEST.remove();
+            State st = STATE.get();
+            if (st.requestDepth > 0 && --st.requestDepth == 0) st.request = null;
         } catch (Throwable ignored) {
             // never break the request
         }

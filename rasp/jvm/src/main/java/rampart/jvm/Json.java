@@ -84,8 +84,14 @@ public final class Json {
 
     static void string(StringBuilder sb, String s) {
         sb.append('"');
-        for (int i = 0; i < s.length(); i++) {
+        int n = s.length();
+        int plain = 0; // start of the run of characters that need no escape, appended in bulk
+        for (int i = 0; i < n; i++) {
             char c = s.charAt(i);
+            if (c >= 0x20 && c != '"' && c != '\\' && !Character.isSurrogate(c)) continue;
+            if (Character.isSurrogate(c) && pairedAt(s, i)) continue;
+            sb.append(s, plain, i);
+            plain = i + 1;
             switch (c) {
                 case '"': sb.append("\\\""); break;
                 case '\\': sb.append("\\\\"); break;
@@ -95,16 +101,14 @@ public final class Json {
                 default:
                     // Control characters, and lone surrogates (which UTF-8 cannot carry:
                     // Java would silently turn them into '?'), become \\u escapes.
-                    boolean lone = Character.isSurrogate(c) && !pairedAt(s, i);
-                    if (lone) {
+                    if (Character.isSurrogate(c)) {
                         sb.append("\\ufffd");
-                    } else if (c < 0x20) {
-                        sb.append("\\u00").append(HEX[c >> 4]).append(HEX[c & 15]);
                     } else {
-                        sb.append(c);
+                        sb.append("\\u00").append(HEX[c >> 4]).append(HEX[c & 15]);
                     }
             }
         }
+        sb.append(s, plain, n);
         sb.append('"');
     }
 

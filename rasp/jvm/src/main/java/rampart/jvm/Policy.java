@@ -116,6 +116,9 @@ public final class Policy {
             minute.set(id, m);
             used.set(id, 0);
         }
+        // spent: read, do not count further (an atomic increment per call would bounce the
+        // counter's cache line between the cores of every thread calling this sink)
+        if (used.get(id) >= perMinute[id]) return false;
         return used.incrementAndGet(id) <= perMinute[id];
     }
 

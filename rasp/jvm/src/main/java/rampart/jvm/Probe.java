@@ -14,6 +14,7 @@ import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.LongAdder;
 
 /**
  * One running probe: hooks installed by {@link Transformer}, events shipped by
@@ -42,7 +43,8 @@ public final class Probe {
 
     private final AtomicLong sent = new AtomicLong();
     private final AtomicLong blocked = new AtomicLong();
-    private final ConcurrentHashMap<String, AtomicLong> droppedBy = new ConcurrentHashMap<String, AtomicLong>();
+    /** LongAdder: app threads over a quota all count here at once; one atomic would bounce */
+    private final ConcurrentHashMap<String, LongAdder> droppedBy = new ConcurrentHashMap<String, LongAdder>();
     private final AtomicInteger hellos = new AtomicInteger();
     private volatile String lastRefusal;
 
@@ -203,12 +205,14 @@ public final class Probe {
         }
         List<String> a = Args.of(spec.id, self, args);
         if (a == null) return null;
-        String joined = join(a);
+        Policy.Table filters = policy.filters;
+        // the rules match on the joined text: no rules (the default), no string built
+        String joined = blocks.rules.isEmpty() && filters.rules.isEmpty() ? null : join(a);
         int depth = policy.stackDepth;
         // The stack is the costly part (a Throwable's trace): taken before the quota only
         // when a block rule matches on it.
         List<String> stack = blocks.needsStack ? stack(depth) : null;
-        Policy.Rule block = blocks.first(spec, joined, stack);
+        Policy.Rule block = blocks.rules.isEmpty() ? null : blocks.first(spec, joined, stack);
         if (block != null) {
             blocked.incrementAndGet();
             if (stack == null) stack = stack(depth);
@@ -241,7 +245,7 @@ public final class Probe {
             return null;
         }
         if (stack == null) stack = stack(depth);
-        if (policy.filters.first(spec, joined, stack) != null) {
+        if (!filters.rules.isEmpty() && filters.first(spec, joined, stack) != null) {
             drop("filter");
             return null;
         }
@@ -402,9 +406,10 @@ public final class Probe {
         Map<String, Object> d = new LinkedHashMap<String, Object>();
         long dropped = 0;
         Map<String, Object> by = new LinkedHashMap<String, Object>();
-        for (Map.Entry<String, AtomicLong> e : droppedBy.entrySet()) {
-            by.put(e.getKey(), e.getValue().get());
-            dropped += e.getValue().get();
+        for (Map.Entry<String, LongAdder> e : droppedBy.entrySet()) {
+            long n = e.getValue().sum();
+            by.put(e.getKey(), n);
+            dropped += n;
         }
         d.put("sent", sent.get());
         d.put("dropped", dropped);
@@ -429,13 +434,13 @@ public final class Probe {
 
     void dropMany(String reason, int n) {
         if (n <= 0) return;
-        AtomicLong c = droppedBy.get(reason);
+        LongAdder c = droppedBy.get(reason);
         if (c == null) {
-            AtomicLong fresh = new AtomicLong();
+            LongAdder fresh = new LongAdder();
             c = droppedBy.putIfAbsent(reason, fresh);
             if (c == null) c = fresh;
         }
-        c.addAndGet(n);
+        c.add(n);
     }
 
     void sent(int n) {

@@ -31,6 +31,7 @@ public final class VectorCheck {
         int max = (int) (long) (Long) doc.get("max_frame");
         for (Object o : (List<Object>) doc.get("valid")) valid((Map<String, Object>) o, max);
         for (Object o : (List<Object>) doc.get("invalid")) invalid((Map<String, Object>) o, max);
+        frameBuffer(max);
         System.out.println(passed + " passed, " + failed + " failed, " + skipped + " skipped");
         System.exit(failed == 0 ? 0 : 1);
     }
@@ -57,6 +58,10 @@ public final class VectorCheck {
                     return;
                 }
                 byte[] ours = Protocol.encode(message);
+                // the sender's batch encoder must write the very same bytes
+                FrameBuffer fb = new FrameBuffer();
+                check(name + " (batch encoder)", fb.add(message, max) && sameBytes(fb, ours),
+                        "FrameBuffer bytes differ from Protocol.encode");
                 Map<String, Object> back = Protocol.parseObject(
                         Protocol.readFrame(new ByteArrayInputStream(ours), max));
                 check(name, Json.deepEquals(back, message), "round trip " + Json.write(back));
@@ -102,6 +107,62 @@ public final class VectorCheck {
             got = e.toString();
         }
         check(name, want.equals(got), "expected " + want + ", got " + got);
+    }
+
+    /**
+     * The sender's batch encoder (FrameBuffer) against Protocol.encode on strings UTF-8 makes
+     * one to four bytes of, escapes, a lone surrogate; several frames in one batch; a frame
+     * over the limit left out whole; and the buffer reused after clear().
+     */
+    private static void frameBuffer(int max) {
+        String[] texts = {"plain", "caf\u00e9 \u20ac \ud83d\ude00", "quote\" back\\ nl\n tab\t \u0001",
+            "lone \ud800 high, lone \udc00 low", ""};
+        FrameBuffer fb = new FrameBuffer();
+        java.io.ByteArrayOutputStream want = new java.io.ByteArrayOutputStream();
+        for (int round = 0; round < 2; round++) {
+            fb.clear();
+            want.reset();
+            for (String t : texts) {
+                Map<String, Object> m = Protocol.envelope(Protocol.TRACE, 7, "17", "0.1.0", 1L,
+                        new java.util.LinkedHashMap<String, Object>(java.util.Collections.singletonMap("args", (Object) t)));
+                byte[] one = Protocol.encode(m);
+                want.write(one, 0, one.length);
+                if (round == 0) roundTrip(t, one, max);
+                check("batch encoder: " + t, fb.add(m, max), "refused");
+            }
+            StringBuilder big = new StringBuilder();
+            while (big.length() <= max) big.append("\u20ac");
+            check("batch encoder: over the frame limit", !fb.add(java.util.Collections.singletonMap("args", (Object) big.toString()), max),
+                    "accepted a frame over max_frame");
+            check("batch encoder: batch bytes (round " + round + ")",
+                    fb.frames() == texts.length && java.util.Arrays.equals(bytes(fb), want.toByteArray()),
+                    "batch differs from Protocol.encode per message");
+        }
+    }
+
+    /** The JSON string escapes: the text comes back (a lone surrogate as U+FFFD). */
+    @SuppressWarnings("unchecked")
+    private static void roundTrip(String text, byte[] frame, int max) {
+        String expect = text.replaceAll("[\\ud800-\\udfff]", "\ufffd");
+        if (text.indexOf('\ud83d') >= 0) expect = text; // a valid pair stays as it is
+        try {
+            Map<String, Object> back = Protocol.parseObject(Protocol.readFrame(new ByteArrayInputStream(frame), max));
+            Object got = ((Map<String, Object>) back.get("data")).get("args");
+            check("json string round trip: " + text, expect.equals(got), "got " + got);
+        } catch (Exception e) {
+            check("json string round trip: " + text, false, e.toString());
+        }
+    }
+
+    private static boolean sameBytes(FrameBuffer fb, byte[] want) {
+        return java.util.Arrays.equals(bytes(fb), want);
+    }
+
+    private static byte[] bytes(FrameBuffer fb) {
+        java.nio.ByteBuffer b = fb.contents();
+        byte[] out = new byte[b.remaining()];
+        b.get(out);
+        return out;
     }
 
     private static void check(String name, boolean ok, String detail) {
