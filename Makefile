@@ -38,6 +38,7 @@ bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/node_overhead.py
 	$(PY) bench/detection.py
 	$(PY) bench/go_overhead.py
+	$(PY) bench/go_detect.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

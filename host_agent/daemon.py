@@ -229,6 +229,7 @@ class Agent:
         probes = self.registry.connected()
         for rec in probes:  # block-mode rules and their exemptions travel with the block table
             self.push_policy(rec)
+        self.goprobes.push_detect()  # and into the kernel for Go processes
         msg = (
             f"rules loaded from {path}: {len(new.overrides)} overrides, "
             f"{len(new.whitelist)} whitelist entries, pushed to {len(probes)} probes"

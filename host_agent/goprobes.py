@@ -29,8 +29,9 @@ from host_agent.server import ControlFailure
 from injector.process import ProcessError, start_time
 from rasp.golang import offsets as field_offsets
 from rasp.golang import symbols
+from rasp.golang.detectcfg import KernelDetect, kernel_detect
 from rasp.golang.hooks import ALL_SYMBOLS, HOOKS, REQUEST_HOOK
-from rasp.golang.records import decode
+from rasp.golang.records import RULES, decode
 from rasp.golang.uprobes import GoProbeError, GoUprobes
 from rasp.protocol.schema import Request, Trace, TraceData
 
@@ -54,6 +55,7 @@ class GoTarget:
         self.offsets_source = ""
         self.missing: list[str] = []
         self.failed: dict[str, str] = {}
+        self.detect = KernelDetect()
 
 
 def _request(strs: list[str]) -> Request:
@@ -125,6 +127,7 @@ class GoProbes:
         target.failed = result.failed
         self.targets[pid] = target
         self.agent.registry.probes[pid] = record
+        self.push_detect(target)
         log.info(
             "golang: pid %d (%s) attached, %d hooks, offsets from %s%s",
             pid,
@@ -135,6 +138,22 @@ class GoProbes:
         )
         self._notify(self.on_attached, pid)
         return {**self._row(target), "already": False}
+
+    def push_detect(self, target: GoTarget | None = None) -> None:
+        """Put the detection rules in block mode into the kernel for one process (all when
+        None): at attach, and when the rules are reloaded."""
+        rules = getattr(self.agent, "rules", None)  # None: an agent without detection rules
+        if self.uprobes is None or rules is None:
+            return
+        for t in [target] if target is not None else list(self.targets.values()):
+            t.detect = kernel_detect(rules.detect_rules(t.record.process.get("exe", "")))
+            for note in t.detect.notes:
+                log.warning("golang: pid %d: %s", t.pid, note)
+            try:
+                self.uprobes.set_detect(t.pid, t.detect.config())
+            except GoProbeError as e:
+                self.errors += 1
+                log.error("golang: %s", e)
 
     def detach(self, pid: int, reason: str = "detached") -> dict[str, Any]:
         target = self.targets.get(pid)
@@ -167,6 +186,7 @@ class GoProbes:
             "offsets": t.offsets_source,
             "stripped": t.binary.stripped,
             "module": t.binary.module,
+            "detect": {"kernel": list(t.detect.rules), "notes": list(t.detect.notes)},
         }
 
     def rows(self) -> list[dict[str, Any]]:
@@ -231,6 +251,8 @@ class GoProbes:
                 kind=hook.kind,  # type: ignore[arg-type]
                 args=hook.args(strs, e.num) if strs else [],
                 request=request,
+                blocked=bool(e.blocked),
+                policy_id=RULES.get(e.rule) if e.blocked else None,
             ),
         )
         target.record.last_seen = trace.time

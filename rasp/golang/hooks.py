@@ -92,7 +92,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("os.Rename", ("os.Rename", "os.rename"), "go_path2", "file"),
     Hook("net.(*Dialer).DialContext", ("net.(*Dialer).DialContext",), "go_dial", "network",
          _dial),
-    Hook("net.(*Resolver).lookupIPAddr", ("net.(*Resolver).lookupIPAddr",), "go_dial", "dns",
+    Hook("net.(*Resolver).lookupIPAddr", ("net.(*Resolver).lookupIPAddr",), "go_lookup_ip", "dns",
          _lookup),
     Hook("net.(*Resolver).LookupHost", ("net.(*Resolver).LookupHost",), "go_lookup_host", "dns",
          _first),

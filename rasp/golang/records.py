@@ -15,7 +15,9 @@ class go_event(ctypes.Structure):
         ("ts_ns", ctypes.c_uint64),
         ("g", ctypes.c_uint64),
         ("req_id", ctypes.c_uint64),
-        ("hook", ctypes.c_uint32),
+        ("hook", ctypes.c_uint16),
+        ("rule", ctypes.c_uint8),
+        ("blocked", ctypes.c_uint8),
         ("nstr", ctypes.c_uint32),
         ("num", ctypes.c_int64),
         ("len", ctypes.c_uint32 * GO_SLOTS),
@@ -41,6 +43,31 @@ class go_proc(ctypes.Structure):
             "g_goid",
             "_pad",
         )
+    ]
+
+
+#: go_detect.h GO_RULE_*: the record's `rule` code -> the detection rule id
+RULES = {1: "sqli.input", 2: "cmdi.input", 3: "path.traversal", 4: "ssrf.internal"}
+GO_EXEMPTS = 4
+GO_EX_MAX = 64
+GO_KW_MAX = 24
+
+
+class go_exempt(ctypes.Structure):
+    _fields_ = [
+        ("rules", ctypes.c_uint32),
+        ("prefix", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("path", ctypes.c_char * GO_EX_MAX),
+    ]
+
+
+class go_detect_cfg(ctypes.Structure):
+    _fields_ = [
+        ("rules", ctypes.c_uint32),
+        ("nexempt", ctypes.c_uint32),
+        ("ex", go_exempt * GO_EXEMPTS),
     ]
 
 

@@ -26,8 +26,16 @@ from pathlib import Path
 from driver import libbpf
 from driver.loader import DriverError, check_environment
 from rasp.golang.hooks import HOOKS, PROGRAMS
-from rasp.golang.records import GO_STR_MAX, go_event, go_proc, go_uprobe_opts
+from rasp.golang.records import (
+    GO_KW_MAX,
+    GO_STR_MAX,
+    go_detect_cfg,
+    go_event,
+    go_proc,
+    go_uprobe_opts,
+)
 from rasp.golang.ring import MappedRing
+from rasp.python.rampart_probe.detect import SQL_KEYWORDS
 
 log = logging.getLogger("rampart.golang")
 
@@ -84,6 +92,7 @@ class GoUprobes:
         self._stop = threading.Event()
         self._procs_fd = -1
         self._drops_fd = -1
+        self._detect_fd = -1
         self._log: deque[str] = deque(maxlen=40)
         self.received = 0
         self.malformed = 0
@@ -119,12 +128,38 @@ class GoUprobes:
                 self._progs[name] = prog
             self._procs_fd = lib.bpf_map__fd(self._map("go_procs"))
             self._drops_fd = lib.bpf_map__fd(self._map("go_drops"))
+            self._detect_fd = lib.bpf_map__fd(self._map("go_detect_cfg"))
+            self._fill_keywords(lib.bpf_map__fd(self._map("go_keywords")))
             self._start_reader()
         except BaseException:
             self.stop()
             raise
         finally:
             libbpf.remove_log_sink(self._on_log)
+
+    def _fill_keywords(self, fd: int) -> None:
+        """The SQL keywords of the in-kernel sqli check: the same list as the in-probe checks
+        of the other runtimes (rasp/python/rampart_probe/detect.py)."""
+        one = ctypes.c_uint8(1)
+        for word in SQL_KEYWORDS:
+            key = ctypes.create_string_buffer(word.encode(), GO_KW_MAX)
+            if libbpf.lib().bpf_map_update_elem(fd, key, ctypes.byref(one), 0):
+                raise GoProbeError(f"cannot fill go_keywords ({word})")
+
+    def set_detect(self, pid: int, cfg: go_detect_cfg | None) -> None:
+        """The block-mode detection rules in force in the kernel for `pid` (None: none)."""
+        if self._detect_fd < 0:
+            return
+        lib = _lib()
+        key = ctypes.c_uint32(pid)
+        if cfg is None:
+            lib.bpf_map_delete_elem(self._detect_fd, ctypes.byref(key))
+            return
+        err = lib.bpf_map_update_elem(self._detect_fd, ctypes.byref(key), ctypes.byref(cfg), 0)
+        if err:
+            raise GoProbeError(
+                f"cannot set the detection rules of pid {pid}: {libbpf.errno_text(err)}"
+            )
 
     def _on_log(self, level: int, text: str) -> None:
         self._log.append(text)
@@ -268,6 +303,8 @@ class GoUprobes:
         lib = _lib()
         key = ctypes.c_uint32(pid)
         lib.bpf_map_delete_elem(self._procs_fd, ctypes.byref(key))  # silent from here on
+        if self._detect_fd >= 0:
+            lib.bpf_map_delete_elem(self._detect_fd, ctypes.byref(key))
         for link in links:
             lib.bpf_link__destroy(link)
         return True

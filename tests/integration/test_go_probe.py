@@ -437,3 +437,133 @@ def test_storm_every_record_accounted(go_build: GoBuild, spawn: Any, tmp_path: P
     finally:
         up.stop()
     assert proc.poll() is None
+
+
+# ------------------------------------------------------------------ block on detections
+
+RULES_BLOCK = (
+    "rules:\n"
+    + "".join(
+        f"  - {{id: {r}, action: block}}\n"
+        for r in ("sqli.input", "cmdi.input", "path.traversal", "ssrf.internal")
+    )
+    # a whitelisted finding is never blocked: path.traversal on /write (a literal request path,
+    # which the kernel check applies itself)
+    + "whitelist:\n  - {rule: path.traversal, request_path: ^/write$, reason: test}\n"
+)
+
+
+def send(base: str, route: str, **params: str) -> tuple[int, str]:
+    """get(), with a connection closed without a response as status 0: what a client sees of
+    a request the Go probe blocked (the handler panicked, net/http recovered and closed it)."""
+    try:
+        return get(base, route, **params)
+    except (ConnectionError, urllib.error.URLError) as e:
+        return 0, repr(e)
+
+
+def blocked_rows(agent: AgentProc, pid: int, hook: str) -> list[dict[str, Any]]:
+    return [
+        e for e in agent.rows("pid = ? AND hook = ?", (pid, hook)) if e["blocked"]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_block_on_detection(
+    build: str, go_build: GoBuild, spawn: Any, agent_factory: Any, tmp_path: Path
+) -> None:
+    """Block mode on detections (issue 9): the in-kernel check at the sink's uprobe stops each
+    attack class before the sink runs (the shell never ran, the SQL never reached the driver,
+    the file was not opened, the dial never happened), the event is blocked with the rule id
+    and the detection, the app keeps serving, benign requests to the same endpoints pass, and
+    a whitelisted finding (path.traversal on /write) is not blocked."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_BLOCK)
+    a = agent_factory(args=["--rules", str(rules)]).start()
+    binary = go_build("vulnapp", **BUILDS[build])
+    proc, base = start_app(spawn, binary, tmp_path)
+    res = attach(a, proc.pid)
+    assert res.returncode == 0, res.stderr
+    row = ps_rows(a)[proc.pid]
+    assert row["runtime"] == "golang"
+    detect = a.control("golang.attach", pid=proc.pid)["detect"]
+    assert detect == {
+        "kernel": ["cmdi.input", "path.traversal", "sqli.input", "ssrf.internal"],
+        "notes": [],
+    }
+    port = closed_port()
+
+    attacks = [  # (route, params, the hook that is stopped, rule)
+        ("/sql", {"name": "x' OR '1'='1"}, "database/sql.(*DB).QueryContext", "sqli.input"),
+        ("/sqlexec", {"name": "alice'--", "via": "tx"}, "database/sql.(*Tx).ExecContext",
+         "sqli.input"),
+        ("/exec", {"cmd": f"touch {tmp_path}/cmdi-ran; id"}, "os/exec.(*Cmd).Start",
+         "cmdi.input"),
+        ("/exec", {"cmd": f"echo $(touch {tmp_path}/cmdi-ran)"}, "os/exec.(*Cmd).Start",
+         "cmdi.input"),
+        ("/read", {"path": "../../../../../../etc/passwd"}, "os.OpenFile", "path.traversal"),
+        ("/read", {"path": "/etc/passwd"}, "os.OpenFile", "path.traversal"),
+        ("/connect", {"host": "127.0.0.1", "port": str(port)}, "net.(*Dialer).DialContext",
+         "ssrf.internal"),
+        ("/connect", {"host": "2130706433", "port": str(port)}, "net.(*Dialer).DialContext",
+         "ssrf.internal"),
+    ]  # fmt: skip
+    for route, params, hook, rule in attacks:
+        before = len(blocked_rows(a, proc.pid, hook))
+        code, body = send(base, route, **params)
+        assert code == 0, (route, params, code, body)  # no response: the handler panicked
+        assert "root:" not in body
+        assert get(base, "/health") == (200, "ok")  # the app keeps serving
+        rows = a.wait_rows(before + 1, "pid = ? AND hook = ? AND blocked = 1", (proc.pid, hook))
+        ev = rows[-1]
+        assert ev["policy_id"] == rule, ev
+        assert ev["request"]["params"] == {k: [v] for k, v in params.items()}
+        # the agent's detector ran on the event too
+        assert rule in [d["rule"] for d in ev.get("detections", [])], ev
+    # the sinks never ran: the shell did not create its file; the SQL never reached the driver
+    # and /etc/passwd was never read (fakedb and /read echo what they got: no body came back)
+    assert not (tmp_path / "cmdi-ran").exists()
+    assert proc.poll() is None
+
+    # benign requests to the same endpoints pass
+    (tmp_path / "report.txt").write_text("quarterly")
+    assert get(base, "/sql", name="bob smith") == (
+        200,
+        "SELECT id FROM users WHERE name = 'bob smith'",
+    )
+    assert get(base, "/exec", cmd="echo hello world") == (200, "hello world\n")
+    assert get(base, "/read", path="report.txt") == (200, "quarterly")
+    # whitelisted: path.traversal on /write is written, not blocked
+    target = tmp_path.parent / f"wl-{proc.pid}"
+    assert get(base, "/write", path=f"../{target.name}", data="x") == (200, "written")
+
+    def written() -> list[dict[str, Any]]:
+        rows = a.rows("pid = ? AND kind = 'file'", (proc.pid,))
+        return [e for e in rows if target.name in e["args"][0]]
+
+    assert not any(e["blocked"] for e in wait_for(written, 15, "the /write events"))
+    # the blocked requests' panics were recovered by net/http: no crash
+    assert proc.poll() is None
+    assert get(base, "/health") == (200, "ok")
+    assert all(
+        not e["blocked"]
+        for e in a.rows("pid = ?", (proc.pid,))
+        if e["request"] and e["request"]["params"].get("name") == ["bob smith"]
+    )
+
+
+def test_detections_do_not_block_in_observe_mode(
+    go_build: GoBuild, spawn: Any, agent_factory: Any, tmp_path: Path
+) -> None:
+    """Without `action: block` (observe: the default) the same attacks run and are detected:
+    the kernel check is off for the process."""
+    a = agent_factory().start()
+    proc, base = start_app(spawn, go_build("vulnapp"), tmp_path)
+    assert attach(a, proc.pid).returncode == 0
+    code, body = get(base, "/exec", cmd=f"touch {tmp_path}/ran; id")
+    assert code == 200 and (tmp_path / "ran").exists(), (code, body)
+    assert get(base, "/sql", name="x' OR '1'='1")[0] == 200
+    rows = a.wait_rows(1, "pid = ? AND kind = 'sql'", (proc.pid,))
+    assert not rows[0]["blocked"]
+    assert "sqli.input" in [d["rule"] for d in rows[0].get("detections", [])]
+    assert a.control("golang.attach", pid=proc.pid)["detect"] == {"kernel": [], "notes": []}

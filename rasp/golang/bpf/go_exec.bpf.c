@@ -5,7 +5,7 @@
  * receiver is in ax; Cmd.Path is a string and Cmd.Args a slice of strings (pointer, length,
  * capacity). Path goes in slot 0, then Args[0..6]; `num` holds len(Args).
  */
-#include "gorasp.h"
+#include "go_detect.h"
 
 SEC("uprobe")
 int go_cmd_start(struct pt_regs *ctx)
@@ -17,9 +17,13 @@ int go_cmd_start(struct pt_regs *ctx)
 	__u64 cmd = ctx->ax;
 	__u64 args[2] = {0, 0}; /* slice data pointer, length */
 	bpf_probe_read_user(args, sizeof(args), (void *)(cmd + p->cmd_args));
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_CMD, args[0], args[1], 0);
 	struct go_event *e = go_reserve(ctx, p, tgid, GO_SLOTS);
-	if (!e)
+	if (!e) {
+		go_block(ctx, tgid, rule);
 		return 0;
+	}
+	go_verdict(e, rule);
 	go_str_at(e, 0, cmd + p->cmd_path);
 	e->num = (__s64)args[1];
 #pragma unroll
@@ -29,5 +33,6 @@ int go_cmd_start(struct pt_regs *ctx)
 		go_str_at(e, i + 1, args[0] + i * 16);
 	}
 	go_submit(e);
+	go_block(ctx, tgid, rule);
 	return 0;
 }

@@ -5,7 +5,7 @@
  * string (ax+bx; RemoveAll is hooked at os.removeAll when the exported wrapper was inlined
  * away), os.Rename(old, new) two (ax+bx, cx+di; os.rename likewise).
  */
-#include "gorasp.h"
+#include "go_detect.h"
 
 SEC("uprobe")
 int go_open_file(struct pt_regs *ctx)
@@ -14,12 +14,15 @@ int go_open_file(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_FILE, ctx->ax, ctx->bx, 0);
 	struct go_event *e = go_reserve(ctx, p, tgid, 1);
-	if (!e)
-		return 0;
-	go_str(e, 0, ctx->ax, ctx->bx);
-	e->num = (__s64)ctx->cx;
-	go_submit(e);
+	if (e) {
+		go_str(e, 0, ctx->ax, ctx->bx);
+		e->num = (__s64)ctx->cx;
+		go_verdict(e, rule);
+		go_submit(e);
+	}
+	go_block(ctx, tgid, rule);
 	return 0;
 }
 
@@ -30,11 +33,14 @@ int go_path1(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_FILE, ctx->ax, ctx->bx, 0);
 	struct go_event *e = go_reserve(ctx, p, tgid, 1);
-	if (!e)
-		return 0;
-	go_str(e, 0, ctx->ax, ctx->bx);
-	go_submit(e);
+	if (e) {
+		go_str(e, 0, ctx->ax, ctx->bx);
+		go_verdict(e, rule);
+		go_submit(e);
+	}
+	go_block(ctx, tgid, rule);
 	return 0;
 }
 
@@ -45,11 +51,15 @@ int go_path2(struct pt_regs *ctx)
 	struct go_proc *p = go_proc_of(tgid);
 	if (!p)
 		return 0;
+	/* the new name is where a traversal lands (the old one must exist already) */
+	__u32 rule = go_detect(ctx->r14, tgid, GO_KIND_FILE, ctx->cx, ctx->di, 0);
 	struct go_event *e = go_reserve(ctx, p, tgid, 2);
-	if (!e)
-		return 0;
-	go_str(e, 0, ctx->ax, ctx->bx);
-	go_str(e, 1, ctx->cx, ctx->di);
-	go_submit(e);
+	if (e) {
+		go_str(e, 0, ctx->ax, ctx->bx);
+		go_str(e, 1, ctx->cx, ctx->di);
+		go_verdict(e, rule);
+		go_submit(e);
+	}
+	go_block(ctx, tgid, rule);
 	return 0;
 }

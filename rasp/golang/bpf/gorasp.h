@@ -28,7 +28,9 @@ struct go_event {
 	__u64 ts_ns;
 	__u64 g;      /* the goroutine (r14), to tell requests apart */
 	__u64 req_id; /* the request this goroutine is serving; 0: none known */
-	__u32 hook;   /* the attach cookie: index in rasp/golang/hooks.py HOOKS */
+	__u16 hook;   /* the attach cookie: index in rasp/golang/hooks.py HOOKS */
+	__u8 rule;    /* the detection rule that blocked the call (go_detect.h GO_RULE_*), or 0 */
+	__u8 blocked; /* the call was stopped (go_detect.h go_block) */
 	__u32 nstr;   /* slots filled */
 	__s64 num;    /* an integer argument (OpenFile flags, argc), or 0 */
 	__u32 len[GO_SLOTS];      /* bytes copied into str[i] */
@@ -186,7 +188,9 @@ static __always_inline struct go_event *go_alloc(struct pt_regs *ctx, __u32 tgid
 	e->ts_ns = bpf_ktime_get_ns();
 	e->g = ctx->r14;
 	e->req_id = 0;
-	e->hook = (__u32)bpf_get_attach_cookie(ctx);
+	e->hook = (__u16)bpf_get_attach_cookie(ctx);
+	e->rule = 0;
+	e->blocked = 0;
 	e->nstr = 0;
 	e->num = 0;
 	return e;

@@ -14,6 +14,12 @@
 //	/spin?n=           n x os.Remove of a missing file; replies the ns it took (the
 //	                   benchmark's per-hit cost: bench/go_overhead.py)
 //	/spawn?path=       os.Remove(path) on a goroutine the handler starts (no request context)
+//	any other path, with X-Corpus-Kind and X-Corpus-Args (a JSON list): one case of the
+//	                   shared detection corpus, through the Go sink of that kind, harmlessly
+//	                   (tests/integration/test_go_detect_corpus.py): sql db.Query(args[0]);
+//	                   process exec.Cmd{Path: /bin/true, Args: args}; file os.Open(args[0]) or
+//	                   os.Rename(args[0], args[1]); network a Dialer whose Control refuses
+//	                   before connect, with a resolver that never dials; dns LookupHost
 //
 // -idle-remove PATH: a Server.ConnState hook calls os.Remove(PATH) each time a connection goes
 // idle, i.e. on the connection's goroutine after each of its requests (the Go probe must not
@@ -26,6 +32,8 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"time"
 
 	_ "rampart/tests/vulnapp/fakedb"
@@ -50,6 +59,51 @@ func reply(w http.ResponseWriter, err error, text string) {
 	io.WriteString(w, text)
 }
 
+var errNoNet = errors.New("corpus: no network")
+
+// corpus runs one detection-corpus case through the Go sink of its kind; nothing leaves the
+// process: no shell (Path is /bin/true), no file is written, no packet is sent.
+func corpus(w http.ResponseWriter, r *http.Request) {
+	var args []string
+	if err := json.Unmarshal([]byte(r.Header.Get("X-Corpus-Args")), &args); err != nil || len(args) == 0 {
+		http.NotFound(w, r)
+		return
+	}
+	noDNS := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+		return nil, errNoNet
+	}}
+	var err error
+	switch r.Header.Get("X-Corpus-Kind") {
+	case "sql":
+		var echo string
+		err = db.QueryRow(args[0]).Scan(&echo)
+	case "process":
+		err = (&exec.Cmd{Path: "/bin/true", Args: args}).Run()
+	case "file":
+		if len(args) > 1 && r.Header.Get("X-Corpus-Rename") != "" {
+			err = os.Rename(args[0], args[1])
+		} else {
+			var f *os.File
+			if f, err = os.Open(args[0]); err == nil {
+				f.Close()
+			}
+		}
+	case "network":
+		d := net.Dialer{Resolver: noDNS, Timeout: time.Second,
+			Control: func(network, address string, c syscall.RawConn) error { return errNoNet }}
+		var c net.Conn
+		if c, err = d.DialContext(r.Context(), "tcp", args[0]); err == nil {
+			c.Close()
+		}
+	case "dns":
+		_, err = noDNS.LookupHost(r.Context(), args[0])
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	reply(w, nil, fmt.Sprint("ran: ", err))
+}
+
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	idleRemove := flag.String("idle-remove", "", "os.Remove this path whenever a connection goes idle")
@@ -59,6 +113,7 @@ func main() {
 		panic(err)
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("/", corpus)
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	mux.HandleFunc("/exec", func(w http.ResponseWriter, r *http.Request) {
 		out, err := exec.Command("sh", "-c", r.URL.Query().Get("cmd")).Output()
