@@ -73,6 +73,11 @@ class Request:
             }
         return self._built
 
+    def set_form(self, form: str) -> None:
+        """A body that arrived after the request started (ASGI): later events carry it."""
+        self.form = form
+        self._built = None
+
 
 def from_wsgi_environ(environ: dict, form=None) -> Request:
     scheme = environ.get("wsgi.url_scheme", "http")
@@ -91,8 +96,16 @@ def from_wsgi_environ(environ: dict, form=None) -> Request:
     )
 
 
-def from_asgi_scope(scope: dict) -> Request:
-    """The request of an ASGI http scope (uvicorn); the body is the app's to read."""
+class AsgiRequest(Request):
+    """The request of one ASGI http scope; `scope` tells an inner entry point (Django's or
+    Starlette's handler under uvicorn) that the outer one already set this request."""
+
+    __slots__ = ("scope",)
+
+
+def from_asgi_scope(scope: dict) -> AsgiRequest:
+    """The request of an ASGI http scope; the body is the app's to read (hooks/web.py taps
+    the app's `receive` for a small url-encoded form)."""
     raw = {}
     for k, v in scope.get("headers") or ():
         try:
@@ -111,4 +124,6 @@ def from_asgi_scope(scope: dict) -> Request:
         "?" + query if query else "",
     )
     client = scope.get("client")
-    return Request(scope.get("method", ""), url, str(client[0]) if client else "", query, raw)
+    req = AsgiRequest(scope.get("method", ""), url, str(client[0]) if client else "", query, raw)
+    req.scope = scope
+    return req
