@@ -156,19 +156,28 @@ def test_fastapi_uvicorn(spawn, agent: AgentProc) -> None:
     assert get(port, "/health") == (200, "ok")
 
 
-def test_gunicorn_asgi_worker(spawn, agent: AgentProc, tmp_path) -> None:
-    """gunicorn's own ASGI worker (`-k asgi`): a bare ASGI app (its protocol's app is the
-    entry point) and Django's ASGI handler (its `__call__` as well; the outer one wins)."""
-    gunicorn_asgi = pytest.importorskip("gunicorn.workers.gasgi", reason="gunicorn >= 25")
-    del gunicorn_asgi
-    for app in ("tests.apps.python.asgi_app:app", "tests.apps.python.django_app:asgi_application"):
-        env = dict(os.environ, DJANGO_DB=str(tmp_path / "db.sqlite3"))
-        master, port = start_gunicorn(spawn, "-k", "asgi", app=app, env=env)
-        (worker,) = wait_for(lambda m=master: children(m.pid), 10, "gunicorn worker")
-        rasp_attach(agent, worker)
-        assert get(port, "/cmd?q=1", form={"c": f"echo gasgi {port}"})[0] == 200
-        req = cmd_event(agent, worker, f"echo gasgi {port}")["request"]
-        assert req["method"] == "POST" and req["url"] == f"http://127.0.0.1:{port}/cmd?q=1"
-        assert req["params"] == {"q": ["1"], "c": [f"echo gasgi {port}"]}
-        assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"
-        master.terminate()
+@pytest.mark.parametrize(
+    ("worker_class", "app"),
+    [
+        ("asgi", "tests.apps.python.asgi_app:app"),
+        ("asgi", "tests.apps.python.django_app:asgi_application"),
+        ("uvicorn.workers.UvicornWorker", "tests.apps.python.asgi_app:app"),
+    ],
+)
+def test_gunicorn_asgi_workers(spawn, agent: AgentProc, tmp_path, worker_class, app) -> None:
+    """gunicorn's own ASGI worker (`-k asgi`: its protocol's app is the entry point; for
+    Django, `ASGIHandler.__call__` too and the outer one wins) and uvicorn's gunicorn worker
+    (uvicorn's request cycle), attached in the forked worker."""
+    if worker_class == "asgi":
+        pytest.importorskip("gunicorn.workers.gasgi", reason="a gunicorn without its ASGI worker")
+    else:
+        pytest.importorskip("uvicorn.workers", reason="uvicorn's gunicorn worker")
+    env = dict(os.environ, DJANGO_DB=str(tmp_path / "db.sqlite3"))
+    master, port = start_gunicorn(spawn, "-k", worker_class, app=app, env=env)
+    (worker,) = wait_for(lambda: children(master.pid), 10, "gunicorn worker")
+    rasp_attach(agent, worker)
+    assert get(port, "/cmd?q=1", form={"c": "echo gasgi"})[0] == 200
+    req = cmd_event(agent, worker, "echo gasgi")["request"]
+    assert req["method"] == "POST" and req["url"] == f"http://127.0.0.1:{port}/cmd?q=1"
+    assert req["params"] == {"q": ["1"], "c": ["echo gasgi"]}
+    assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"

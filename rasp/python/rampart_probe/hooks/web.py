@@ -220,7 +220,7 @@ def _patch_uvicorn_cycle(module) -> None:
 
 
 def _patch_gunicorn_asgi(protocol) -> None:
-    """gunicorn's own ASGI worker (`-k asgi`, gunicorn >= 25): each connection's protocol
+    """gunicorn's own ASGI worker (`-k asgi`; gunicorn 27 here): each connection's protocol
     calls `self.app` per request; connections opened after the attach get the wrapped app."""
     cls = protocol.ASGIProtocol
     original = cls.__init__
