@@ -10,8 +10,11 @@ import asyncio
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 PROBE_DIR = Path(__file__).resolve().parents[2] / "rasp" / "python"
 sys.path.insert(0, str(PROBE_DIR))
@@ -174,3 +177,8 @@ def test_starlette_patch_covers_fastapi_sync_routes_in_the_thread_pool(probe) ->
         assert d["headers"]["user-agent"] == "ua"
     finally:
         Starlette.__call__ = original
+
+
+@given(st.text(alphabet="ab=&%+2;é ", max_size=24))
+def test_query_split_fast_path_equals_parse_qs(query: str) -> None:
+    assert context._split_qs(query) == parse_qs(query, keep_blank_values=True)

@@ -138,11 +138,11 @@ def _tap_receive(req: context.AsgiRequest, receive):
     read ahead of the app, so streaming bodies and apps that never read stay untouched."""
     if req.method not in ("POST", "PUT", "PATCH"):
         return receive
-    hdrs = req.headers or {}
-    if not hdrs.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    ctype = req.header(b"content-type") or ""
+    if not ctype.startswith("application/x-www-form-urlencoded"):
         return receive
     try:
-        if int(hdrs.get("content-length") or 0) > FORM_MAX:
+        if int(req.header(b"content-length") or 0) > FORM_MAX:
             return receive
     except ValueError:
         return receive
