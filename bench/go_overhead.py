@@ -5,14 +5,19 @@
    -c8` on loopback, rounds alternated A/B/A/B; ratio = with / without (goal >= 0.97), and the
    app's CPU per request (utime + stime). Two workloads:
    - `/health`: a request that reaches no sink, the common case the goal is about (the
-     probe's fixed cost per request: 2 uprobe hits, ServeHTTP and finishRequest, no record);
-   - `/read?path=report.txt`: every request reaches a sink (os.ReadFile: a 3rd hit, the
+     probe's fixed cost per request: 1 uprobe hit, ServeHTTP, no record);
+   - `/read?path=report.txt`: every request reaches a sink (os.ReadFile: a 2nd hit, the
      request's record and the event's, stored by the agent): the worst case.
-2. Per-hit cost: `/spin?n=N` calls os.Remove on a missing file N times; the app's CPU time
-   (utime + stime, which holds the uprobe trap and the BPF program) per call, with the probe
-   minus without: the cost of one hit as the app pays it, ring-buffer record included (the
-   agent's work is in its own process). CPU time rather than the wall-clock time the endpoint
-   also reports: on a shared 2-core machine other processes inflate wall time, not CPU time.
+   Ring-buffer drops (kernel) and queue drops (agent) are reported from `rasp-agent status`.
+2. Per-hit cost of each program: a third app process, `/spin?n=N` (N x os.Remove of a
+   missing file); this process loads the Go probe's object itself and attaches, in turn, no
+   program, `go_empty` (an empty uprobe program: the floor, the trap alone), `go_serve_http`
+   (the per-request program) and `go_path1` (a sink: os.Remove's own program, record
+   included) at os.Remove, rounds interleaved. The app's CPU time (utime + stime, which holds
+   the uprobe trap and the BPF program) per call, minus the no-program figure: the cost of
+   one hit as the app pays it (the reader's work is in another process). CPU time rather than
+   the wall-clock time the endpoint also reports: on a shared 2-core machine other processes
+   inflate wall time, not CPU time.
 
     .venv/bin/python bench/go_overhead.py [--seconds 4] [--rounds 3] [--json]
 
@@ -28,12 +33,14 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 BIN = REPO / ".venv" / "bin"
 APP = REPO / "tests" / "apps" / "golang" / "vulnapp"
 SPIN_N = 5000
@@ -91,6 +98,51 @@ def spin_ns(pid: int, port: int) -> float:
     return (cpu_s(pid) - c) / (SPIN_CALLS * SPIN_N) * 1e9
 
 
+#: per-hit variants: program attached at os.Remove (None: no uprobe)
+PROGRAMS = {"none": None, "empty": "go_empty", "serve_http": "go_serve_http", "sink": "go_path1"}
+
+
+def per_hit(exe: Path, cwd: Path, rounds: int) -> dict[str, object]:
+    """App CPU ns per os.Remove call with each program of PROGRAMS attached there, rounds
+    interleaved; the per-hit cost of a program is its figure minus "none"."""
+    from rasp.golang import offsets as field_offsets
+    from rasp.golang import symbols
+    from rasp.golang.hooks import ALL_SYMBOLS
+    from rasp.golang.uprobes import GoUprobes
+
+    b = symbols.inspect(exe, ALL_SYMBOLS)
+    minor = (symbols.parse_version(b.version) or (1, 26))[1]
+    fields = field_offsets.resolve(str(exe), minor, b.has_dwarf).values
+    p, port = start_app(exe, cwd)
+    up = GoUprobes()
+    ns: dict[str, list[float]] = {k: [] for k in PROGRAMS}
+    try:
+        up.load()
+        spin_ns(p.pid, port)  # warm
+        for _ in range(rounds):
+            for name, prog in PROGRAMS.items():
+                if prog:
+                    up.attach_program(p.pid, str(exe), prog, b.offsets["os.Remove"], fields)
+                try:
+                    ns[name].append(spin_ns(p.pid, port))
+                finally:
+                    up.detach(p.pid)
+        drops = up.kernel_drops()
+    finally:
+        up.stop()
+        p.kill()
+        p.wait()
+    med = {k: statistics.median(v) for k, v in ns.items()}
+    return {
+        "os_remove_cpu_ns": {k: round(v) for k, v in med.items()},
+        "per_hit_us": {
+            k: round((v - med["none"]) / 1000, 2) for k, v in med.items() if k != "none"
+        },
+        "rounds_ns": {k: [round(x) for x in v] for k, v in ns.items()},
+        "kernel_drops": drops,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4)
@@ -140,10 +192,6 @@ def main() -> None:
                     runs[w]["without"].append(
                         measured(without_p.pid, without_port, a.seconds, route)
                     )
-            spin = {"with": [], "without": []}
-            for _ in range(a.rounds):
-                spin["with"].append(spin_ns(with_p.pid, with_port))
-                spin["without"].append(spin_ns(without_p.pid, without_port))
             stats = json.loads(
                 subprocess.run(
                     [str(BIN / "rasp-agent"), "status", "--json", "--socket", str(sock)],
@@ -156,6 +204,8 @@ def main() -> None:
                 p.wait()
             agent.terminate()
             agent.wait(20)
+        hits = per_hit(exe, d, a.rounds)
+        load = os.getloadavg()
     med = statistics.median
     thr = {
         w: {
@@ -170,14 +220,13 @@ def main() -> None:
         }
         for w in WORKLOADS
     }
-    hit_w = statistics.median(spin["with"])
-    hit_wo = statistics.median(spin["without"])
+    golang = stats.get("golang", {})
     out = {
         **thr,
-        "os_remove_cpu_ns": {"with": round(hit_w), "without": round(hit_wo)},
-        "per_hit_us": round((hit_w - hit_wo) / 1000, 2),
+        **hits,
         "attach_ms": round(attach_ms),
-        "golang": stats.get("golang", {}),
+        "golang": golang,
+        "loadavg": [round(x, 1) for x in load],
     }
     if a.json:
         print(json.dumps(out))
@@ -191,8 +240,15 @@ def main() -> None:
             f"{t['app_cpu_us_per_request']['with']} µs; rounds {t['rounds']}"
         )
     print(
-        f"go probe: per uprobe hit {out['per_hit_us']} µs of app CPU (os.Remove {hit_wo:.0f} -> "
-        f"{hit_w:.0f} ns); rasp-attach {attach_ms:.0f} ms; agent: {out['golang']}"
+        "go probe: per uprobe hit, µs of app CPU over a plain os.Remove "
+        f"({hits['os_remove_cpu_ns']['none']} ns): "  # type: ignore[index]
+        + ", ".join(f"{k} {v}" for k, v in hits["per_hit_us"].items())  # type: ignore[attr-defined]
+        + f" (ring drops {hits['kernel_drops']})"
+    )
+    print(
+        f"go probe: rasp-attach {attach_ms:.0f} ms; agent: records {golang.get('received')}, "
+        f"events {golang.get('events')}, ring drops {golang.get('kernel_drops')}, queue drops "
+        f"{golang.get('queue_drops')}; load average {out['loadavg']}"
     )
 
 

@@ -16,11 +16,13 @@ attach latency.
    whole `rasp-attach` command (including its own interpreter start-up).
 
     .venv/bin/python bench/python_overhead.py [--seconds 5] [--rounds 3] [--json]
-        [--baseline REF] [--calls-only]
+        [--baseline REF] [--calls-only] [--python-path-too]
 
 --baseline REF also measures the ns per call of the probe as it is in git REF (`git archive`
 of rasp/python into a temp dir), in the same run, interleaved with this tree's: before/after
 figures taken side by side. --calls-only skips attach latency and throughput.
+--python-path-too adds a third app whose probe runs its pure-Python path (the C accelerator
+off: RAMPART_PYTHON_ACCEL=0), measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def wait_http(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"gunicorn on {port} did not start")
 
 
-def gunicorn(port: int) -> subprocess.Popen:
+def gunicorn(port: int, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             str(BIN / "gunicorn"),
@@ -154,6 +156,7 @@ def gunicorn(port: int) -> subprocess.Popen:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -284,6 +287,11 @@ def main() -> None:
     ap.add_argument(
         "--call-rounds", type=int, default=3, help="ns-per-call runs, min kept (0: none)"
     )
+    ap.add_argument(
+        "--python-path-too",
+        action="store_true",
+        help="also a third app whose probe runs its pure-Python path (RAMPART_PYTHON_ACCEL=0)",
+    )
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: run `make setup`")
@@ -338,20 +346,30 @@ def main() -> None:
         pa, pb = free_port(), free_port()
         ga, gb = gunicorn(pa), gunicorn(pb)
         procs += [ga, gb]
-        wait_http(pa)
-        wait_http(pb)
-        wa, wb = worker_of(ga.pid), worker_of(gb.pid)
-        attach_mod.attach(wb, "auto", sock, timeout=10)
+        apps = [(pa, ga), (pb, gb)]
+        if a.python_path_too:  # the probe's pure-Python path, in the same rounds
+            pc = free_port()
+            gc = gunicorn(pc, {**os.environ, "RAMPART_PYTHON_ACCEL": "0"})
+            procs.append(gc)
+            apps.append((pc, gc))
+        for port, _ in apps:
+            wait_http(port)
+        workers = [worker_of(g.pid) for _, g in apps]
+        wa, wb = workers[0], workers[1]
         # every event reported in full: lift the default quota (12,000 per hook and minute),
         # which would otherwise cut most of a 2,000 req/s run's events after the first minute's
         unlimited = {"uuid": "bench", "quotas": [{"hook": "*", "per_minute": 10**9}]}
-        control(sock, "push", {"pid": wb, "frame": {"message_type": 8, "data": unlimited}})
-        wrk(pa, 1)
-        wrk(pb, 1)  # warm-up
-        without, with_ = [], []
+        for w in workers[1:]:
+            attach_mod.attach(w, "auto", sock, timeout=10)
+            control(sock, "push", {"pid": w, "frame": {"message_type": 8, "data": unlimited}})
+        for port, _ in apps:
+            wrk(port, 1)  # warm-up
+        without, with_, with_py = [], [], []
         for _ in range(a.rounds):
             without.append(measured(pa, wa, a.seconds))
             with_.append(measured(pb, wb, a.seconds))
+            if a.python_path_too:
+                with_py.append(measured(apps[2][0], workers[2], a.seconds))
         out["rps_without"] = [round(x[0]) for x in without]
         out["rps_with"] = [round(x[0]) for x in with_]
         out["throughput_ratio"] = round(
@@ -363,6 +381,15 @@ def main() -> None:
         out["cpu_ratio"] = round(
             out["cpu_us_per_request_without"] / out["cpu_us_per_request_with"], 3
         )
+        if with_py:
+            out["rps_with_python_path"] = [round(x[0]) for x in with_py]
+            out["throughput_ratio_python_path"] = round(
+                statistics.mean(x[0] for x in with_py) / statistics.mean(x[0] for x in without),
+                3,
+            )
+            out["cpu_us_per_request_with_python_path"] = round(
+                statistics.median(x[1] for x in with_py)
+            )
         rows = control(sock, "ps")
         out["probe_events"] = sum(r["events"] for r in rows)
     finally:

@@ -80,24 +80,32 @@ def go_build() -> GoBuild:
     /proc/<pid>/maps); GOFLAGS=-mod=mod lets the build work without a vendor dir or go.sum.
     `stripped` links with -s -w (no symbol table, no DWARF), as release builds often do.
     `cgo=True` builds with CGO_ENABLED=1 (dynamically linked against libc, as the default
-    `go build` does where a C compiler is present)."""
-    go = shutil.which("go")
-    if go is None:
+    `go build` does where a C compiler is present). `go="1.19"` builds with that older
+    toolchain (Debian's golang-1.19-go, /usr/lib/go-1.19/bin/go, from scripts/apt-packages.txt)
+    instead of the machine's `go`."""
+    default_go = shutil.which("go")
+    if default_go is None:
         pytest.fail("`go` not on PATH: run `make setup`")
-    built: dict[tuple[str, bool, bool], Path] = {}
+    built: dict[tuple[str, bool, bool, str], Path] = {}
 
-    def build(app: str, *, stripped: bool = False, cgo: bool = False) -> Path:
-        if (app, stripped, cgo) in built:
-            return built[(app, stripped, cgo)]
+    def build(app: str, *, stripped: bool = False, cgo: bool = False, go: str = "") -> Path:
+        if (app, stripped, cgo, go) in built:
+            return built[(app, stripped, cgo, go)]
+        toolchain = f"/usr/lib/go-{go}/bin/go" if go else default_go
+        if not os.access(toolchain, os.X_OK):
+            pytest.fail(f"{toolchain} not installed: run `make setup`")
         BUILD.mkdir(parents=True, exist_ok=True)
-        out = BUILD / (app + ("-stripped" if stripped else "") + ("-cgo" if cgo else ""))
+        suffix = ("-stripped" if stripped else "") + ("-cgo" if cgo else "")
+        out = BUILD / (app + suffix + (f"-go{go}" if go else ""))
         # build under a private name then rename: parallel pytest workers may build the same
         # app, and a worker must never exec a half-written binary
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
-        argv = [go, "build", "-o", str(tmp)]
+        argv = [toolchain, "build", "-o", str(tmp)]
         if stripped:
             argv.append("-ldflags=-s -w")
         env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "1" if cgo else "0"}
+        if go:  # its own GOROOT, whatever the environment says for the machine's go
+            env.pop("GOROOT", None)
         result = subprocess.run(
             [*argv, "."],
             cwd=TEST_APPS / "golang" / app,
@@ -109,7 +117,7 @@ def go_build() -> GoBuild:
         if result.returncode != 0:
             pytest.fail(f"go build of {app} failed:\n{result.stderr}")
         tmp.replace(out)
-        built[(app, stripped, cgo)] = out
+        built[(app, stripped, cgo, go)] = out
         return out
 
     return build

@@ -85,8 +85,6 @@ _SQL = [
 HOOKS: tuple[Hook, ...] = (
     Hook("net/http.serverHandler.ServeHTTP", ("net/http.serverHandler.ServeHTTP",),
          "go_serve_http", ""),
-    Hook("net/http.(*response).finishRequest", ("net/http.(*response).finishRequest",),
-         "go_finish_request", ""),
     Hook("os/exec.(*Cmd).Start", ("os/exec.(*Cmd).Start",), "go_cmd_start", "process", _argv),
     Hook("os.OpenFile", ("os.OpenFile",), "go_open_file", "file", _open),
     Hook("os.Remove", ("os.Remove",), "go_path1", "file"),
@@ -102,5 +100,7 @@ HOOKS: tuple[Hook, ...] = (
 )  # fmt: skip
 
 REQUEST_HOOK = 0  # index of ServeHTTP: its records carry the request, not a sink event
-PROGRAMS = sorted({h.program for h in HOOKS})
+#: programs in the object besides the hooks' (go_empty: the benchmark's empty uprobe)
+EXTRA_PROGRAMS = ("go_empty",)
+PROGRAMS = sorted({h.program for h in HOOKS} | set(EXTRA_PROGRAMS))
 ALL_SYMBOLS = [s for h in HOOKS for s in h.symbols]

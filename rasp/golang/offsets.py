@@ -23,14 +23,25 @@ FIELDS: dict[str, tuple[str, str]] = {
     "url_query": ("net/url.URL", "RawQuery"),
     "cmd_path": ("os/exec.Cmd", "Path"),
     "cmd_args": ("os/exec.Cmd", "Args"),
+    # the sink-side check that a goroutine's request is still live (gorasp.h go_req_live)
+    "resp_req": ("net/http.response", "req"),
+    "resp_done": ("net/http.response", "handlerDone"),
+    "g_goid": ("runtime.g", "goid"),
 }
 
-#: Offsets by Go minor version (amd64). go1.26 is checked against DWARF of the binaries we
-#: build (tests/unit/test_go_symbols.py). Earlier versions follow their sources' field order:
-#: http.Request up to RemoteAddr and os/exec.Cmd's Path/Args have not moved since 1.17;
-#: url.URL was Scheme, Opaque, User, Host, Path, RawPath, [OmitHost (1.19+),] ForceQuery,
-#: RawQuery (96: the bools share one word), and go1.26 moved RawQuery before RawPath (88).
-#: Versions not built here are not verified: a binary with DWARF never uses this table.
+#: fields the BPF side treats as optional: 0 there means "unknown, skip the check"
+OPTIONAL = ("resp_done", "g_goid")
+
+#: Offsets by Go minor version (amd64). go1.19 and go1.26 are checked against DWARF of the
+#: binaries we build (tests/unit/test_go_symbols.py; go1.19 from Debian's golang-1.19-go).
+#: Earlier versions follow their sources' field order: http.Request up to RemoteAddr and
+#: os/exec.Cmd's Path/Args have not moved since 1.17; url.URL was Scheme, Opaque, User, Host,
+#: Path, RawPath, [OmitHost (1.19+),] ForceQuery, RawQuery (96: the bools share one word), and
+#: go1.26 moved RawQuery before RawPath (88). http.response starts with conn, req in every
+#: version. response.handlerDone (160) and runtime.g's goid (152) are the same in 1.19 and
+#: 1.26, but fields around both moved in between (g's gobuf lost `ret`, gained `syscallbp`),
+#: so versions not built here leave them 0: the liveness check is skipped there (a sink in
+#: a ConnState hook may then carry the previous request). A binary with DWARF never uses this.
 _TABLE_1_17: dict[str, int] = {
     "req_method": 0,
     "req_url": 16,
@@ -40,12 +51,24 @@ _TABLE_1_17: dict[str, int] = {
     "url_query": 96,
     "cmd_path": 0,
     "cmd_args": 16,
+    "resp_req": 8,
+    "resp_done": 0,
+    "g_goid": 0,
 }
-_TABLE_1_26 = {**_TABLE_1_17, "url_query": 88}
+_VERIFIED = {"resp_done": 160, "g_goid": 152}
+_TABLE_1_19 = {**_TABLE_1_17, **_VERIFIED}
+_TABLE_1_26 = {**_TABLE_1_17, **_VERIFIED, "url_query": 88}
+#: go1.27 (checked by hand against DWARF of a GOTOOLCHAIN=go1.27.3 build, not by the tests:
+#: that toolchain is a 76 MB download) grew http.response: handlerDone at 168
+_TABLE_1_27 = {**_TABLE_1_26, "resp_done": 168}
 TABLE: dict[int, dict[str, int]] = {
     **{minor: _TABLE_1_17 for minor in range(17, 26)},
+    19: _TABLE_1_19,
     26: _TABLE_1_26,
+    27: _TABLE_1_27,
 }
+#: the versions whose table row the tests compare with DWARF of a binary built here
+VERIFIED = (19, 26)
 
 
 @dataclass
@@ -59,29 +82,37 @@ def from_dwarf(elf: ELFFile) -> dict[str, int]:
     without net/http has no http.Request)."""
     wanted_types = {t for t, _ in FIELDS.values()}
     # the Go linker writes type DIEs into the "runtime" compile unit(s); older linkers put
-    # some in the defining package's unit: look in both
-    packages = {t.rsplit(".", 1)[0] for t in wanted_types} | {"runtime"}
+    # some in the defining package's unit. The runtime units first, the packages' only for
+    # what is still missing: parsing a unit's DIEs is the cost (net/http's alone ~1 s), and
+    # the agent does this on every attach
+    packages = {t.rsplit(".", 1)[0] for t in wanted_types} - {"runtime"}
     members: dict[tuple[str, str], int] = {}
     dwarf = elf.get_dwarf_info()
-    for cu in dwarf.iter_CUs():
-        if len(members) >= len(FIELDS) and all(tf in members for tf in FIELDS.values()):
-            break
-        top = cu.get_top_DIE()
-        name = top.attributes.get("DW_AT_name")
-        # Go emits one compile unit per package, named by its import path
-        if name is None or name.value.decode("utf-8", "replace") not in packages:
-            continue
-        for die in top.iter_children():
-            if die.tag != "DW_TAG_structure_type":
+
+    def complete() -> bool:
+        return all(tf in members for tf in FIELDS.values())
+
+    for units in ({"runtime"}, packages):
+        for cu in dwarf.iter_CUs():
+            if complete():
+                break
+            top = cu.get_top_DIE()
+            name = top.attributes.get("DW_AT_name")
+            # Go emits one compile unit per package, named by its import path
+            if name is None or name.value.decode("utf-8", "replace") not in units:
                 continue
-            tname = die.attributes.get("DW_AT_name")
-            if tname is None or tname.value.decode() not in wanted_types:
-                continue
-            for m in die.iter_children():
-                if m.tag == "DW_TAG_member" and "DW_AT_data_member_location" in m.attributes:
-                    members[(tname.value.decode(), m.attributes["DW_AT_name"].value.decode())] = (
-                        m.attributes["DW_AT_data_member_location"].value
-                    )
+            for die in top.iter_children():
+                if die.tag != "DW_TAG_structure_type":
+                    continue
+                tname = die.attributes.get("DW_AT_name")
+                if tname is None or tname.value.decode() not in wanted_types:
+                    continue
+                for m in die.iter_children():
+                    if m.tag == "DW_TAG_member" and "DW_AT_data_member_location" in m.attributes:
+                        field = m.attributes["DW_AT_name"].value.decode()
+                        members[(tname.value.decode(), field)] = m.attributes[
+                            "DW_AT_data_member_location"
+                        ].value
     return {k: members[tf] for k, tf in FIELDS.items() if tf in members}
 
 
@@ -89,7 +120,9 @@ def from_table(minor: int) -> FieldOffsets:
     if minor in TABLE:
         return FieldOffsets(dict(TABLE[minor]), f"table go1.{minor}")
     nearest = max(TABLE) if minor > max(TABLE) else min(TABLE)
-    return FieldOffsets(dict(TABLE[nearest]), f"table go1.{nearest} (nearest to go1.{minor})")
+    # a version nobody checked: no liveness check rather than one reading the wrong field
+    values = {**TABLE[nearest], **dict.fromkeys(OPTIONAL, 0)}
+    return FieldOffsets(values, f"table go1.{nearest} (nearest to go1.{minor})")
 
 
 def resolve(path: str, minor: int, has_dwarf: bool) -> FieldOffsets:

@@ -36,6 +36,10 @@ class go_proc(ctypes.Structure):
             "url_query",
             "cmd_path",
             "cmd_args",
+            "resp_req",
+            "resp_done",
+            "g_goid",
+            "_pad",
         )
     ]
 

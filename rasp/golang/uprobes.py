@@ -22,19 +22,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from driver import libbpf
 from driver.loader import DriverError, check_environment
 from rasp.golang.hooks import HOOKS, PROGRAMS
 from rasp.golang.records import GO_STR_MAX, go_event, go_proc, go_uprobe_opts
+from rasp.golang.ring import MappedRing
 
 log = logging.getLogger("rampart.golang")
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OBJECT = REPO / "build" / "bpf" / "golang.bpf.o"
-#: the BPF side wakes the reader only when 64 KiB wait (gorasp.h go_submit): this bounds
-#: the delay of a lone event
+#: the BPF side wakes the reader only when the data waiting crosses 64 KiB (gorasp.h
+#: go_submit): this bounds the delay of a lone event
 POLL_MS = 50
 QUEUE_LIMIT = 100_000
 RECORD_SIZE = ctypes.sizeof(go_event)
@@ -77,8 +77,7 @@ class GoUprobes:
         self._obj: int | None = None
         self._progs: dict[str, int] = {}
         self._links: dict[int, list[int]] = {}
-        self._rb: int | None = None
-        self._cb: Any = None
+        self._ring: MappedRing | None = None
         self._lock = threading.Lock()
         self._queue: deque[bytes] = deque()
         self._thread: threading.Thread | None = None
@@ -143,29 +142,29 @@ class GoUprobes:
 
     def _start_reader(self) -> None:
         lib = libbpf.lib()
-
-        def on_sample(_ctx: int, data: int, size: int) -> int:
-            if len(self._queue) >= QUEUE_LIMIT:
-                self.queue_drops += 1  # the agent is far behind: count, never grow
-            elif not MIN_RECORD <= size <= RECORD_SIZE:
-                self.malformed += 1
-            else:
-                self._queue.append(ctypes.string_at(data, size))
-            return 0
-
-        self._cb = libbpf.SAMPLE_FN(on_sample)
-        rb = lib.ring_buffer__new(lib.bpf_map__fd(self._map("go_events")), self._cb, None, None)
-        if not rb:
-            raise self._fail("ring_buffer__new failed", libbpf.last_errno())
-        self._rb = rb
+        events = self._map("go_events")
+        fn = lib.bpf_map__max_entries
+        fn.restype, fn.argtypes = ctypes.c_uint32, [ctypes.c_void_p]
+        try:
+            self._ring = MappedRing(lib.bpf_map__fd(events), fn(events))
+        except (OSError, ValueError) as e:
+            raise GoProbeError(f"cannot map the Go probe's ring buffer: {e}") from None
         self._stop.clear()
         self._thread = threading.Thread(target=self._read_loop, name="go-ringbuf", daemon=True)
         self._thread.start()
 
+    def _on_sample(self, raw: bytes) -> None:
+        if len(self._queue) >= QUEUE_LIMIT:
+            self.queue_drops += 1  # the agent is far behind: count, never grow
+        elif not MIN_RECORD <= len(raw) <= RECORD_SIZE:
+            self.malformed += 1
+        else:
+            self._queue.append(raw)
+
     def _read_loop(self) -> None:
-        assert self._rb is not None
+        assert self._ring is not None
         poller = select.poll()
-        poller.register(libbpf.lib().ring_buffer__epoll_fd(self._rb), select.POLLIN)
+        poller.register(self._ring.fd, select.POLLIN)  # the ring map's fd polls readable
         while not self._stop.is_set():
             poller.poll(POLL_MS)
             if self.flush():
@@ -173,12 +172,11 @@ class GoUprobes:
 
     def flush(self) -> int:
         with self._lock:
-            if self._rb is None:
+            if self._ring is None:
                 return 0
-            n = libbpf.lib().ring_buffer__consume(self._rb)
-        if n > 0:
-            self.received += n
-        return max(n, 0)
+            n = self._ring.consume(self._on_sample)
+        self.received += n
+        return n
 
     def take(self) -> list[bytes]:
         out = []
@@ -197,9 +195,9 @@ class GoUprobes:
             self._thread = None
         lib = libbpf.lib()
         with self._lock:
-            if self._rb is not None:
-                lib.ring_buffer__free(self._rb)
-                self._rb = None
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
         if self._obj is not None:
             lib.bpf_object__close(self._obj)
             self._obj = None
@@ -238,6 +236,30 @@ class GoUprobes:
         if not links:
             self.detach(pid)
         return result
+
+    def attach_program(
+        self, pid: int, binary: str, program: str, offset: int, fields: dict[str, int]
+    ) -> None:
+        """One uprobe running `program` (any in the object, go_empty included) at `offset`, for
+        `pid`: what bench/go_overhead.py measures a single program's per-hit cost with.
+        Detached with `detach(pid)`."""
+        if self._obj is None:
+            raise GoProbeError("the Go probe is not loaded")
+        if pid in self._links:
+            raise GoProbeError(f"pid {pid} is already attached")
+        lib = _lib()
+        key = ctypes.c_uint32(pid)
+        value = go_proc(**fields)
+        if lib.bpf_map_update_elem(self._procs_fd, ctypes.byref(key), ctypes.byref(value), 0):
+            raise GoProbeError(f"cannot register pid {pid}")
+        opts = go_uprobe_opts(sz=ctypes.sizeof(go_uprobe_opts), bpf_cookie=0)
+        link = lib.bpf_program__attach_uprobe_opts(
+            self._progs[program], pid, binary.encode(), offset, ctypes.byref(opts)
+        )
+        self._links[pid] = [link] if link else []
+        if not link:
+            self.detach(pid)
+            raise GoProbeError(f"{program}: {libbpf.errno_text(libbpf.last_errno())}")
 
     def detach(self, pid: int) -> bool:
         links = self._links.pop(pid, None)

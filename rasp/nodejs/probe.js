@@ -15,12 +15,12 @@ const { DetectTable } = require('./lib/detect');
 const context = require('./lib/context');
 const loader = require('./lib/loader');
 const { Native } = require('./lib/native');
+const { holdStack, captureStack } = require('./lib/stack');
 
 const PROBE_VERSION = '0.1.0';
 const KEY = Symbol.for('rampart.nodejs.probe');
 const DEFAULT_SOCKET = '/run/rampart/probe.sock';
 const DEFAULT_STACK_DEPTH = 32;
-const PROBE_DIR = `${__dirname}/lib/`;
 
 // One module per API family (docs/nodejs-probe.md has the table).
 const FAMILIES = [
@@ -33,40 +33,6 @@ const FAMILIES = [
   require('./lib/hooks/native_addon'),
   context,
 ];
-
-// V8 hands the CallSites to this instead of formatting them (set only around our capture)
-const RAW_FRAMES = (_, frames) => frames;
-
-/** The JS stack above `skip` (innermost first), without touching the app's stack settings.
- * One pass over V8's CallSites: the probe's own frames (the request-context wrapper) are
- * skipped by file before anything is formatted; each frame costs ~4 calls into V8. */
-function captureStack(skip, depth) {
-  if (depth <= 0) return [];
-  const holder = {};
-  const limit = Error.stackTraceLimit;
-  const prepare = Error.prepareStackTrace;
-  Error.stackTraceLimit = depth;
-  Error.prepareStackTrace = RAW_FRAMES;
-  let frames;
-  try {
-    Error.captureStackTrace(holder, skip);
-    frames = holder.stack;
-  } finally {
-    Error.prepareStackTrace = prepare;
-    Error.stackTraceLimit = limit;
-  }
-  const out = [];
-  if (!Array.isArray(frames)) return out;
-  for (let i = 0; i < frames.length; i++) {
-    const f = frames[i];
-    const file = f.getFileName();
-    if (file !== undefined && file !== null && file.startsWith(PROBE_DIR)) continue;
-    const fn = f.getFunctionName() || f.getMethodName() || '<anonymous>';
-    out.push(`${fn} (${file || f.getEvalOrigin() || '<unknown>'}:${f.getLineNumber()}:${
-      f.getColumnNumber()})`);
-  }
-  return out;
-}
 
 /**
  * ES modules see node's builtins through live bindings that only follow the CommonJS
@@ -196,8 +162,9 @@ class Probe {
         this.drop('quota');
         return null;
       }
+      // the stack is captured now and formatted when the event is encoded (lib/stack.js)
       const ev = { hook: hook.name, kind: hook.kind, args: capArgs(raw),
-        stack: captureStack(skip, this.stackDepth) };
+        stack: holdStack(skip, this.stackDepth) };
       const rule = this.blockRules.length ? firstMatch(this.blockRules, ev) : null;
       let policyId = rule ? rule.policyId : null;
       let request;

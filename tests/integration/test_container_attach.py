@@ -65,6 +65,9 @@ def test_rasp_attach_pid_into_a_container(spawn, agent: AgentProc, tmp_path) -> 
     # under its host pid (the hello said 1, its namespace pid: the agent checks the NStgid)
     rows = agent.wait_rows(1, HOSTNAME, (c.pid,), timeout=30)
     assert rows[0]["pid"] == c.pid
+    # the C accelerator travelled with the package and the container's python3 runs it
+    if any((REPO / "rasp" / "python" / "rampart_probe").glob("_accel*.so")):
+        assert "/rampart_probe/_accel" in Path(f"/proc/{c.pid}/maps").read_text()
     # in its /tmp: the private dir (probe package + the bound socket), the library unlinked
     (placed,) = c.placed()
     inside = c.tmp / placed

@@ -72,6 +72,12 @@ def test_js_originated_calls_yield_no_bypass_duplicates(spawn, agent, tmp_path) 
     p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
     attach(agent, p.pid)
     target = tmp_path / "written.txt"
+    # longer than the native layer's 1 KiB argument cap: its record holds the first 1 KiB only
+    deep = tmp_path.joinpath(*["d" * 200] * 6)
+    deep.mkdir(parents=True)
+    (long_path := deep / "long-path.txt").write_text("long")
+    assert len(str(long_path).encode()) > 1024
+    assert get(port, "readsync", path=str(long_path)) == (200, "long")
     assert get(port, "exec", cmd="echo exec-marker") == (200, "exec-marker\n")
     assert get(port, "execsync", cmd="echo sync-marker") == (200, "sync-marker\n")
     assert get(port, "spawnsync", cmd="echo spawnsync-marker") == (200, "spawnsync-marker\n")
@@ -92,6 +98,7 @@ def test_js_originated_calls_yield_no_bypass_duplicates(spawn, agent, tmp_path) 
         ("child_process.spawnSync", "spawnsync-marker"),
         ("fs.readFile", "/etc/hostname"),
         ("fs.readFileSync", "/etc/hostname"),
+        ("fs.readFileSync", "long-path.txt"),
         ("fs.promises.readFile", "/etc/hostname"),
         ("fs.writeFileSync", str(target)),
         ("net.Socket.connect", f"127.0.0.1:{port}"),
@@ -118,6 +125,27 @@ def test_the_app_serves_300_requests_with_both_layers(spawn, agent, tmp_path) ->
     rows = bypasses(agent, p.pid)
     assert {(e["hook"], e["args"][0]) for e in rows} == {("uv_fs_open", str(f))}, rows[:5]
     assert len(rows) == 75
+
+
+def test_two_threads_recording_at_once_lose_no_record(spawn, agent, tmp_path) -> None:
+    # the C hooks of both threads append to one ring (a spinlock orders them): a record torn
+    # or lost would make the worker's count short or turn a main-thread read into a bypass
+    p, port = start_app(spawn, "http_app.js", "--inspect-port=0")
+    attach(agent, p.pid)
+    worker_side, main_side = tmp_path / "worker-side.txt", tmp_path / "main-side.txt"
+    worker_side.write_text("w")
+    main_side.write_text("m")
+    n = 1500
+    assert get(port, "workerreads", path=str(main_side), wpath=str(worker_side), n=str(n)) == (
+        200,
+        "done",
+    )
+    sentinel(agent, port, p.pid, tmp_path / "threads.txt", "threads")
+    rows = bypasses(agent, p.pid)
+    assert len([e for e in rows if e["args"][0] == str(worker_side)]) == n
+    assert not [e for e in rows if e["args"][0] == str(main_side)]
+    assert native_agent.ask(p.pid)["dropped"] == 0  # type: ignore[index]
+    assert p.poll() is None
 
 
 def test_attach_twice_keeps_one_native_layer(spawn, agent, tmp_path) -> None:

@@ -1,13 +1,20 @@
 """rasp/golang/hooks.py: how a record's strings become an event's args (pure logic), and the
-table's invariants the BPF side relies on (cookie = index, request hook first)."""
+table's invariants the BPF side relies on (cookie = index, request hook first), and the
+record layouts against the BPF object's BTF."""
 
 from __future__ import annotations
 
 import ctypes
+import json
+import shutil
+import subprocess
 
-from rasp.golang import hooks
+import pytest
+
+from rasp.golang import hooks, offsets
 from rasp.golang.hooks import HOOKS, REQUEST_HOOK, open_flags
-from rasp.golang.records import GO_STR_MAX, decode, go_event
+from rasp.golang.records import GO_STR_MAX, decode, go_event, go_proc
+from tests.conftest import REPO
 
 
 def _hook(name: str) -> hooks.Hook:
@@ -56,3 +63,25 @@ def test_decode_lengths_and_truncation() -> None:
     short = raw[: go_event.str.offset + GO_STR_MAX]
     ev, strs, truncated = decode(short)
     assert strs == ["abc"] and not truncated
+
+
+def test_records_mirror_the_objects_btf() -> None:
+    """records.py's go_proc (the value the agent writes into go_procs) has the layout the BPF
+    object was compiled with (its BTF, read with bpftool): a field added on one side only fails
+    here, not as garbage offsets in the kernel. (go_event has no BTF of its own: the programs
+    only use it through ring-buffer pointers; test_decode_* cover it.)"""
+    obj = REPO / "build" / "bpf" / "golang.bpf.o"
+    if not obj.exists() or not shutil.which("bpftool"):
+        pytest.fail("build/bpf/golang.bpf.o or bpftool missing: run `make setup`")
+    res = subprocess.run(
+        ["bpftool", "-j", "btf", "dump", "file", str(obj)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    structs = {t["name"]: t for t in json.loads(res.stdout)["types"] if t.get("kind") == "STRUCT"}
+    for cls in (go_proc,):
+        btf = structs[cls.__name__]
+        assert btf["size"] == ctypes.sizeof(cls), cls.__name__
+        assert [(m["name"], m["bits_offset"] // 8) for m in btf["members"]] == [
+            (name, getattr(cls, name).offset) for name, *_ in cls._fields_
+        ], cls.__name__
+    assert set(offsets.FIELDS) <= {name for name, *_ in go_proc._fields_}

@@ -21,6 +21,9 @@ def builds(go_build: GoBuild) -> dict[str, Path]:
         "static": go_build("vulnapp"),
         "cgo": go_build("vulnapp", cgo=True),
         "stripped": go_build("vulnapp", stripped=True),
+        # Debian's Go 1.19: the pclntab 1.18 layout and its own struct offsets
+        "go1.19": go_build("vulnapp", go="1.19"),
+        "go1.19-stripped": go_build("vulnapp", go="1.19", stripped=True),
     }
 
 
@@ -43,16 +46,19 @@ def test_every_hook_resolves_in_every_build(builds: dict[str, Path]) -> None:
         # (*DB).ExecContext, (*Conn).ExecContext and (*Tx).ExecContext of database/sql
         missing = {h.name for h in HOOKS} - resolved
         assert all(m.startswith("database/sql.") for m in missing), (name, missing)
-        assert "database/sql.(*DB).QueryContext" in resolved and len(resolved) >= 14
-    assert found["stripped"].stripped and not found["static"].stripped
-    assert not found["stripped"].has_dwarf and found["static"].has_dwarf
-    # -s -w drops symbols and DWARF only: the code, hence every entry offset, is the same; the
-    # stripped build's offsets come from .gopclntab alone
-    assert found["stripped"].offsets == found["static"].offsets
-    # every probe point is the `jbe morestack` after Go's stack check (symbols.probe_skip)
-    code = builds["static"].read_bytes()
-    for off in found["static"].offsets.values():
-        assert code[off] == 0x76 or code[off : off + 2] == b"\x0f\x86", hex(off)
+        assert "database/sql.(*DB).QueryContext" in resolved and len(resolved) >= 13
+    assert found["go1.19"].version.startswith("go1.19.")
+    assert not found["static"].version.startswith("go1.19.")
+    for plain, stripped in (("static", "stripped"), ("go1.19", "go1.19-stripped")):
+        assert found[stripped].stripped and not found[plain].stripped
+        assert not found[stripped].has_dwarf and found[plain].has_dwarf
+        # -s -w drops symbols and DWARF only: the code, hence every entry offset, is the same;
+        # the stripped build's offsets come from .gopclntab alone
+        assert found[stripped].offsets == found[plain].offsets
+        # every probe point is the `jbe morestack` after Go's stack check (probe_skip)
+        code = builds[plain].read_bytes()
+        for off in found[plain].offsets.values():
+            assert code[off] == 0x76 or code[off : off + 2] == b"\x0f\x86", (plain, hex(off))
 
 
 def test_pclntab_matches_symtab_for_every_function(builds: dict[str, Path]) -> None:
@@ -147,12 +153,25 @@ def test_not_go(tmp_path: Path) -> None:
         symbols.inspect(tmp_path / "missing", ALL_SYMBOLS)
 
 
-def test_field_offsets_dwarf_matches_table(builds: dict[str, Path]) -> None:
-    b = symbols.inspect(builds["static"], ALL_SYMBOLS)
+@pytest.mark.parametrize("plain,stripped", [("static", "stripped"), ("go1.19", "go1.19-stripped")])
+def test_field_offsets_dwarf_matches_table(builds: dict[str, Path], plain: str, stripped: str):
+    """The per-version table (what a stripped binary gets) says what DWARF says, for the
+    machine's Go and for Go 1.19: every field, the liveness-check ones included."""
+    b = symbols.inspect(builds[plain], ALL_SYMBOLS)
     minor = symbols.parse_version(b.version)[1]  # type: ignore[index]
-    dwarf = offsets.resolve(str(builds["static"]), minor, b.has_dwarf)
-    assert dwarf.source == "dwarf"
-    table = offsets.resolve(str(builds["stripped"]), minor, False)
+    assert minor in offsets.VERIFIED
+    dwarf = offsets.resolve(str(builds[plain]), minor, b.has_dwarf)
+    assert dwarf.source == "dwarf" and set(dwarf.values) == set(offsets.FIELDS)
+    table = offsets.resolve(str(builds[stripped]), minor, False)
     assert table.source == f"table go1.{minor}"
     assert dwarf.values == table.values
-    assert offsets.from_table(99).source.startswith("table go1.26 (nearest")
+    assert all(dwarf.values[k] for k in offsets.OPTIONAL)  # the liveness check is on
+
+
+def test_field_offsets_of_unverified_versions() -> None:
+    """Versions no binary here checked keep the liveness check off (0) rather than guess."""
+    assert offsets.from_table(99).source.startswith("table go1.27 (nearest")
+    for minor in (99, 21, 16):
+        values = offsets.from_table(minor).values
+        assert all(values[k] == 0 for k in offsets.OPTIONAL), minor
+        assert values["resp_req"] == 8

@@ -48,6 +48,11 @@ struct go_proc {
 	__u32 url_query;
 	__u32 cmd_path;
 	__u32 cmd_args;
+	/* the liveness check of a goroutine's request (go_req_live); 0: unknown, not checked */
+	__u32 resp_req;  /* net/http.response.req */
+	__u32 resp_done; /* net/http.response.handlerDone (a 4-byte bool) */
+	__u32 g_goid;    /* runtime.g.goid */
+	__u32 _pad;
 };
 
 struct go_gkey {
@@ -56,12 +61,16 @@ struct go_gkey {
 	__u64 g;
 };
 
-/* The request a goroutine is serving. Its record is written only when a sink fires in it
- * (`sent`), read then from the *http.Request, which lives until the handler returns: a
- * request that reaches no sink costs two map operations and no record. */
+/* The request a goroutine is serving, stored by serverHandler.ServeHTTP (one uprobe hit per
+ * request, nothing at its end: the next request on the goroutine overwrites it). Its record is
+ * written only when a sink fires in it (`sent`), read then from the *http.Request; before that
+ * the sink checks that the request is still being served (go_req_live): a request that
+ * reaches no sink costs a map lookup (an insert for a new goroutine) and no record. */
 struct go_req {
-	__u64 id;
-	__u64 req; /* *net/http.Request */
+	__u64 id;   /* set by the first sink (with `sent`); 0 before */
+	__u64 req;  /* *net/http.Request */
+	__u64 resp; /* *net/http.response (the ResponseWriter's data word) */
+	__u64 goid; /* the goroutine's id (g structs are reused, ids are not); 0: unknown */
 	__u32 sent;
 	__u32 _pad;
 };
@@ -84,8 +93,8 @@ struct go_procs_map {
 	__type(key, __u32);
 	__type(value, struct go_proc);
 };
-/* goroutine -> request id, set at serverHandler.ServeHTTP, removed at finishRequest. LRU: a
- * request whose end we miss (a panic in the handler) ages out instead of filling the map. */
+/* goroutine -> request, set (overwritten) at serverHandler.ServeHTTP, never deleted by a
+ * uprobe: LRU, so entries of goroutines that are gone age out instead of filling the map. */
 struct go_requests_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -139,16 +148,24 @@ static __always_inline void go_str_at(struct go_event *e, __u32 i, __u64 addr)
 	go_str(e, i, hdr[0], hdr[1]);
 }
 
-/* Wake the agent's reader only when GO_WAKEUP_BYTES wait: a wakeup per record (the default,
- * adaptive mode wakes whenever the reader has caught up) costs the hooked thread an irq_work
- * and the reader a context switch each time; measured by bench/go_overhead.py it tripled the
- * per-hit cost. The reader polls every 50 ms anyway (rasp/golang/uprobes.py POLL_MS). */
+/* Wake the agent's reader only when the data waiting crosses GO_WAKEUP_BYTES: a wakeup per
+ * record (the default, adaptive mode wakes whenever the reader has caught up) costs the
+ * hooked thread an irq_work and the reader a context switch each time; measured by
+ * bench/go_overhead.py it tripled the per-hit cost. Only a record that crosses the
+ * threshold wakes: while the reader is behind (a storm) the records after it do not, since
+ * the ring's poll is level-triggered (readable while data waits) and a woken reader drains
+ * everything before it polls again. The reader also polls every 50 ms
+ * (rasp/golang/uprobes.py POLL_MS), which bounds the delay of a lone record. */
 #define GO_WAKEUP_BYTES (64 << 10)
+#define GO_RECORD_MAX (sizeof(struct go_event) + 8) /* with the ring's record header */
 
 static __always_inline void go_submit(struct go_event *e)
 {
+	/* what waits, this record included (it counts from its reservation): the records that
+	 * land in [threshold, threshold + the largest record) are the ones that cross it */
 	__u64 waiting = bpf_ringbuf_query(&go_events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, waiting >= GO_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	int crossing = waiting >= GO_WAKEUP_BYTES && waiting < GO_WAKEUP_BYTES + GO_RECORD_MAX;
+	bpf_ringbuf_submit(e, crossing ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* A record with room for `slots` strings only (a constant at every call site): the strings
@@ -200,20 +217,47 @@ static __always_inline void go_emit_request(struct pt_regs *ctx, struct go_proc 
 	go_submit(e);
 }
 
+/* Whether the request stored for this goroutine is still being served. The entry is never
+ * removed when a request ends, so a sink that runs on the goroutine afterwards (a
+ * Server.ConnState hook between keep-alive requests) or on another goroutine that got the
+ * same, recycled g struct must not take it: the goroutine id must be the one ServeHTTP saw,
+ * and the response must still belong to that request with its handler not returned
+ * (finishRequest sets handlerDone). Read here, at a sink hit (rare), not per request. */
+static __always_inline int go_req_live(struct go_proc *p, struct go_req *r, __u64 g)
+{
+	if (p->g_goid) {
+		__u64 goid = 0;
+		if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + p->g_goid)) ||
+		    goid != r->goid)
+			return 0;
+	}
+	if (p->resp_done && r->resp) {
+		__u64 req = 0;
+		__u32 done = 1;
+		if (bpf_probe_read_user(&req, sizeof(req), (void *)(r->resp + p->resp_req)) ||
+		    req != r->req)
+			return 0;
+		if (bpf_probe_read_user(&done, sizeof(done), (void *)(r->resp + p->resp_done)) || done)
+			return 0;
+	}
+	return 1;
+}
+
 /* Reserve a sink record for the current goroutine, header filled; the request it serves (if
- * any) is written first, once. */
+ * any, and still live) is written first, once. */
 static __always_inline struct go_event *go_reserve(struct pt_regs *ctx, struct go_proc *p,
 						   __u32 tgid, __u32 slots)
 {
 	struct go_gkey key = {.tgid = tgid, .g = ctx->r14};
 	struct go_req *r = bpf_map_lookup_elem(&go_requests, &key);
 	__u64 id = 0;
-	if (r) {
-		id = r->id;
+	if (r && go_req_live(p, r, ctx->r14)) {
 		if (!r->sent) {
 			r->sent = 1;
+			r->id = bpf_ktime_get_ns(); /* the request's id, from its first sink on */
 			go_emit_request(ctx, p, tgid, r);
 		}
+		id = r->id;
 	}
 	struct go_event *e = go_alloc(ctx, tgid, slots);
 	if (e)

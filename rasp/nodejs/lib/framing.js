@@ -26,6 +26,59 @@ function encode(message) {
   return out;
 }
 
+// Trace events (message_type 2) are most of what a probe sends; their text is put together
+// here rather than by one JSON.stringify of the whole message (~2.4 us an event on our VM):
+// the envelope's constant part is made once per probe, and the `request` object, shared by
+// every event of one request, once per request (WeakMap: the object is never mutated after
+// it is built, lib/context.js); a held stack (lib/stack.js) gives its frames' JSON from its
+// per-frame cache. The result is the same JSON (tests compare).
+const requestTexts = new WeakMap();
+let envCache = { pid: null, runtime: null, rv: null, pv: null, text: '' };
+
+function requestText(r) {
+  let t = requestTexts.get(r);
+  if (t === undefined) {
+    t = JSON.stringify(r);
+    requestTexts.set(r, t);
+  }
+  return t;
+}
+
+function envelopeText(m) {
+  const c = envCache;
+  if (c.pid !== m.pid || c.runtime !== m.runtime || c.rv !== m.runtime_version || c.pv !== m.probe_version) {
+    envCache = { pid: m.pid, runtime: m.runtime, rv: m.runtime_version, pv: m.probe_version,
+      text: `{"message_type":2,"pid":${JSON.stringify(m.pid)},"runtime":${JSON.stringify(m.runtime)
+      },"runtime_version":${JSON.stringify(m.runtime_version)},"probe_version":${
+        JSON.stringify(m.probe_version)},"time":` };
+  }
+  return envCache.text;
+}
+
+/** One message's JSON text. */
+function messageText(m) {
+  const d = m.data;
+  // the fast path takes exactly the envelope client.js builds; anything else: JSON.stringify
+  if (m.message_type !== 2 || d === null || typeof d !== 'object' || Array.isArray(d) ||
+      !Number.isInteger(m.time) || !Number.isInteger(m.pid) || typeof m.runtime !== 'string' ||
+      typeof m.runtime_version !== 'string' || typeof m.probe_version !== 'string' ||
+      Object.keys(m).length !== 7) return JSON.stringify(m);
+  let s = `${envelopeText(m)}${m.time},"data":{`;
+  let first = true;
+  for (const k of Object.keys(d)) {
+    const v = d[k];
+    if (v === undefined) continue;
+    let t;
+    if (k === 'request' && v !== null && typeof v === 'object') t = requestText(v);
+    else if (k === 'stack' && v !== null && typeof v.jsonText === 'function') t = v.jsonText(); // lib/stack.js
+    else t = JSON.stringify(v);
+    if (t === undefined) continue; // a function or symbol: JSON.stringify leaves it out too
+    s += first ? `${JSON.stringify(k)}:${t}` : `,${JSON.stringify(k)}:${t}`;
+    first = false;
+  }
+  return `${s}}}`;
+}
+
 /** Frames for many messages in one buffer: one allocation and no intermediate copies (the
  * JSON text is written in place), where encode() per message allocates and copies twice. */
 function encodeMany(messages) {
@@ -34,7 +87,7 @@ function encodeMany(messages) {
   const sizes = new Array(n);
   let total = 0;
   for (let i = 0; i < n; i++) {
-    const t = JSON.stringify(messages[i]);
+    const t = messageText(messages[i]);
     texts[i] = t;
     sizes[i] = Buffer.byteLength(t, 'utf8');
     total += 4 + sizes[i];
@@ -252,5 +305,5 @@ const decodeToAgent = (payload) => decodeWith(TO_AGENT, payload);
 
 module.exports = {
   MAX_FRAME, PROTOCOL_VERSION, RUNTIMES, KINDS, ProtocolError, FrameReader, encode,
-  encodeMany, decodeFromAgent, decodeToAgent,
+  encodeMany, messageText, decodeFromAgent, decodeToAgent,
 };

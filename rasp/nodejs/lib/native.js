@@ -1,7 +1,8 @@
 'use strict';
 // The JS layer's end of the native layer (../native_agent.js, injected with Frida): it reads
-// the native hooks' records from a socketpair (the "channel") in this process, matches each against the calls the
-// JS hooks saw, and reports the unmatched ones as `bypass` events (docs/nodejs-probe.md).
+// the native hooks' binary records from a socketpair (the "channel") in this process, in
+// batches (whatever one read returns), matches each against the calls the JS hooks saw, and
+// reports the unmatched ones as `bypass` events (docs/nodejs-probe.md).
 //
 // Why matching here is sound: a JS-originated sink call passes through our JS wrapper
 // *before* libuv is asked (the wrapper runs first, on the same thread), and the native
@@ -18,9 +19,25 @@ const fs = require('fs');
 
 const WINDOW_MS = 10000;
 const SEEN_MAX = 4096; // keys kept (oldest go first)
-const LINE_MAX = 256 * 1024;
+// the record layout native_agent.js writes: u32 length | u8 hook | u8 argc | u16 | i32 number
+// | u64 ms | argc x (u16 length, bytes)
+const REC_HEAD = 20;
+const REC_MAX = 4096;
+const HOOK_IDS = [['uv_spawn', 'process'], ['uv_fs_open', 'file'], ['uv_tcp_connect', 'network'],
+  ['uv_getaddrinfo', 'dns']];
 const PROBE_DIR = require('path').dirname(__dirname) + '/';
 const LOOKUPS = new Set(['dns.lookup', 'dns.promises.lookup']);
+// native_agent.js ARG_CAP: the native hooks copy at most this many bytes of an argument, so a
+// longer path (PATH_MAX is 4096) must be noted by its first ARG_CAP bytes too, or its record
+// would not match its note and would come back as a false bypass
+const ARG_CAP = 1024;
+
+/** s cut to its first ARG_CAP UTF-8 bytes, decoded as the native record's bytes are. */
+function capped(s) {
+  if (s.length * 3 <= ARG_CAP) return s; // cannot exceed the cap: the common case, no copy
+  const b = Buffer.from(s, 'utf8');
+  return b.length <= ARG_CAP ? s : b.subarray(0, ARG_CAP).toString('utf8');
+}
 
 function pathKey(v) {
   if (typeof v === 'string') return v;
@@ -38,13 +55,13 @@ function keyOf(hook, args) {
   switch (hook.kind) {
     case 'file': {
       const p = pathKey(a0);
-      return p === null ? null : `file:${p}`;
+      return p === null ? null : `file:${capped(p)}`;
     }
     case 'process':
-      return a0 && typeof a0 === 'object' && typeof a0.file === 'string' ? `process:${a0.file}` : null;
+      return a0 && typeof a0 === 'object' && typeof a0.file === 'string' ? `process:${capped(a0.file)}` : null;
     case 'dns':
       // net resolves host names through dns.lookup (the module's property): noted there
-      return LOOKUPS.has(hook.name) && typeof a0 === 'string' ? `dns:${a0}` : null;
+      return LOOKUPS.has(hook.name) && typeof a0 === 'string' ? `dns:${capped(a0)}` : null;
     case 'network': {
       // net.Socket.connect(options | [options, cb] | port, host): the port (the native side
       // sees the resolved address, not the host name); IPC paths are not TCP
@@ -78,6 +95,44 @@ function recordKey(r) {
   }
 }
 
+/** A raw sockaddr_in / sockaddr_in6 -> [ip, port] */
+function sockaddr(b) {
+  if (b.length < 4) return ['', '0'];
+  const family = b.readUInt16LE(0);
+  const port = String(b.readUInt16BE(2));
+  if (family === 2 && b.length >= 8) return [`${b[4]}.${b[5]}.${b[6]}.${b[7]}`, port];
+  if (family === 10 && b.length >= 24) {
+    const groups = [];
+    for (let i = 8; i < 24; i += 2) groups.push(b.readUInt16BE(i).toString(16));
+    return [groups.join(':'), port];
+  }
+  return [`family ${family}`, port];
+}
+
+/** One binary record (buf[off..off+len)) -> {h, k, a, t}; null when it is malformed.
+ * On the app's thread for every native call: no BigInt, no copies but the strings. */
+function decodeRecord(buf, off, len) {
+  const id = buf[off + 4];
+  const argc = buf[off + 5];
+  const num = buf.readInt32LE(off + 8);
+  const t = buf.readUInt32LE(off + 12) + buf.readUInt32LE(off + 16) * 4294967296;
+  const end = off + len;
+  const a = [];
+  let p = off + REC_HEAD;
+  for (let i = 0; i < argc; i++) {
+    if (p + 2 > end) return null;
+    const n = buf.readUInt16LE(p);
+    if (p + 2 + n > end) return null;
+    a.push(id === 2 ? sockaddr(buf.subarray(p + 2, p + 2 + n)) : buf.toString('utf8', p + 2, p + 2 + n));
+    p += 2 + n;
+  }
+  const hk = HOOK_IDS[id];
+  if (hk === undefined) return { h: `hook ${id}`, k: 'unknown', a: a.map(String), t };
+  if (id === 2) return { h: hk[0], k: hk[1], a: a.length ? a[0] : ['', '0'], t };
+  if (id === 1) return { h: hk[0], k: hk[1], a: [a.length ? a[0] : '', String(num)], t };
+  return { h: hk[0], k: hk[1], a, t };
+}
+
 class Native {
   constructor(probe) {
     this.probe = probe;
@@ -86,7 +141,7 @@ class Native {
     this.fd = -1;
     this.hooks = [];
     this.since = Date.now(); // records older than the JS layer are its own loading
-    this.buf = '';
+    this.buf = null; // bytes of a record split across reads
     this.matched = 0;
     this.bypassed = 0;
   }
@@ -105,7 +160,6 @@ class Native {
     this.close();
     const sock = new net.Socket({ fd: opts.fd, readable: true, writable: true });
     sock.unref();
-    sock.setEncoding('utf8');
     sock.on('data', (chunk) => this.probe.guard(() => this.feed(chunk)));
     sock.on('error', () => {});
     sock.on('close', () => { if (this.sock === sock) { this.sock = null; this.fd = -1; } });
@@ -143,19 +197,26 @@ class Native {
     return true;
   }
 
+  /** Bytes off the channel: every whole record in them, in order; a partial one waits. */
   feed(chunk) {
-    const buf = this.buf + chunk;
-    let start = 0;
-    let nl;
-    // one pass with an index (slicing the rest off after every line copied it: quadratic)
-    while ((nl = buf.indexOf('\n', start)) >= 0) {
+    const buf = this.buf === null ? chunk : Buffer.concat([this.buf, chunk]);
+    let off = 0;
+    while (off + 4 <= buf.length) {
+      const len = buf.readUInt32LE(off);
+      if (len < REC_HEAD || len > REC_MAX) {
+        // not a record boundary: the stream cannot be resynchronised, drop what we hold
+        this.probe.drop('error');
+        this.buf = null;
+        return;
+      }
+      if (off + len > buf.length) break;
       let r;
-      try { r = JSON.parse(buf.slice(start, nl)); } catch (e) { r = null; this.probe.drop('error'); }
-      start = nl + 1;
-      if (r !== null) this.onRecord(r);
+      try { r = decodeRecord(buf, off, len); } catch (e) { r = null; }
+      if (r === null) this.probe.drop('error');
+      else this.onRecord(r);
+      off += len;
     }
-    this.buf = start === 0 ? buf : buf.slice(start);
-    if (this.buf.length > LINE_MAX) this.buf = '';
+    this.buf = off === buf.length ? null : Buffer.from(buf.subarray(off));
   }
 
   onRecord(r) {
@@ -180,4 +241,4 @@ class Native {
   }
 }
 
-module.exports = { Native, keyOf, recordKey, WINDOW_MS };
+module.exports = { Native, keyOf, recordKey, decodeRecord, sockaddr, WINDOW_MS };

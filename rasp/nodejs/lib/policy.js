@@ -42,7 +42,8 @@ function firstMatch(rules, ev, runtime = 'nodejs') {
       if (joined === null) joined = ev.args.join(' ');
       if (!r.args.test(joined)) continue;
     }
-    if (r.stack && !ev.stack.some((f) => r.stack.test(f))) continue;
+    // ev.stack: frame texts, or a held stack (lib/stack.js) formatted only when a rule needs it
+    if (r.stack && !(Array.isArray(ev.stack) ? ev.stack : ev.stack.get()).some((f) => r.stack.test(f))) continue;
     return r;
   }
   return null;

@@ -91,3 +91,24 @@ test('encodeMany gives the same bytes as encode frame by frame', () => {
   assert.deepStrictEqual(encodeMany(msgs), Buffer.concat(msgs.map(encode)));
   assert.strictEqual(encodeMany([]).length, 0);
 });
+
+test('messageText puts trace events together as JSON.stringify would', () => {
+  const { messageText } = require('../lib/framing');
+  const { holdStack } = require('../lib/stack');
+  const request = { method: 'GET', url: 'http://h/x?a="1"', remote_addr: '', params: { a: ['"1"'] }, headers: {} };
+  const env = { message_type: 2, pid: 7, runtime: 'nodejs', runtime_version: '20.0.0', probe_version: '0.1.0' };
+  function site() { return holdStack(site, 8); }
+  const msgs = [
+    { ...env, time: 1, data: { hook: 'fs.open', kind: 'file', args: ['/tmp/café ☃ 😀\n"'], stack: [], request } },
+    { ...env, time: 2, data: { hook: 'fs.open', kind: 'file', args: [], stack: site(), blocked: true, policy_id: 'p' } },
+    { ...env, time: 3, data: { hook: 'x', kind: 'file', args: [], stack: [], request: undefined, bypass: true } },
+    { ...env, time: 4, data: { hook: 'x', kind: 'file', args: [], stack: site(), request } }, // request text cached
+    { ...env, message_type: 1, time: 5, data: { sent: 1 } },
+    { ...env, time: 6, extra: 1, data: { hook: 'x', kind: 'file' } }, // not client.js's envelope
+  ];
+  for (const m of msgs) {
+    const fast = messageText(m);
+    assert.deepStrictEqual(JSON.parse(fast), JSON.parse(JSON.stringify(m)), fast);
+  }
+  assert.match(JSON.parse(messageText(msgs[1])).data.stack[0], /framing\.test\.js:/);
+});

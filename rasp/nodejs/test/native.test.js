@@ -3,7 +3,7 @@
 // which native records consume one, and what becomes a bypass event.
 const test = require('node:test');
 const assert = require('node:assert');
-const { Native, keyOf, recordKey, WINDOW_MS } = require('../lib/native');
+const { Native, keyOf, recordKey, decodeRecord, sockaddr, WINDOW_MS } = require('../lib/native');
 
 const hook = (name, kind) => ({ name, kind });
 
@@ -77,13 +77,69 @@ test('records from before the JS layer started are its own loading, not events',
   assert.deepStrictEqual(reported, []);
 });
 
-test('records arrive as lines, split anywhere', () => {
+/** A record as native_agent.js's C hooks write it (the layout in lib/native.js). */
+function binRecord(id, args, num = 0, t = Date.now()) {
+  const parts = args.map((a) => {
+    const b = Buffer.isBuffer(a) ? a : Buffer.from(a);
+    const len = Buffer.alloc(2);
+    len.writeUInt16LE(b.length);
+    return Buffer.concat([len, b]);
+  });
+  const head = Buffer.alloc(20);
+  const body = Buffer.concat(parts);
+  head.writeUInt32LE(20 + body.length, 0);
+  head[4] = id;
+  head[5] = args.length;
+  head.writeInt32LE(num, 8);
+  head.writeBigUInt64LE(BigInt(t), 12);
+  return Buffer.concat([head, body]);
+}
+
+test('binary records decode to what the matcher reads', () => {
+  const t = Date.now();
+  const spawn = binRecord(0, ['/bin/sh', '-c', 'id'], 0, t);
+  assert.deepStrictEqual(decodeRecord(spawn, 0, spawn.length),
+    { h: 'uv_spawn', k: 'process', a: ['/bin/sh', '-c', 'id'], t });
+  const open = binRecord(1, ['/etc/passwd'], 0o102, t);
+  assert.deepStrictEqual(decodeRecord(open, 0, open.length),
+    { h: 'uv_fs_open', k: 'file', a: ['/etc/passwd', '66'], t });
+  const sin = Buffer.from([2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+  const conn = binRecord(2, [sin], 0, t);
+  assert.deepStrictEqual(decodeRecord(conn, 0, conn.length).a, ['127.0.0.1', '8080']);
+  const sin6 = Buffer.alloc(28);
+  sin6.writeUInt16LE(10, 0);
+  sin6.writeUInt16BE(443, 2);
+  sin6[23] = 1; // ::1
+  assert.deepStrictEqual(sockaddr(sin6), ['0:0:0:0:0:0:0:1', '443']);
+  const dns = binRecord(3, ['example.test'], 0, t);
+  assert.deepStrictEqual(decodeRecord(dns, 0, dns.length).a, ['example.test']);
+  // an argument running past its record: malformed, not read beyond
+  const bad = binRecord(3, ['example.test']);
+  bad.writeUInt16LE(500, 20);
+  assert.strictEqual(decodeRecord(bad, 0, bad.length), null);
+});
+
+test('records arrive in batches, split anywhere', () => {
   const { n, reported } = matcher();
-  const line = JSON.stringify(rec('uv_spawn', 'process', ['/bin/sh', '-c', 'x'])) + '\n';
-  n.feed(line.slice(0, 10));
+  const one = binRecord(0, ['/bin/sh', '-c', 'x']);
+  n.feed(one.subarray(0, 3));
+  n.feed(one.subarray(3, 10));
   assert.strictEqual(reported.length, 0);
-  n.feed(line.slice(10) + line);
+  n.feed(Buffer.concat([one.subarray(10), one, one.subarray(0, 25)]));
   assert.strictEqual(reported.length, 2);
+  assert.deepStrictEqual(reported[0].args, ['/bin/sh', '-c', 'x']);
+  n.feed(one.subarray(25));
+  assert.strictEqual(reported.length, 3);
+});
+
+test('a stream that is not records is dropped and counted, never thrown into the app', () => {
+  const drops = [];
+  const probe = { reportBypass: () => assert.fail('no event'), drop: (r) => drops.push(r), guard: (fn) => fn() };
+  const n = new Native(probe);
+  n.since = 0;
+  n.feed(Buffer.from('{"h":"uv_spawn"}\n'));
+  assert.deepStrictEqual(drops, ['error']);
+  assert.strictEqual(n.buf, null);
 });
 
 test('adopt refuses an fd that is not the channel it was told about', () => {

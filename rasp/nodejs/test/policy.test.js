@@ -48,3 +48,15 @@ test('quota: per hook, "*" default, new window resets', () => {
   q.setTable([]);
   assert.strictEqual(q.fallback, DEFAULT_QUOTA);
 });
+
+test('a held stack (lib/stack.js) is formatted for a stack rule, and only then', () => {
+  const { holdStack } = require('../lib/stack');
+  function handler() { return holdStack(handler, 8); }
+  const { rules } = compileTable([{ policy_id: 'p', match: { stack: 'policy\\.test\\.js' } }]);
+  const held = handler();
+  assert.strictEqual(firstMatch(compileTable([{ policy_id: 'q', kind: 'process' }]).rules, ev({ stack: held })).policyId, 'q');
+  assert.strictEqual(held.frames, null); // no stack rule: never formatted
+  assert.ok(firstMatch(rules, ev({ stack: held })));
+  assert.ok(Array.isArray(held.frames));
+  assert.strictEqual(firstMatch(compileTable([{ policy_id: 'p', match: { stack: 'nowhere' } }]).rules, ev({ stack: held })), null);
+});

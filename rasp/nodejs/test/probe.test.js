@@ -137,3 +137,28 @@ test('stop uninstalls every hook', () => {
   assert.ok(!(Symbol.for('rampart.nodejs.original') in fs.readFileSync));
   assert.strictEqual(globalThis[KEY], undefined);
 });
+
+test('a held stack is formatted when encoded, as captureStack would, app settings untouched', () => {
+  const { holdStack, captureStack } = require('../lib/stack');
+  const mine = () => 'app';
+  function inner(hold) { return hold ? holdStack(inner, 4) : captureStack(inner, 4); }
+  function outer(hold) { return inner(hold); }
+  const held = [outer(true), outer(true)];
+  const now = outer(false);
+  Error.prepareStackTrace = mine;
+  try {
+    // the same call site twice: the second one's frames come from the cache
+    for (const h of held) {
+      const frames = JSON.parse(JSON.stringify({ s: h })).s;
+      assert.ok(frames[0].startsWith('outer ('), frames[0]);
+      assert.strictEqual(frames.length, 4);
+      assert.strictEqual(frames[0], now[0]);
+      assert.deepStrictEqual(frames.slice(2), now.slice(2));
+      assert.strictEqual(h.jsonText(), JSON.stringify(frames));
+    }
+    assert.strictEqual(Error.prepareStackTrace, mine);
+  } finally {
+    delete Error.prepareStackTrace;
+  }
+  assert.strictEqual(Error.stackTraceLimit, 10);
+});

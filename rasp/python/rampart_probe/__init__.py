@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 
+from . import accel
 from .core import DEFAULT_SOCKET, PROBE_VERSION, Probe, RampartBlocked
 
 __all__ = ["PROBE_VERSION", "RampartBlocked", "attach", "probe", "start", "stop"]
@@ -50,6 +51,8 @@ def start(socket_path=None, mode: str = "sdk", audit=None):
         if audit is None:
             audit = _flag("RAMPART_PYTHON_AUDIT", True)
         p = Probe(path, mode)
+        if audit:
+            accel.install(p)  # the hot path in C when this interpreter has it; never raises
         for modname in MODULES:
             if modname.endswith(".audit") and not audit:
                 continue

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from . import context, wire
+from . import accel, context, wire
 from .detect import DetectTable
 from .rules import Quotas, RuleTable
 
@@ -200,6 +200,9 @@ class Probe:
     def emit(self, hook: str, kind: str, args: list) -> None:
         """Report one sink call; raises RampartBlocked if a block rule refuses it.
 
+        The pure-Python path. With the C accelerator (accel.py) the probe's `emit` is the C
+        one, which calls this (`_emit_py`) whenever a rule needs Python to decide.
+
         Order (docs/probe-contract.md): block rules (synchronous, before the sink runs) ->
         detection rules in block mode (inside a request) -> quota -> drop now if the agent is
         away or the queue is full -> filter rules -> stack -> enqueue. Quotas limit what is
@@ -277,6 +280,8 @@ class Probe:
                 self.queue.append((time.time(), hook, kind, args, policy_id, req, stack))
         if policy_id is not None:
             raise RampartBlocked(hook, policy_id)
+
+    _emit_py = emit
 
     # ---------------------------------------------------------------- frames
 
@@ -410,6 +415,8 @@ class Probe:
 
     def _run(self, delay: float = 0.0) -> None:
         _tls.busy = True  # the probe's own socket calls are not events
+        if accel.mod is not None:
+            accel.mod.set_busy()  # the same for the C audit hook
         if delay:
             time.sleep(delay)
         try:
@@ -473,16 +480,30 @@ class Probe:
         """Send what is queued (in batches), then read what the agent sent."""
         q = self.queue
         sock = self.sock
-        sent_any = False
+        # the C encoder when the accelerator runs (the same bytes; None: Python encodes it)
+        enc = accel.mod.encode_event if accel.mod is not None and accel.mod.active() else None
         while q:
             parts = []
             prefix = self.trace_prefix()
             while q and len(parts) < BATCH_MAX:
-                parts.append(wire.encode_trace(prefix, *_event(q.popleft())))
+                entry = q.popleft()
+                frame = None
+                if enc is not None:
+                    try:
+                        frame = enc(prefix, entry)
+                    except Exception as e:  # never lose the event: Python encodes it
+                        enc = None
+                        log.warning("rampart: C trace encoder failed, Python encodes: %r", e)
+                if frame is None:
+                    frame = wire.encode_trace(prefix, *_event(entry))
+                parts.append(frame)
             sock.sendall(b"".join(parts))
             self.sent += len(parts)
-            sent_any = True
-        r, _, _ = select.select([sock], [], [], 0 if sent_any or self.stopping else 0.05)
+
+        # After a batch too, wait for the agent (or 50 ms) rather than loop at once: a shipper
+        # that comes back for every event or two takes the GIL from the app's thread each
+        # time, and those hand-offs cost the app more than the encoding itself.
+        r, _, _ = select.select([sock], [], [], 0 if self.stopping else 0.05)
         if r:
             data = sock.recv(65536)
             if not data:

@@ -50,6 +50,21 @@ const SINKS = {
     return 'done';
   },
   rawspawn: (q) => rawSpawn(q.cmd),
+  // two threads making hooked calls at once: a worker_threads worker (whose JS no probe hooks)
+  // reads one file while the main thread reads another
+  workerreads: (q) => new Promise((resolve, reject) => {
+    const { Worker } = require('worker_threads');
+    const n = Number(q.n);
+    const w = new Worker(`const fs = require('fs');
+      const { workerData: d } = require('worker_threads');
+      for (let i = 0; i < d.n; i++) fs.readFileSync(d.path);`,
+    { eval: true, workerData: { path: q.wpath, n } });
+    w.on('error', reject);
+    w.on('online', () => {
+      for (let i = 0; i < n; i++) fs.readFileSync(q.path);
+    });
+    w.on('exit', () => resolve('done'));
+  }),
   readpromise: (q) => fs.promises.readFile(q.path, 'utf8'),
   write: async (q) => {
     fs.writeFileSync(q.path, q.data || '');

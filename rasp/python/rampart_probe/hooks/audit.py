@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from .. import core
+from .. import accel, core
 
 NAME = "audit"
 _probe = None
@@ -188,16 +188,25 @@ def _hook(event, args):
 
 
 def install(probe) -> list:
-    global _probe, _installed
+    global _probe
     _probe = probe
     _table.clear()
     _table.update(EVENTS)
+    if not accel.active():  # else the C hook (accel.install) handles these events
+        fallback()
+    return list(EVENTS)
+
+
+def fallback() -> None:
+    """The pure-Python hook: without the accelerator, or after it turned itself off."""
+    global _installed
     if not _installed:
         sys.addaudithook(_hook)
         _installed = True
-    return list(EVENTS)
 
 
 def uninstall() -> None:
     """Audit hooks are permanent: mute this one (one dict miss per audit event remains)."""
     _table.clear()
+    if accel.mod is not None:
+        accel.mod.mute()

@@ -12,7 +12,7 @@ attach report through their trace callback (`sqlite3.Connection.trace`, observe 
 
 from __future__ import annotations
 
-from .. import patching
+from .. import accel, patching
 
 NAME = "dbapi"
 TRACE_HOOK = "sqlite3.Connection.trace"
@@ -58,6 +58,14 @@ def _cursor_class(base):
             _emit("sqlite3.Cursor.executescript", sql_script)
             return base.executescript(self, sql_script)
 
+    if accel.active():
+        # the same methods in C (rampart_accel.c, SqlMethod): no Python frame per statement
+        m = accel.mod
+        RampartCursor.execute = m.sql_method(base.execute, "sqlite3.Cursor.execute", 0)
+        RampartCursor.executemany = m.sql_method(base.executemany, "sqlite3.Cursor.executemany", 1)
+        RampartCursor.executescript = m.sql_method(
+            base.executescript, "sqlite3.Cursor.executescript", 2
+        )
     RampartCursor.__name__ = base.__name__
     RampartCursor.__qualname__ = base.__qualname__
     _subclasses[base] = RampartCursor
@@ -68,6 +76,8 @@ def _connection_class(base, sqlite3):
     cls = _subclasses.get(base)
     if cls is not None:
         return cls
+
+    plain = None  # the wrapped sqlite3.Cursor, made on first use
 
     class RampartConnection(base):
         def cursor(self, factory=None):
@@ -82,8 +92,12 @@ def _connection_class(base, sqlite3):
         # The C shortcuts make their cursor without calling self.cursor() (3.11 calls
         # pysqlite_connection_cursor_impl directly), so they are re-spelled here as the
         # documented equivalent: a new cursor, then its method.
+        # (base.cursor with the wrapped class is what self.cursor() does, one frame less)
         def execute(self, sql, parameters=(), /):
-            return self.cursor().execute(sql, parameters)
+            nonlocal plain
+            if plain is None:
+                plain = _cursor_class(sqlite3.Cursor)
+            return base.cursor(self, plain).execute(sql, parameters)
 
         def executemany(self, sql, seq_of_parameters, /):
             return self.cursor().executemany(sql, seq_of_parameters)

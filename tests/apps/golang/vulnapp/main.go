@@ -13,6 +13,12 @@
 //	/sqlexec?name=     db.Exec, and Conn/Tx variants with ?via=conn|tx
 //	/spin?n=           n x os.Remove of a missing file; replies the ns it took (the
 //	                   benchmark's per-hit cost: bench/go_overhead.py)
+//	/spawn?path=       os.Remove(path) on a goroutine the handler starts (no request context)
+//
+// -idle-remove PATH: a Server.ConnState hook calls os.Remove(PATH) each time a connection goes
+// idle, i.e. on the connection's goroutine after each of its requests (the Go probe must not
+// give that call the request that just ended).
+// Builds with Go 1.19 (Debian's) as well as the machine's Go: no newer language features.
 //
 // Prints "listening <port>" once it serves (port 0 picks a free one: -addr 127.0.0.1:0).
 package main
@@ -46,6 +52,7 @@ func reply(w http.ResponseWriter, err error, text string) {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	idleRemove := flag.String("idle-remove", "", "os.Remove this path whenever a connection goes idle")
 	flag.Parse()
 	var err error
 	if db, err = sql.Open("fakedb", ""); err != nil {
@@ -131,6 +138,24 @@ func main() {
 		}
 		fmt.Fprint(w, time.Since(start).Nanoseconds())
 	})
+	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
+		path := r.URL.Query().Get("path")
+		done := make(chan struct{})
+		go func() {
+			os.Remove(path)
+			close(done)
+		}()
+		<-done
+		io.WriteString(w, "spawned")
+	})
+	srv := &http.Server{Handler: mux}
+	if *idleRemove != "" {
+		srv.ConnState = func(c net.Conn, s http.ConnState) {
+			if s == http.StateIdle {
+				os.Remove(*idleRemove)
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -138,5 +163,5 @@ func main() {
 	}
 	fmt.Printf("listening %d\n", ln.Addr().(*net.TCPAddr).Port)
 	os.Stdout.Sync()
-	http.Serve(ln, mux)
+	srv.Serve(ln)
 }
