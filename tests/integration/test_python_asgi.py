@@ -181,3 +181,33 @@ def test_gunicorn_asgi_workers(spawn, agent: AgentProc, tmp_path, worker_class, 
     assert req["method"] == "POST" and req["url"] == f"http://127.0.0.1:{port}/cmd?q=1"
     assert req["params"] == {"q": ["1"], "c": ["echo gasgi"]}
     assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"
+
+
+def test_django_asgi_block_mode_on_a_form_body(spawn, agent_factory, tmp_path) -> None:
+    """`sqli.input` in block mode, decided in the probe from the form the tap copied: the
+    injected POST gets Django's error path (403) in the sync_to_async worker thread, the
+    statement never runs, benign requests keep working."""
+    pytest.importorskip("django", reason="django is a dev extra (pip install -e '.[dev]')")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {id: sqli.input, action: block}\n")
+    agent = agent_factory(args=["--rules", str(rules)])
+    agent.start()
+    env = dict(os.environ, DJANGO_DB=str(tmp_path / "db.sqlite3"))
+    p, port = start_uvicorn(spawn, "tests.apps.python.django_app:asgi_application", env)
+    rasp_attach(agent, p.pid)
+
+    attack = {"name": "x' OR '1'='1"}
+    wait_for(lambda: get(port, "/orm", form=attack)[0] == 403, 10, "block in force")
+    status, body = get(port, "/orm", form=attack)
+    assert status == 403 and "by policy sqli.input" in body, body
+    (ev,) = agent.wait_rows(1, "pid = ? AND blocked = 1", (p.pid,))[:1]
+    assert ev["policy_id"] == "sqli.input" and "FROM people WHERE" in ev["args"][0]
+    assert ev["request"]["method"] == "POST" and ev["request"]["params"] == {
+        "name": [attack["name"]]
+    }
+
+    # benign input, by form and by query, and a hundred requests after: all answered
+    assert get(port, "/orm", form={"name": "bob"}) == (200, "[]")
+    codes = [get(port, "/orm", name=f"user{i}")[0] for i in range(50)]
+    codes += [get(port, "/health")[0] for _ in range(50)]
+    assert codes == [200] * 100
