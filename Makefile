@@ -30,6 +30,7 @@ test-fast: $(STAMP) ## quick loop: unit tests and the fast integration tests
 bench: $(STAMP) ## run the benchmarks and print their ratios
 	$(PY) bench/agent_ingest.py
 	$(PY) bench/python_overhead.py
+	$(PY) bench/python_asgi_context.py
 	$(PY) bench/jvm_overhead.py
 	$(PY) bench/php_overhead.py
 	$(PY) bench/php_hook_cost.py

@@ -1,5 +1,6 @@
 """A bare ASGI app (no framework) for the CPython probe's tests: sinks.py's routes, run by
-uvicorn. Blocked calls answer 403, like the other apps.
+uvicorn; input from the query or a url-encoded POST body. Blocked calls answer 403, like
+the other apps.
 
 Run: uvicorn --port PORT tests.apps.python.asgi_app:app  (from the repo root)
 """
@@ -19,6 +20,13 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     query = parse_qs(scope["query_string"].decode(), keep_blank_values=True)
+    if scope["method"] == "POST":  # a form body, read by the app as ASGI apps do
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        query.update(parse_qs(body.decode(), keep_blank_values=True))
     status, text = 404, "no route"
     if scope["path"] == "/health":
         status, text = 200, "ok"

@@ -7,8 +7,11 @@
 - any WSGI app served by wsgiref: `wsgiref.handlers.BaseHandler.run`.
 - `http.server` handlers: `BaseHTTPRequestHandler.handle_one_request` (query only: the body
   belongs to the app's own reader).
-- ASGI apps under uvicorn: `RequestResponseCycle.run_asgi` of each HTTP implementation
-  (query only).
+- ASGI apps under uvicorn: `RequestResponseCycle.run_asgi` of each HTTP implementation;
+  gunicorn's ASGI worker (`ASGIProtocol`, per connection);
+  Django's `ASGIHandler.__call__` and Starlette's (so FastAPI's) `Starlette.__call__` under
+  any ASGI server. Only `http` scopes; websocket and lifespan scopes pass through.
+  Small url-encoded form bodies are copied from the app's own `receive` as it reads them.
 Small url-encoded form bodies of WSGI requests (<= 64 KiB) are read once and handed back to
 the app as a fresh `wsgi.input`, so `params` holds query + form. Events raised while a WSGI
 response iterable is consumed after the app returned carry no request.
@@ -16,6 +19,7 @@ response iterable is consumed after the app returned carry no request.
 
 from __future__ import annotations
 
+import functools
 import io
 
 from .. import context, patching
@@ -128,6 +132,71 @@ def _patch_http_server(server) -> None:
     patching.replace(server.BaseHTTPRequestHandler, "handle_one_request", handle_one_request)
 
 
+def _tap_receive(req: context.AsgiRequest, receive):
+    """The app's own `receive`, watched: the chunks of a small url-encoded form body are
+    copied as the app reads them and become the request's form once complete. Nothing is
+    read ahead of the app, so streaming bodies and apps that never read stay untouched."""
+    if req.method not in ("POST", "PUT", "PATCH"):
+        return receive
+    ctype = req.header(b"content-type") or ""
+    if not ctype.startswith("application/x-www-form-urlencoded"):
+        return receive
+    try:
+        if int(req.header(b"content-length") or 0) > FORM_MAX:
+            return receive
+    except ValueError:
+        return receive
+    chunks: list | None = []
+    size = 0
+
+    async def tapped():
+        nonlocal chunks, size
+        msg = await receive()
+        if chunks is not None:
+            try:
+                if msg.get("type") == "http.request":
+                    body = msg.get("body") or b""
+                    size += len(body)
+                    if size > FORM_MAX:  # chunked and larger than announced: give up
+                        chunks = None
+                    else:
+                        chunks.append(body)
+                        if not msg.get("more_body"):
+                            req.set_form(b"".join(chunks).decode("latin-1"))
+                            chunks = None
+                else:  # http.disconnect
+                    chunks = None
+            except Exception:
+                chunks = None
+        return msg
+
+    return tapped
+
+
+async def call_asgi(app, scope, receive, send):
+    """Run one ASGI call with the request context set. Only `http` scopes: websocket and
+    lifespan scopes pass through untouched. An outer entry point that already set this
+    scope's request (uvicorn) wins, so framework handlers under it add nothing."""
+    if _probe is None or not _probe.enabled or scope.get("type") != "http":
+        return await app(scope, receive, send)
+    cur = context.current.get()
+    if cur is not None and getattr(cur, "scope", None) is scope:
+        return await app(scope, receive, send)
+    try:
+        req = context.from_asgi_scope(scope)
+        receive = _tap_receive(req, receive)
+        token = context.current.set(req)
+    except Exception:
+        return await app(scope, receive, send)
+    try:
+        # the context is copied into tasks the app creates and into worker threads of
+        # asgiref's sync_to_async and Starlette's run_in_threadpool (anyio), so sync views
+        # run in a thread pool see this request too
+        return await app(scope, receive, send)
+    finally:
+        context.current.reset(token)
+
+
 #: uvicorn's HTTP protocol implementations; each runs one request per `run_asgi` task
 UVICORN_CYCLES = (
     "uvicorn.protocols.http.h11_impl",
@@ -142,19 +211,38 @@ def _patch_uvicorn_cycle(module) -> None:
     original = cls.run_asgi
 
     async def run_asgi(self, app):
-        # run_asgi is a task of its own: the ContextVar set here is that request's only
+        # run_asgi is a task of its own: the ContextVar set inside is that request's only
         if _probe is None or not _probe.enabled:
             return await original(self, app)
-        try:
-            token = context.current.set(context.from_asgi_scope(self.scope))
-        except Exception:
-            return await original(self, app)
-        try:
-            return await original(self, app)
-        finally:
-            context.current.reset(token)
+        return await original(self, functools.partial(call_asgi, app))
 
     patching.replace(cls, "run_asgi", run_asgi)
+
+
+def _patch_gunicorn_asgi(protocol) -> None:
+    """gunicorn's own ASGI worker (`-k asgi`; gunicorn 27 here): each connection's protocol
+    calls `self.app` per request; connections opened after the attach get the wrapped app."""
+    cls = protocol.ASGIProtocol
+    original = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        app = getattr(self, "app", None)
+        if app is not None and _probe is not None:
+            self.app = functools.partial(call_asgi, app)
+
+    patching.replace(cls, "__init__", __init__)
+
+
+def _patch_asgi_class(owner) -> None:
+    """A framework's ASGI `__call__`, type-level (apps built before the attach included):
+    the entry point under ASGI servers other than uvicorn (hypercorn, daphne, ...)."""
+    original = owner.__call__
+
+    async def __call__(self, scope, receive, send):
+        return await call_asgi(original.__get__(self), scope, receive, send)
+
+    patching.replace(owner, "__call__", __call__)
 
 
 def install(probe) -> list:
@@ -166,6 +254,10 @@ def install(probe) -> list:
     patching.when_imported("http.server", _patch_http_server)
     for name in UVICORN_CYCLES:
         patching.when_imported(name, _patch_uvicorn_cycle)
+    patching.when_imported("gunicorn.asgi.protocol", _patch_gunicorn_asgi)
+    patching.when_imported("django.core.handlers.asgi", lambda m: _patch_asgi_class(m.ASGIHandler))
+    # FastAPI's __call__ ends in Starlette's (super()), so this one patch covers both
+    patching.when_imported("starlette.applications", lambda m: _patch_asgi_class(m.Starlette))
     return []
 
 
