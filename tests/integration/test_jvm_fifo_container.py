@@ -41,7 +41,7 @@ EXEC = "java.lang.ProcessImpl.start"
 class LineJvm:
     """LineApp (Java 8 source) on JDK 11 in a container; one answer line per command."""
 
-    def __init__(self, spawn: Spawner, base: Path) -> None:
+    def __init__(self, spawn: Spawner, base: Path, *args: str) -> None:
         ctmp = base / "ctmp"  # the container's /tmp: the classes go there
         ctmp.mkdir()
         subprocess.run(
@@ -51,7 +51,7 @@ class LineJvm:
             capture_output=True,
         )
         self.c = Container(
-            spawn, base, ["/opt/jdk11/bin/java", "-cp", "/tmp/classes", "LineApp"],
+            spawn, base, ["/opt/jdk11/bin/java", "-cp", "/tmp/classes", "LineApp", *args],
             exist_ok=True, binds={"/opt/jdk11": JDK_HOME},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -59,7 +59,8 @@ class LineJvm:
         assert self.c.proc.stdout is not None
         assert self.c.proc.stdout.readline().strip() == b"ready"
         assert self.ask("version").startswith("11.")
-        time.sleep(0.5)  # past the JVM's start-up: check_ready wants its Signal Dispatcher
+        if not args:  # (auto-attach waits for its settle delay itself)
+            time.sleep(0.5)  # past the JVM's start-up: check_ready wants its Signal Dispatcher
 
     def ask(self, line: str) -> str:
         assert self.c.proc.stdin is not None and self.c.proc.stdout is not None
@@ -178,3 +179,38 @@ def test_jdk11_container_exit_leaves_nothing(
     wait_for(lambda: not container.keepers(pid), 15, "the keeper gone")
     assert _no_mount_of(host) and _no_mount_of(agent11.socket)
     assert not [n for n in os.listdir(jvm.c.tmp) if n.startswith((".attach_pid", ".rampart-"))]
+
+
+def test_auto_attach_jdk11_in_a_container(spawn: Spawner, agent_factory, tmp_path: Path) -> None:
+    """The agent's own auto-attach takes the same route: discovered, attached over the bound
+    pair, events under the host pid."""
+    a = agent_factory()
+    marker = f"rampart-ct-{a.dir.name}"
+    a.env.update(
+        {
+            "RAMPART_AUTO_ATTACH": "jvm",
+            "RAMPART_ATTACH_INCLUDE": json.dumps([{"cmdline": marker}]),
+            "RAMPART_ATTACH_SETTLE_S": '{"jvm": 1.0}',
+            "RAMPART_ATTACH_RESCAN_S": "1",
+        }
+    )
+    a.start()
+    jvm = LineJvm(spawn, tmp_path, marker)
+    pid = jvm.pid
+    row = wait_for(
+        lambda: (
+            (r := probe_row(a, pid) or {}).get("attach_state") == "attached"
+            and r.get("state") == "connected"
+            and r
+        ),
+        90,
+        "attached",
+    )
+    assert row["runtime"] == "jvm" and row["runtime_version"].startswith("11.")
+    assert ino(jvm.bound_fifo()) == ino(pair_dir(a, pid))
+    assert ino(pair_dir(a, pid) / "up") in fd_targets(pid)
+    assert jvm.ask("exec echo autoct") == "exec 0"
+    events(a, pid, EXEC, "autoct")
+    jvm.c.stop()
+    wait_for(lambda: jvm.c.placed() == [], 15, "placed files removed")
+    wait_for(lambda: not pair_dir(a, pid).exists(), 15, "the pair removed")
