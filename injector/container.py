@@ -283,9 +283,16 @@ def _argv(pid: int) -> list[bytes]:
 
 
 def keepers(pid: int) -> list[int]:
-    """The keepers of what was placed for `pid`."""
+    """The keepers of what was placed for `pid`: processes of our own euid only (anyone can
+    name a process like a keeper; a re-attach trusts a keeper's placement)."""
     want = [b"injector.container", b"keep", str(pid).encode()]
-    return [int(e) for e in os.listdir(PROC) if e.isdigit() and _argv(int(e))[2:5] == want]
+    found = []
+    for e in os.listdir(PROC):
+        if e.isdigit() and _argv(int(e))[2:5] == want:
+            with contextlib.suppress(OSError):
+                if os.stat(f"{PROC}/{e}").st_uid == os.geteuid():
+                    found.append(int(e))
+    return found
 
 
 def release(pid: int) -> None:
