@@ -197,15 +197,18 @@ def test_auto_attach_jdk11_in_a_container(spawn: Spawner, agent_factory, tmp_pat
     a.start()
     jvm = LineJvm(spawn, tmp_path, marker)
     pid = jvm.pid
-    row = wait_for(
-        lambda: (
-            (r := probe_row(a, pid) or {}).get("attach_state") == "attached"
-            and r.get("state") == "connected"
-            and r
-        ),
-        90,
-        "attached",
-    )
+    try:
+        row = wait_for(
+            lambda: (
+                (r := probe_row(a, pid) or {}).get("attach_state") == "attached"
+                and r.get("state") == "connected"
+                and r
+            ),
+            90,
+            "attached",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {probe_row(a, pid)}\n{a.log_text()}") from None
     assert row["runtime"] == "jvm" and row["runtime_version"].startswith("11.")
     assert ino(jvm.bound_fifo()) == ino(pair_dir(a, pid))
     assert ino(pair_dir(a, pid) / "up") in fd_targets(pid)
