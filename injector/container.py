@@ -55,12 +55,14 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = "/proc"
 KEEP_READY_TIMEOUT = 10.0
 REBIND_CHECK_S = 1.0
+RELEASE_WAIT_S = 5.0
 MOUNTPOINT = "agent.sock"
 FIFO_MOUNTPOINT = "fifo"  # the JVM's FIFO pair directory (JDK 8-15)
 SKIP = {"__pycache__", "node_modules", "test"}  # never needed in a target
@@ -296,10 +298,14 @@ def keepers(pid: int) -> list[int]:
 
 
 def release(pid: int) -> None:
-    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now."""
+    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now, and
+    wait (a little) until they did, so an attach right after cannot reuse what goes away."""
     for keeper in keepers(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(keeper, signal.SIGTERM)
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while keepers(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # not our children: an exited keeper is a zombie, its argv empty
 
 
 #: where keepers write their log lines (default: nowhere)
