@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from driver import events as ev
 from host_agent.cgroup import HelperCgroup
 from injector.detect import Detection, NotSupported, detect
-from injector.process import PROC, ProcessError, read_process, start_time
+from injector.process import PROC, ProcessError, read_process, read_stat, start_time
 
 if TYPE_CHECKING:
     from host_agent.daemon import Agent
@@ -151,7 +151,7 @@ class AutoAttacher:
         self._task: asyncio.Task[None] | None = None
         self._helpers: set[asyncio.subprocess.Process] = set()
         self._wake = asyncio.Event()
-        self._seen: dict[int, int] = {}  # pid -> start time of processes already judged
+        self._seen: dict[int, tuple[int, str]] = {}  # pid -> (start time, comm) judged
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,14 +229,17 @@ class AutoAttacher:
         return pid <= 1
 
     def _consider(self, pid: int) -> None:
-        """Judge a process once per (pid, start time): track it if the rules want it."""
+        """Judge a process once per (pid, start time, comm): track it if the rules want it."""
         try:
-            st = start_time(pid)
+            comm, _state, _ppid, st = read_stat(pid)
         except ProcessError:
             return
-        if self._seen.get(pid) == st:
+        # the comm too: an exec changes it, so a process first seen before its exec (a
+        # container's set-up shell that then execs the app) is judged afresh by the rescan
+        # when no exec events come (driver off)
+        if self._seen.get(pid) == (st, comm):
             return
-        self._seen[pid] = st
+        self._seen[pid] = (st, comm)
         if pid in self.tracked and self.tracked[pid].start_time == st:
             return
         why = self._refusal(pid)

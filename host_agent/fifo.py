@@ -24,7 +24,11 @@ pid lives, made anew at the same paths. The probe's old descriptors then point a
 inodes: its next write fails (EPIPE) and its reader sees end-of-file, so it reconnects
 (opens the paths again) and says hello, exactly as after a socket closed. A half-written
 frame of an old session can never leak into a new one. When the pid is gone, or the agent
-stops, the directory is removed: nothing is left behind.
+stops, the directory is removed: nothing is left behind. So is it when the session ends
+after the probe said `exit` (detached, or its JVM shutting down): that probe will not open
+the paths again, and a later attach asks for a new pair. For a JVM in a container the
+directory is bound into its mount namespace (injector/container.py): same inodes, so none
+of the above changes.
 
 The agent holds `up` with O_RDONLY|O_NONBLOCK (epoll reports nothing until a writer has
 come, and end-of-file once every writer left) and `down` with O_RDWR|O_NONBLOCK (never
@@ -142,6 +146,11 @@ class FifoTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.close()
+
+    def probe_left(self) -> bool:
+        """Did this session's probe say `exit` (detach, JVM shutdown)?"""
+        peer = self.protocol
+        return peer is not None and peer.probe is not None and peer.probe.state == "exited"
 
 
 class FifoPeer(PeerConnection):
@@ -267,11 +276,12 @@ class FifoPair:
             self.loop.remove_writer(t.down)
         os.close(t.up)
         os.close(t.down)
+        left = t.probe_left()
         if t.protocol is not None:
             t.protocol.connection_lost(None)
         if self.closed:
             return
-        if not self.alive():
+        if left or not self.alive():  # no one will open these paths again
             self.close()
             return
         try:
@@ -318,7 +328,9 @@ def open_pair(agent: Agent, pid: int) -> Path:
         if not other.alive():
             other.close()
     pair = agent.fifos.get(pid)
-    if pair is not None and not pair.closed and pair.alive():
+    t = pair.transport if pair is not None else None
+    left = t is not None and t.probe_left()  # detached, its session not ended yet: renew
+    if pair is not None and not pair.closed and pair.alive() and not left:
         return pair.dir
     if pair is not None:
         pair.close()

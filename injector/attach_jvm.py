@@ -64,31 +64,37 @@ class JvmAttacher:
         self.jar = jar
 
     def attach(self, target: Detection, socket: Path, timeout: float) -> None:
-        options = f"action=attach;socket={_quote(self._socket_in(target.pid, socket))}"
         # JDK 8-15 have no Unix-domain sockets: the agent makes a FIFO pair bound to this pid
         # (host_agent/fifo.py); `jvm_transport: fifo` takes that route on every JDK
+        fifo: Path | None = None
         forced = control(socket, "ping", timeout=timeout).get("jvm_transport") == "fifo"
         if forced or self.spec_version(target, timeout) < 16:
-            fifo = control(socket, "attach.fifo", {"pid": target.pid}, timeout=timeout)["dir"]
-            options += f";fifo={_quote(fifo)}"
+            fifo = Path(control(socket, "attach.fifo", {"pid": target.pid}, timeout=timeout)["dir"])
+        sock_in, fifo_in = self._paths_in(target.pid, socket, fifo)
+        options = f"action=attach;socket={_quote(sock_in)}"
+        if fifo_in is not None:
+            options += f";fifo={_quote(fifo_in)}"
         self.load(target, options, timeout)
 
     def detach(self, target: Detection, socket: Path, timeout: float) -> None:
         self.load(target, "action=detach", timeout)
+        # in a container: the keeper unmounts the socket (and the FIFO pair) and removes the
+        # private directory; the detached probe uses neither
+        with contextlib.suppress(container.ContainerError):
+            if container.is_foreign(target.pid):
+                container.release(target.pid)
 
-    def _socket_in(self, pid: int, socket: Path) -> str:
-        """The agent socket as the JVM sees it: bound into a container's root
-        (injector/container.py). The FIFO route's directory is not (docs/auto-attach.md)."""
+    def _paths_in(self, pid: int, socket: Path, fifo: Path | None) -> tuple[str, str | None]:
+        """The agent socket and the FIFO pair's directory as the JVM sees them: bound into a
+        container's root (injector/container.py), the same ones on every attach (a running
+        probe keeps the paths it started with)."""
         try:
-            foreign = container.is_foreign(pid)
+            if not container.is_foreign(pid):
+                return str(socket), None if fifo is None else str(fifo)
+            placed = container.placed(pid, socket, fifo)
         except container.ContainerError as e:
             raise AttachError(EXIT_FAIL, str(e)) from None
-        if not foreign:
-            return str(socket)
-        try:
-            return container.place(pid, {}, socket).socket(socket)
-        except container.ContainerError as e:
-            raise AttachError(EXIT_FAIL, str(e)) from None
+        return placed.socket(socket), placed.fifo if fifo is not None else None
 
     def spec_version(self, target: Detection, timeout: float) -> int:
         """The JVM's `java.specification.version` as a major number (1.8 -> 8), asked of

@@ -15,12 +15,24 @@ other files. For such a target, `place()`:
    target's mount namespace: `open_tree(OPEN_TREE_CLONE)` in our namespace, then
    `setns(CLONE_NEWNS)` and `move_mount` (a classic `mount --bind` cannot take its source
    from another namespace). Only the socket file, not its directory: the container sees
-   nothing else of the agent's (store, FIFO pairs). A restarted agent has a new socket,
-   which the keeper binds in its place within a second (it watches the socket's inode), so
-   the probe's reconnect finds it. The socket stays one kernel object: SO_PEERCRED
-   gives the agent the probe's *host* pid (the kernel translates it to the reader's pid
-   namespace), and the probe's hello may carry its namespace pid (host_agent/server.py
-   accepts the NStgid);
+   nothing else of the agent's (store, other pids' FIFO pairs). A restarted agent has a new
+   socket, which the keeper binds in its place within a second (it watches the socket's
+   inode), so the probe's reconnect finds it.
+   For a JVM on the FIFO route (JDK 8-15, host_agent/fifo.py) the keeper also binds that
+   one pid's pair directory `<socket dir>/fifo/<pid>/` on `<private dir>/fifo/`, with the
+   same flags. The directory, not the two FIFOs: the agent renews the FIFO inodes every
+   session (unlink + mkfifo in that directory), which a bind of the directory shows as they
+   are, while a bind of a FIFO would keep the dead inode. Read-only still lets the JVM open
+   the FIFOs for writing: the kernel's read-only check covers regular files, directories and
+   symlinks only (a FIFO's data never touches the filesystem), and an O_CREAT|O_TRUNC open
+   of an existing FIFO neither creates nor truncates. The container can create, rename or
+   replace nothing there (read-only, and the directory is the agent's, 0711). It is the same
+   inode on the same device, so the agent's holder check (st_dev, st_ino of the pid's fds)
+   holds across the namespace. A restarted agent makes the directory anew on the next
+   attach; the keeper binds the new one (it watches that inode too).
+   The socket stays one kernel object: SO_PEERCRED gives the agent the probe's *host* pid
+   (the kernel translates it to the reader's pid namespace), and the probe's hello may carry
+   its namespace pid (host_agent/server.py accepts the NStgid);
 3. the keeper holds a pidfd of the target and its mount namespace; when the target exits
    (or the keeper gets SIGTERM/SIGINT) it unmounts the bind and removes the private
    directory, so nothing is left in the container's /tmp. It never touches a directory it
@@ -43,22 +55,26 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = "/proc"
 KEEP_READY_TIMEOUT = 10.0
 REBIND_CHECK_S = 1.0
+RELEASE_WAIT_S = 5.0
 MOUNTPOINT = "agent.sock"
+FIFO_MOUNTPOINT = "fifo"  # the JVM's FIFO pair directory (JDK 8-15)
 SKIP = {"__pycache__", "node_modules", "test"}  # never needed in a target
 
 # x86-64 syscall numbers and flags (linux/mount.h, asm/unistd_64.h)
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 _OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 1, 0x1000, 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_AT_SYMLINK_NOFOLLOW = 0x100
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
 _CLONE_NEWNS = 0x00020000
-_MNT_DETACH = 2
+_MNT_DETACH, _UMOUNT_NOFOLLOW = 2, 8
 
 
 class ContainerError(Exception):
@@ -113,7 +129,8 @@ class Placement:
     pid: int
     parent: str  # one of PARENTS
     name: str  # the private directory's name in the target's parent directory
-    keeper: subprocess.Popen[bytes]
+    keeper: subprocess.Popen[bytes] | None  # None: an earlier attach's placement, reused
+    has_fifo: bool = False  # the JVM's FIFO pair directory is bound in too
 
     @property
     def inside(self) -> str:
@@ -128,6 +145,11 @@ class Placement:
     def socket(self, socket: Path) -> str:
         """The agent socket `socket` as the target sees it."""
         return f"{self.inside}/{MOUNTPOINT}"
+
+    @property
+    def fifo(self) -> str:
+        """The JVM's FIFO pair directory as the target sees it."""
+        return f"{self.inside}/{FIFO_MOUNTPOINT}"
 
 
 def _copy_tree(src: Path, dst_fd: int, uid: int, gid: int) -> None:
@@ -167,9 +189,21 @@ def _ids(pid: int) -> tuple[int, int]:
     return uid, gid
 
 
-def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
+def fifo_source(socket: Path, fifo: Path) -> str:
+    """`fifo` relative to the agent socket's directory (the keeper looks it up from there:
+    `fifo/` itself goes when the agent stops). Only the agent's own pair directories."""
+    rel = os.path.relpath(os.path.abspath(fifo), os.path.dirname(os.path.abspath(socket)))
+    parts = rel.split("/")
+    if len(parts) != 2 or parts[0] != FIFO_MOUNTPOINT or not parts[1].isdigit():
+        raise ContainerError(f"{fifo} is not a FIFO pair directory of the agent at {socket}")
+    return rel
+
+
+def place(pid: int, trees: dict[str, Path], socket: Path, fifo: Path | None = None) -> Placement:
     """Copies each `trees` directory into the target's private dir under its key, binds the
-    socket's directory there, and leaves a keeper to clean up when the target exits."""
+    agent socket there (and `fifo`, the pid's FIFO pair directory, when given), and leaves a
+    keeper to clean up when the target exits."""
+    fifo_rel = fifo_source(socket, fifo) if fifo is not None else None
     try:
         uid, gid = _ids(pid)
     except OSError as e:
@@ -205,9 +239,12 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
                     finally:
                         os.close(sub)
                 _write(d, MOUNTPOINT, b"", uid, gid)  # the bind's mountpoint
+                if fifo_rel is not None:  # the pair directory's mountpoint
+                    os.mkdir(FIFO_MOUNTPOINT, 0o700, dir_fd=d)
+                    os.chown(FIFO_MOUNTPOINT, uid, gid, dir_fd=d, follow_symlinks=False)
             finally:
                 os.close(d)
-            keeper = _start_keeper(pid, parent, name, Path(os.path.abspath(socket)))
+            keeper = _start_keeper(pid, parent, name, Path(os.path.abspath(socket)), fifo_rel)
         except BaseException:
             shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)
             raise
@@ -215,43 +252,77 @@ def place(pid: int, trees: dict[str, Path], socket: Path) -> Placement:
         raise ContainerError(f"pid {pid}: cannot place the probe files: {e}") from None
     finally:
         os.close(tmp)
-    return Placement(pid, parent, name, keeper)
+    return Placement(pid, parent, name, keeper, fifo_rel is not None)
+
+
+def placed(pid: int, socket: Path, fifo: Path | None = None) -> Placement:
+    """The placement an earlier attach made for `pid` with this agent socket (and this FIFO
+    pair, when asked), else a new one. A probe that runs already keeps the paths it was
+    started with (a second attach only makes it say hello again), so a re-attach (after an
+    agent restart, say) must hand it the same ones: the keeper rebinds what they point to."""
+    src = os.path.abspath(socket).encode()
+    want_fifo = fifo_source(socket, fifo).encode() if fifo is not None else None
+    for keeper in keepers(pid):
+        argv = _argv(keeper)
+        if len(argv) < 8 or argv[7] != src or argv[5].decode() not in PARENTS:
+            continue
+        has_fifo = argv[8:10] == [b"--fifo", want_fifo] if want_fifo else len(argv) >= 10
+        if want_fifo and not has_fifo:
+            continue
+        p = Placement(pid, argv[5].decode(), argv[6].decode(), None, has_fifo)
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(p.host).st_mode):
+                return p
+    return place(pid, {}, socket, fifo)
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:-1]
+    except OSError:
+        return []
 
 
 def keepers(pid: int) -> list[int]:
-    """The keepers of what was placed for `pid`."""
-    found = []
+    """The keepers of what was placed for `pid`: processes of our own euid only (anyone can
+    name a process like a keeper; a re-attach trusts a keeper's placement)."""
     want = [b"injector.container", b"keep", str(pid).encode()]
-    for entry in os.listdir(PROC):
-        if entry.isdigit():
-            try:
-                with open(f"{PROC}/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv[2:5] == want:
-                found.append(int(entry))
+    found = []
+    for e in os.listdir(PROC):
+        if e.isdigit() and _argv(int(e))[2:5] == want:
+            with contextlib.suppress(OSError):
+                if os.stat(f"{PROC}/{e}").st_uid == os.geteuid():
+                    found.append(int(e))
     return found
 
 
 def release(pid: int) -> None:
-    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now."""
+    """The probe in `pid` was stopped (detach): have its keepers unmount and remove now, and
+    wait (a little) until they did, so an attach right after cannot reuse what goes away."""
     for keeper in keepers(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(keeper, signal.SIGTERM)
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while keepers(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # not our children: an exited keeper is a zombie, its argv empty
 
 
 #: where keepers write their log lines (default: nowhere)
 KEEP_LOG_ENV = "RASP_CONTAINER_KEEP_LOG"
 
 
-def _start_keeper(pid: int, parent: str, name: str, source: Path) -> subprocess.Popen[bytes]:
+def _start_keeper(
+    pid: int, parent: str, name: str, source: Path, fifo: str | None
+) -> subprocess.Popen[bytes]:
     repo = Path(__file__).resolve().parents[1]
     log = os.environ.get(KEEP_LOG_ENV)
     # never our stderr: an attach helper's pipe, gone once it exits
     err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    argv = [sys.executable, "-m", "injector.container", "keep", str(pid), parent, name]
+    argv += [str(source), *(["--fifo", fifo] if fifo else [])]
     keeper = subprocess.Popen(
-        [sys.executable, "-m", "injector.container", "keep", str(pid), parent, name, str(source)],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=err,
@@ -296,33 +367,36 @@ def _check(rc: int, what: str) -> int:
 
 
 class _Binder:
-    """Binds the agent socket (a name in a directory of our namespace) on the mountpoint in
-    the target's namespace, and binds it again when the agent made a new socket there."""
+    """Binds one thing of the agent's (a name relative to the agent socket's directory in
+    our namespace: the socket, or `fifo/<pid>`) on a mountpoint in the private directory in
+    the target's namespace, and binds it again when the agent made it anew (new inode)."""
 
-    def __init__(self, nsfd: int, dir_fd: int, source: Path) -> None:
-        self.nsfd, self.dir_fd, self.name = nsfd, dir_fd, source.name
-        self.home = os.open(f"{PROC}/self/ns/mnt", os.O_RDONLY)  # ours, to come back to
-        self.src_dir = os.open(source.parent, os.O_PATH | os.O_DIRECTORY)
-        self.bound = 0  # inode of the socket bound now
+    def __init__(
+        self, nsfd: int, home: int, dir_fd: int, src_dir: int, name: str, mountpoint: str,
+        kind: int,
+    ) -> None:  # fmt: skip
+        self.nsfd, self.home, self.dir_fd, self.src_dir = nsfd, home, dir_fd, src_dir
+        self.name, self.mountpoint, self.kind = name, mountpoint, kind
+        self.bound = 0  # inode bound now (0: nothing bound yet)
 
     def current(self) -> int:
-        """The inode of the agent socket now (0: none), looked up from our namespace's dir."""
+        """The inode of the source now (0: none, or not of its kind), from our namespace."""
         try:
             st = os.stat(self.name, dir_fd=self.src_dir, follow_symlinks=False)
         except OSError:
             return 0
-        return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
+        return st.st_ino if stat.S_IFMT(st.st_mode) == self.kind else 0
 
     def bind(self) -> None:
         _check(_libc.setns(self.home, _CLONE_NEWNS), "setns (ours)")
+        flags = _OPEN_TREE_CLONE | _AT_SYMLINK_NOFOLLOW | os.O_CLOEXEC  # one mount, no submounts
         tree = _check(
-            _libc.syscall(
-                _SYS_OPEN_TREE, self.src_dir, self.name.encode(), _OPEN_TREE_CLONE | os.O_CLOEXEC
-            ),
-            "open_tree",
+            _libc.syscall(_SYS_OPEN_TREE, self.src_dir, self.name.encode(), flags), "open_tree"
         )
         try:
-            ino = os.fstat(tree).st_ino
+            st = os.fstat(tree)
+            if stat.S_IFMT(st.st_mode) != self.kind:
+                raise OSError(0, f"{self.name} is no longer what the agent made")
             attr = _MountAttr(
                 _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOEXEC,
                 0,
@@ -341,39 +415,48 @@ class _Binder:
                 "mount_setattr",
             )
             _check(_libc.setns(self.nsfd, _CLONE_NEWNS), "setns")
-            if self.bound:  # the old agent's socket, dead: replace it
-                _unmount(self.dir_fd)
+            if self.bound:  # the old agent's, dead: replace it
+                self.unmount()
             _check(
                 _libc.syscall(
                     _SYS_MOVE_MOUNT,
                     tree,
                     b"",
                     self.dir_fd,
-                    MOUNTPOINT.encode(),
-                    _MOVE_MOUNT_F_EMPTY_PATH,
+                    self.mountpoint.encode(),
+                    _MOVE_MOUNT_F_EMPTY_PATH,  # no MOVE_MOUNT_T_SYMLINKS: a symlink there fails
                 ),
                 "move_mount",
             )
-            self.bound = ino
+            self.bound = st.st_ino
         finally:
             os.close(tree)
 
+    def unmount(self) -> None:
+        """In the target's namespace, relative to the private dir (a name, never followed):
+        only what this keeper bound there."""
+        if not self.bound:
+            return
+        os.fchdir(self.dir_fd)
+        try:
+            st = os.lstat(self.mountpoint)
+        except FileNotFoundError:
+            return
+        if stat.S_IFMT(st.st_mode) == self.kind and st.st_ino == self.bound:
+            _check(
+                _libc.umount2(self.mountpoint.encode(), _MNT_DETACH | _UMOUNT_NOFOLLOW), "umount"
+            )
 
-def _unmount(dir_fd: int) -> None:
-    # in the target's namespace, relative to the private dir: a bound socket, not our file
-    os.fchdir(dir_fd)
-    if stat.S_ISSOCK(os.lstat(MOUNTPOINT).st_mode):
-        _check(_libc.umount2(MOUNTPOINT.encode(), _MNT_DETACH), "umount")
 
-
-def _cleanup(tmp_fd: int, dir_fd: int, name: str) -> None:
-    with contextlib.suppress(OSError):
-        _unmount(dir_fd)
+def _cleanup(tmp_fd: int, binders: list[_Binder], name: str) -> None:
+    for b in binders:
+        with contextlib.suppress(OSError):
+            b.unmount()
     os.fchdir(tmp_fd)
     shutil.rmtree(name, dir_fd=tmp_fd)
 
 
-def keep(pid: int, parent: str, name: str, source: Path) -> int:
+def keep(pid: int, parent: str, name: str, source: Path, fifo: str | None = None) -> int:
     stop = False
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -385,19 +468,25 @@ def keep(pid: int, parent: str, name: str, source: Path) -> int:
     try:
         pidfd = os.pidfd_open(pid)
         nsfd = os.open(f"{PROC}/{pid}/ns/mnt", os.O_RDONLY)
+        home = os.open(f"{PROC}/self/ns/mnt", os.O_RDONLY)  # ours, to come back to
+        src_dir = os.open(source.parent, os.O_PATH | os.O_DIRECTORY)
         tmp_fd = open_in_root(pid, parent)
         dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=tmp_fd)
     except OSError as e:
         print(f"pid {pid}: {e}", flush=True)
         return 1
+    binders = [_Binder(nsfd, home, dir_fd, src_dir, source.name, MOUNTPOINT, stat.S_IFSOCK)]
+    if fifo is not None:
+        binders.append(_Binder(nsfd, home, dir_fd, src_dir, fifo, FIFO_MOUNTPOINT, stat.S_IFDIR))
     try:
-        binder = _Binder(nsfd, dir_fd, source)
-        binder.bind()
+        for b in binders:
+            if b is binders[0] or b.current():  # a pair not made yet: bound once it is
+                b.bind()
     except OSError as e:
         print(f"pid {pid}: {e}", flush=True)
         with contextlib.suppress(OSError):
             _libc.setns(nsfd, _CLONE_NEWNS)
-            _cleanup(tmp_fd, dir_fd, name)
+            _cleanup(tmp_fd, binders, name)
         return 1
     print("ready", flush=True)
     with contextlib.suppress(OSError):
@@ -405,15 +494,24 @@ def keep(pid: int, parent: str, name: str, source: Path) -> int:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     while not stop and not poller.poll(REBIND_CHECK_S * 1000):
-        now = binder.current()
-        if now and now != binder.bound:  # the agent restarted: its new socket goes in
-            try:
-                binder.bind()
-                print(f"pid {pid}: the agent's new socket bound in", file=sys.stderr, flush=True)
-            except OSError as e:
-                print(f"pid {pid}: cannot bind the new socket: {e}", file=sys.stderr, flush=True)
+        for b in binders:
+            now = b.current()
+            if now and now != b.bound:  # the agent restarted: its new one goes in
+                try:
+                    b.bind()
+                    print(
+                        f"pid {pid}: the agent's new {b.mountpoint} bound in",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                except OSError as e:
+                    print(
+                        f"pid {pid}: cannot bind the new {b.mountpoint}: {e}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     _libc.setns(nsfd, _CLONE_NEWNS)
-    _cleanup(tmp_fd, dir_fd, name)
+    _cleanup(tmp_fd, binders, name)
     return 0
 
 
@@ -425,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("parent", choices=PARENTS)
     k.add_argument("name")
     k.add_argument("source", type=Path)
+    k.add_argument("--fifo", help="the pid's FIFO pair directory, relative to the socket's")
     args = parser.parse_args(argv)
-    return keep(args.pid, args.parent, args.name, args.source)
+    return keep(args.pid, args.parent, args.name, args.source, args.fifo)
 
 
 if __name__ == "__main__":

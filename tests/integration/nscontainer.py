@@ -34,6 +34,10 @@ mount --bind "$RAMPART_CTMP" "$R/tmp"
 mount --bind "$RAMPART_CRUN" "$R/run"
 mount -t proc proc "$R/proc"
 mount --rbind /dev "$R/dev"
+for b in $RAMPART_CBINDS; do  # extra read-only binds: INSIDE=HOST (a runtime not in /usr)
+    dst="$R${b%%=*}"
+    mkdir -p "$dst"; mount --rbind "${b#*=}" "$dst"; mount -o remount,bind,ro "$dst"
+done
 ip link set lo up
 mkdir "$R/.old"
 cd "$R"
@@ -52,7 +56,7 @@ class Container:
 
     def __init__(
         self, spawn, base: Path, argv: list[str], exist_ok: bool = False, tmp_ro: bool = False,
-        **popen,
+        binds: dict[str, Path] | None = None, **popen,
     ) -> None:  # fmt: skip
         self.root = base / "root"
         self.tmp = base / "ctmp"  # the container's /tmp, seen from the host
@@ -68,6 +72,7 @@ class Container:
                 "RAMPART_CTMP": str(self.tmp),
                 "RAMPART_CRUN": str(self.run),
                 "RAMPART_CTMP_RO": "1" if tmp_ro else "",
+                "RAMPART_CBINDS": " ".join(f"{k}={v}" for k, v in (binds or {}).items()),
                 "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
             },
             **popen,

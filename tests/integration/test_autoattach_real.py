@@ -64,3 +64,36 @@ def test_real_python_and_jvm_apps_are_auto_attached(agent_factory, spawn) -> Non
     rows = a.wait_rows(1, "pid = ? AND kind = 'file'", (py.pid,), timeout=30)
     assert rows[0]["args"][0] == "/etc/hostname"
     assert py.poll() is None and jvm.poll() is None  # both apps untouched and running
+
+
+@pytest.mark.slow
+def test_a_process_seen_before_its_exec_is_judged_again(agent_factory, spawn) -> None:
+    """With no exec events (driver off: rescan only), a process the rescan first saw as a
+    shell (as a container's set-up shell is, before it execs the app) is judged again once
+    it exec'd the runtime: its comm changed."""
+    a = agent_factory()
+    marker = f"rampart-exec-{a.dir.name}"
+    a.env.update(
+        {
+            "RAMPART_AUTO_ATTACH": "python",
+            "RAMPART_ATTACH_INCLUDE": json.dumps([{"cmdline": marker}]),
+            "RAMPART_ATTACH_SETTLE_S": '{"python": 0.2}',
+            "RAMPART_ATTACH_RESCAN_S": "0.5",
+        }
+    )
+    a.start()
+    assert "rescan only" in a.log_text()
+    script = f'sleep 3; exec "{sys.executable}" -c "$0" {marker}'
+    p = spawn(["sh", "-c", script, PY_APP], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+    row = wait_for(
+        lambda: (
+            (r := _state(a, p.pid)).get("attach_state") == "attached"
+            and r.get("state") == "connected"
+            and r
+        ),
+        60,
+        "attached after its exec",
+    )
+    assert row["runtime"] == "python"
+    a.wait_rows(1, "pid = ? AND kind = 'file'", (p.pid,), timeout=30)

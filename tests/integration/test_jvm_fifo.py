@@ -164,9 +164,18 @@ def test_fifo_agent_away_then_reattached(app17: dict, fifo_agent: AgentProc) -> 
 def test_fifo_detach_and_exit_leave_no_files(app17: dict, fifo_agent: AgentProc) -> None:
     pid = app17["proc"].pid
     d = pair_dir(fifo_agent, pid)
+    up = ino(d / "up")
     res = rasp_attach("--pid", str(pid), "--socket", str(fifo_agent.socket), "--detach")
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: ino(d / "up") not in fd_targets(pid), 15, "the probe closing its FIFOs")
+    wait_for(lambda: up not in fd_targets(pid), 15, "the probe closing its FIFOs")
+    # the probe said exit (detach): the pair goes at once, the JVM runs on
+    wait_for(lambda: not d.exists(), 15, "the pair removed after the detach")
+    assert app17["proc"].poll() is None
+    # attached again: a new pair, removed once the JVM exits
+    res = rasp_attach("--pid", str(pid), "--socket", str(fifo_agent.socket), "--json")
+    assert res.returncode == 0, res.stderr + fifo_agent.log_text()
+    assert not json.loads(res.stdout)["probe"]["already_running"]
+    assert ino(d / "up") in fd_targets(pid)
     app17["proc"].kill()
     app17["proc"].wait()
     wait_for(lambda: not d.exists(), 15, "the pair removed after the JVM exited")
