@@ -267,9 +267,15 @@ def throughput(seconds: float, rounds: int) -> dict:
             apps[mode] = (port, worker_of(g.pid))
         attach_mod.attach(apps["observe"][1], "auto", observe_sock, timeout=10)
         attach_mod.attach(apps["block"][1], "auto", block_sock, timeout=10)
-        # the block table with the detection rules is in force in the block app's probe
-        rows = control(block_sock, "ps")
-        assert rows and rows[0]["policy"] == rows[0]["policy_pushed"], rows
+        # the block table with the detection rules is in force in the block app's probe: it
+        # acknowledges the pushed policy with its next heartbeat, after the hello attach waits for
+        deadline = time.monotonic() + 15
+        while True:
+            rows = control(block_sock, "ps")
+            if rows and rows[0]["policy"] == rows[0]["policy_pushed"]:
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.1)
         for path in ("/sql?name=alice", "/bench?name=alice"):
             for port, _ in apps.values():
                 _wrk_url(port, 1, path)  # warm-up
