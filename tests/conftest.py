@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -44,6 +45,10 @@ class Spawner:
                 proc.kill()
         for proc in self._procs:
             proc.wait(timeout=30)
+            # a JVM killed with SIGKILL leaves its HotSpot attach socket behind (the JVM removes
+            # it only on a normal exit): the test made it, the test removes it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/.java_pid{proc.pid}")
         self._procs.clear()
 
 
