@@ -122,7 +122,7 @@ def test_internal_error_turns_it_off_and_the_python_path_takes_over(tmp_path: Pa
     f = run(sys.executable, PROBE_DIR, tmp_path / "fault", "fault")["fault"]
     assert f["rc"] == [0, 0]  # the app's calls went on
     assert not f["active"] and f["status"].startswith("failed: RuntimeError")
-    assert f["python_hook"] and f["emit_is_python"]
+    assert f["python_hook"] and f["emit_is_python"] and f["stack_is_python"]
     assert f["first"] == ["os.system"]  # the failing call itself reported once, by Python
     assert f["later"] == ["os.system", "sqlite3.Cursor.execute"]
     assert f["failed_once"] == ["accelerator"] and f["dropped_by"] == {"error": 1}

@@ -81,6 +81,7 @@ def install(probe) -> bool:
         return False
     _probe = probe
     probe.emit = m.emit  # the instance's emit: C first, Probe._emit_py when Python must decide
+    core._c_stack = m.capture_stack
     return True
 
 
@@ -92,6 +93,9 @@ def _fallback(exc) -> None:
     """Called by the C module when it turns itself off after an internal error."""
     global status
     status = f"failed: {exc!r}"
+    from . import core
+
+    core._c_stack = None  # the Python stack walk again
     p = _probe
     if p is not None:
         p.__dict__.pop("emit", None)  # back to Probe.emit

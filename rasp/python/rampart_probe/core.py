@@ -78,15 +78,29 @@ _frame_text: dict = {}  # (file, first line, last instruction) -> "function (fil
 _FRAME_CACHE_MAX = 8192
 
 
+# The C accelerator's stack walk (accel.py sets it while the accelerator is active): the
+# calls Python must decide (block, filter and detection rules) then walk the stack in C too,
+# ~0.03 µs a frame instead of ~0.5 (on 3.11+ each f_code read below is an audit event).
+_c_stack = None
+
+
 def capture_stack(depth: int, skip: int = 1) -> list:
     """Innermost first: "function (file:line)", the probe's own frames left out.
 
-    A sys._getframe walk; each frame's text is cached by code location and instruction
-    offset, because computing f_lineno and formatting dominate the cost otherwise
-    (traceback.extract_stack costs ~30 µs at depth 20)."""
+    With the accelerator, its C walk: it starts at the innermost Python frame, and the
+    `skip`ped frames are the probe's own (left out either way). Else a sys._getframe walk;
+    each frame's text is cached by code location and instruction offset, because computing
+    f_lineno and formatting dominate the cost otherwise (traceback.extract_stack costs ~30 µs
+    at depth 20)."""
     out = []
     if depth <= 0:
         return out
+    c_stack = _c_stack
+    if c_stack is not None:
+        try:
+            return c_stack(depth)
+        except Exception:  # never the app's problem: the Python walk below gives the same
+            pass
     try:
         f = sys._getframe(skip)
     except ValueError:

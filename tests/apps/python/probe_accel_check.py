@@ -100,10 +100,21 @@ context.current.reset(tok)
 rounds.append(drain())
 out["events"] = rounds
 
-# the C stack walk against the Python one, same frame, same line
+
+# the C stack walk against the Python one, same frame, same line; while the accelerator is
+# active, the calls Python decides (block/filter/detect rules) walk the stack in C as well
+def python_walk(depth):
+    saved, core._c_stack = core._c_stack, None
+    try:
+        return core.capture_stack(depth, 2)  # from python_walk's caller
+    finally:
+        core._c_stack = saved
+
+
 if accel.active():
-    c, py = accel.mod.capture_stack(100), core.capture_stack(100, 1)
-    out["stack_same"] = c == py and len(c) > 0
+    c_for_python_path = core._c_stack is not None
+    c, py = accel.mod.capture_stack(100), python_walk(100)  # one line: one f_lineno
+    out["stack_same"] = c == py and len(c) > 0 and c_for_python_path
 
 # muted and disabled: nothing
 p.hooks_disabled = {"os.system"}
@@ -199,6 +210,7 @@ if sys.argv[3:] == ["fault"] and accel.active():
         "status": accel.status,
         "python_hook": audit._installed,
         "emit_is_python": "emit" not in p.__dict__,
+        "stack_is_python": core._c_stack is None,
         "first": [e[0] for e in first],
         "later": [e[0] for e in drain()],
         "dropped_by": dict(p.dropped_by),
