@@ -174,13 +174,21 @@ def test_gunicorn_asgi_workers(spawn, agent: AgentProc, tmp_path, worker_class, 
         pytest.importorskip("uvicorn.workers", reason="uvicorn's gunicorn worker")
     env = dict(os.environ, DJANGO_DB=str(tmp_path / "db.sqlite3"))
     master, port = start_gunicorn(spawn, "-k", worker_class, app=app, env=env)
-    (worker,) = wait_for(lambda: children(master.pid), 10, "gunicorn worker")
-    rasp_attach(agent, worker)
-    assert get(port, "/cmd?q=1", form={"c": "echo gasgi"})[0] == 200
-    req = cmd_event(agent, worker, "echo gasgi")["request"]
-    assert req["method"] == "POST" and req["url"] == f"http://127.0.0.1:{port}/cmd?q=1"
-    assert req["params"] == {"q": ["1"], "c": ["echo gasgi"]}
-    assert req["remote_addr"] == "127.0.0.1" and req["headers"]["user-agent"] == "rampart-test"
+    try:
+        (worker,) = wait_for(lambda: children(master.pid), 10, "gunicorn worker")
+        rasp_attach(agent, worker)
+        assert get(port, "/cmd?q=1", form={"c": "echo gasgi"})[0] == 200
+        req = cmd_event(agent, worker, "echo gasgi")["request"]
+        assert req["method"] == "POST" and req["url"] == f"http://127.0.0.1:{port}/cmd?q=1"
+        assert req["params"] == {"q": ["1"], "c": ["echo gasgi"]}
+        assert req["remote_addr"] == "127.0.0.1"
+        assert req["headers"]["user-agent"] == "rampart-test"
+    finally:
+        # SIGTERM: the master stops and reaps its worker. The spawn fixture's SIGKILL would
+        # orphan it, and uvicorn's worker does not notice its master is gone: it kept serving
+        master.terminate()
+        master.wait(timeout=30)
+    assert not os.path.exists(f"/proc/{worker}"), "the worker outlived its master"
 
 
 def test_django_asgi_block_mode_on_a_form_body(spawn, agent_factory, tmp_path) -> None:
